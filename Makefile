@@ -1,0 +1,33 @@
+# The common commands. `make demo` and `make test` set everything up on a fresh clone first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# CPU torch first: with torch==2.13.0 (a CPU wheel on disk here) installed, the project's torch>=2.4
+# is satisfied and pip pulls no CUDA packages. A machine with its own torch keeps it.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/rlad demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) experiments/bench_rewards.py
+
+clean:
+	rm -rf $(VENV) runs out .pytest_cache .hypothesis

@@ -1,0 +1,80 @@
+"""The paper's three verifiable rewards (OmniAD section 3.2): format, detection, answer.
+
+Each reads the completion through :func:`rlad.completion.parse_completion` and returns a float for any
+string. Hand-computed values are in ``tests/test_rewards.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rewards.registry import reward
+from rlad import mask_text
+from rlad.completion import BLOCKS, parse_completion
+from rlad.sample import VerifiableSample
+
+__all__ = ["answer", "detection", "detection_score", "format_reward"]
+
+
+def _check_blocks(params: dict) -> None:
+    blocks = list(params.get("blocks", BLOCKS))
+    unknown = [b for b in blocks if b not in BLOCKS]
+    if unknown or not blocks or len(set(blocks)) != len(blocks):
+        raise ValueError(f"blocks must be distinct names among {list(BLOCKS)}, got {blocks}")
+
+
+@reward("format", check=_check_blocks)
+def format_reward(completion: str, sample: VerifiableSample, *, blocks: Sequence[str] = BLOCKS) -> float:
+    """1.0 if the completion is exactly the ``blocks`` in order (white space between), else 0.0.
+
+    ``blocks`` is the paper's ``seg, think, answer``; the reasoning ablations set ``[think, answer]``,
+    ``[seg, answer]`` or ``[answer]``.
+
+    >>> format_reward("<seg></seg> <think>ok</think>\\n<answer>A</answer>", None)
+    1.0
+    """
+    return 1.0 if parse_completion(completion).is_well_formed(tuple(blocks)) else 0.0
+
+
+def detection_score(pred: np.ndarray, truth: np.ndarray, alpha: float) -> float:
+    """The detection rule on patch masks: 1 if both empty, 0 if only the truth is empty, else alpha * F1.
+
+    F1 = 2|P∩G| / (|P| + |G|) over patches: P predicted, G ground truth.
+    """
+    n_truth = int(np.count_nonzero(truth))
+    n_pred = int(np.count_nonzero(pred))
+    if n_truth == 0:
+        return 1.0 if n_pred == 0 else 0.0
+    hits = int(np.count_nonzero(pred & truth))
+    return alpha * 2.0 * hits / (n_pred + n_truth)
+
+
+@reward("detection")
+def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0) -> float:
+    """Detection accuracy of the ``<seg>`` patch mask against the sample's ground truth.
+
+    A missing, ambiguous or malformed ``<seg>`` earns 0, on normal images too: junk is never "no anomaly".
+    """
+    seg = parse_completion(completion).seg
+    if seg is None:
+        return 0.0
+    try:
+        pred = mask_text.decode(seg, sample.grid)
+    except mask_text.MaskTextError:
+        return 0.0
+    return detection_score(pred, sample.mask, alpha)
+
+
+@reward("answer")
+def answer(completion: str, sample: VerifiableSample, *, correct: float = 1.0, wrong: float = 0.1) -> float:
+    """``correct`` if the letter in ``<answer>`` is the right option, ``wrong`` if it is another option, else 0.
+
+    The paper gives 0.1 to every non-correct output; here a missing, empty or non-option answer earns 0,
+    so an empty ``<answer></answer>`` is never rewarded.
+    """
+    letter = parse_completion(completion).answer_letter
+    if letter is None or letter not in sample.options:
+        return 0.0
+    return correct if letter == sample.answer else wrong

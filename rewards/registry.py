@@ -1,0 +1,119 @@
+"""Reward registry: a name -> plain function table, filled by a decorator and by entry points.
+
+A reward is ``fn(completion: str, sample: VerifiableSample, **params) -> float``; its keyword-only
+parameters with defaults are what a config may set beside its weight. A batched reward takes
+``(completions: Sequence[str], samples: Sequence[VerifiableSample], **params) -> Sequence[float]`` and is
+registered with ``batched=True`` (useful when a reward calls a model or vectorises well).
+
+Third-party packages add rewards without editing rlad by declaring an entry point in the group
+``rlad.rewards``; the entry point names either a module (importing it runs its ``@reward`` decorators)
+or a function (registered under the entry point's name). Entry points are loaded once, on the first
+lookup of a name not registered in-tree. Nothing is ever imported from a string found in a data file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+__all__ = ["ENTRY_POINT_GROUP", "RegisteredReward", "UnknownRewardError", "get_reward", "known_rewards", "reward"]
+
+ENTRY_POINT_GROUP = "rlad.rewards"
+
+
+class UnknownRewardError(KeyError):
+    """A reward name that neither rlad nor an installed plugin registers."""
+
+    def __str__(self) -> str:  # KeyError's own str() adds quotes around the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    name: str
+    fn: Callable[..., Any]
+    batched: bool
+    params: dict[str, Any]  # keyword-only parameter -> default value, the knobs a config may set
+    check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad parameter values
+
+    def __call__(self, completions: list[str], samples: list[Any], **params: Any) -> list[float]:
+        """Score a batch whatever the function's own form."""
+        if self.batched:
+            return list(self.fn(completions, samples, **params))
+        return [self.fn(c, s, **params) for c, s in zip(completions, samples, strict=True)]
+
+
+_REGISTRY: dict[str, RegisteredReward] = {}
+_entry_points_loaded = False
+
+
+def reward(
+    name: str, *, batched: bool = False, check: Callable[[dict[str, Any]], None] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the reward ``name``. Parameters a config may set must be keyword-only with defaults.
+
+    ``check(params)``, if given, runs when a config naming this reward loads and raises ValueError for
+    parameter values the reward cannot use.
+
+    >>> @reward("says_yes")
+    ... def says_yes(completion, sample, *, bonus: float = 1.0) -> float:
+    ...     return bonus if "yes" in completion else 0.0
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ValueError(
+                f"reward {name!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}"
+            )
+        _REGISTRY[name] = RegisteredReward(
+            name=name, fn=fn, batched=batched, params=_config_params(name, fn), check=check
+        )
+        return fn
+
+    return register
+
+
+def _config_params(name: str, fn: Callable[..., Any]) -> dict[str, Any]:
+    sig = inspect.signature(fn)
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 2:
+        raise TypeError(
+            f"reward {name!r}: takes (completion, sample) positionally, found {[p.name for p in positional]}"
+        )
+    params = {}
+    for p in sig.parameters.values():
+        if p.kind is p.KEYWORD_ONLY:
+            if p.default is p.empty:
+                raise TypeError(f"reward {name!r}: keyword parameter {p.name!r} needs a default")
+            params[p.name] = p.default
+    return params
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if callable(loaded) and not inspect.ismodule(loaded) and ep.name not in _REGISTRY:
+            reward(ep.name)(loaded)
+
+
+def get_reward(name: str) -> RegisteredReward:
+    """The reward registered as ``name``; :class:`UnknownRewardError` lists the known names otherwise."""
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise UnknownRewardError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())}")
+    return _REGISTRY[name]
+
+
+def known_rewards() -> list[str]:
+    """Every registered name, in-tree and from entry points, sorted."""
+    _load_entry_points()
+    return sorted(_REGISTRY)

@@ -1,0 +1,85 @@
+"""Config schema: every shipped YAML loads; bad keys, types and values fail naming the file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from rlad.config import ConfigError, load_config, save_config
+from rlad.mask_text import Cover
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted([*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("experiments/**/*.yaml")])
+
+
+def test_there_are_shipped_configs():
+    assert any(p.name == "demo.yaml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT)) for p in SHIPPED])
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["mask.grid=8", "mask.cover=area", "rewards.detection.alpha=3"])
+    assert cfg.mask.grid == 8 and cfg.mask.cover is Cover.area
+    assert cfg.rewards["detection"] == {"weight": 1.0, "alpha": 3.0}
+    assert cfg.rewards["answer"]["wrong"] == 0.1  # untouched defaults stay
+
+
+def test_file_merges_over_defaults_and_overrides_over_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("mask:\n  grid: 12\nrewards:\n  answer: {weight: 0.0}\n")
+    cfg = load_config(f, ["mask.grid=6"])
+    assert cfg.mask.grid == 6 and cfg.rewards["answer"]["weight"] == 0.0 and cfg.rewards["format"]["weight"] == 1.0
+
+
+def test_snapshot_round_trip(tmp_path):
+    cfg = load_config(ROOT / "configs/demo.yaml", ["rewards.format.blocks=[think,answer]"])
+    save_config(cfg, tmp_path / "snap.yaml")
+    assert load_config(tmp_path / "snap.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("mask:\n  gird: 8\n", r"c.yaml: key 'mask.gird'"),
+        ("mask:\n  grid: eight\n", r"c.yaml: key 'mask.grid'.*could not be converted"),
+        ("mask:\n  cover: half\n", r"c.yaml: key 'mask.cover'.*any, area"),
+        ("mask:\n  grid: 0\n", r"c.yaml: mask.grid must be >= 1"),
+        ("mask:\n  tau: 1.5\n", r"c.yaml: mask.tau must be in \(0, 1\]"),
+        ("model: tiny\n", r"c.yaml: key 'model'"),
+        (
+            "rewards:\n  detektion: {weight: 1}\n",
+            r"c.yaml: unknown reward 'detektion'; known rewards: answer, detection",
+        ),
+        ("rewards:\n  detection: {alpha: two}\n", r"c.yaml: rewards.detection.alpha must be a number"),
+        ("mask: [1, 2]\n", r"c.yaml"),
+        ("- a\n- b\n", r"c.yaml: top level must be a mapping"),
+        ("mask: {grid: 8\n", r"c.yaml: not valid YAML"),
+    ],
+)
+def test_bad_files_are_rejected_naming_file_and_key(tmp_path, text, says):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("mask.grid", "not of the form key=value"),
+        ("mask.grid=x", r"override 'mask.grid=x': key 'mask.grid'"),
+        ("nope=1", r"override 'nope=1': key 'nope'"),
+        ("rewards.answer.wrong=high", r"with overrides \['rewards.answer.wrong=high'\]: rewards.answer.wrong"),
+    ],
+)
+def test_bad_overrides_are_rejected(override, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, [override])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nowhere.yaml does not exist"):
+        load_config(tmp_path / "nowhere.yaml")
