@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/rlad demo
+	$(VENV)/bin/rlad demo --config configs/demo.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check .

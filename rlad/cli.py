@@ -1,0 +1,107 @@
+"""The ``rlad`` command line.
+
+rlad config [CONFIG] [key=value ...]      print the resolved config (schema + file + overrides)
+rlad rewards                              list the registered rewards and their parameters
+rlad score COMPLETIONS.jsonl [--config C] [key=value ...] [--out SCORES.jsonl]
+                                          verify stored completions: rewards and metrics, per group
+rlad demo [--out DIR]                     the main job on this machine (see README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlad.config import ConfigError, load_config, to_yaml
+from rlad.scoring import CompletionFileError
+
+
+def _cmd_config(args: argparse.Namespace) -> None:
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def _cmd_rewards(args: argparse.Namespace) -> None:
+    from rewards import get_reward, known_rewards
+
+    for name in known_rewards():
+        r = get_reward(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in r.params.items()) or "-"
+        doc = (r.fn.__doc__ or "").strip().splitlines()[0] if r.fn.__doc__ else ""
+        print(f"{name:<12} {'batched ' if r.batched else ''}params: {params}\n{'':<12} {doc}")
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from rewards import RewardMix
+    from rlad.scoring import read_completions, score_records, summarise
+
+    config = load_config(args.config, args.overrides)
+    records = list(read_completions(args.completions))
+    if not records:
+        raise SystemExit(f"rlad score: {args.completions} holds no completions")
+    scores = score_records(records, RewardMix(config.rewards))
+    if args.out:
+        with Path(args.out).open("w") as f:
+            for r, s in zip(records, scores, strict=True):
+                f.write(json.dumps({"sample_id": r.sample.sample_id, "group": r.group, **s}) + "\n")
+    print_summary(summarise(records, scores))
+
+
+def print_summary(summary: dict[str, dict[str, float]]) -> None:
+    columns = list(next(iter(summary.values())))
+    width = max(len(g) for g in summary) + 2
+    print(f"{'group':<{width}}" + "".join(f"{c:>11}" for c in columns))
+    for group, row in summary.items():
+        print(f"{group:<{width}}{int(row['n']):>11}" + "".join(f"{row[c]:>11.3f}" for c in columns[1:]))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from rlad.demo import run_demo
+
+    run_demo(Path(args.out), load_config(args.config, args.overrides))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlad", description="Reinforcement fine-tuning of VLMs for anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    p.add_argument("config", nargs="?", help="YAML config file (default: schema defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(fn=_cmd_config)
+
+    p = sub.add_parser("rewards", help="list registered rewards")
+    p.set_defaults(fn=_cmd_rewards)
+
+    p = sub.add_parser("score", help="score stored completions (JSONL) with the config's reward mix")
+    p.add_argument("completions", help="JSONL of {completion, sample, group?}")
+    p.add_argument("--config", help="YAML config whose `rewards` section is the mix")
+    p.add_argument("--out", help="write per-completion scores to this JSONL")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
+    p.set_defaults(fn=_cmd_score)
+
+    p = sub.add_parser("demo", help="run the main job on this machine")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml values)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(fn=_cmd_demo)
+
+    # Overrides may stand before or after options (`score f.jsonl --out s.jsonl k=v`): argparse's
+    # positional list stops at the first option, so collect the key=value words it leaves over.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        args.fn(args)
+    except (ConfigError, CompletionFileError, FileNotFoundError, IsADirectoryError) as err:
+        # User mistakes (bad config, bad input file) end with the message that names them, not a traceback.
+        print(f"rlad {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Score stored completions offline: a JSONL of (completion, sample) records -> rewards and metrics.
+
+One record per line::
+
+    {"completion": "<seg>…</seg><think>…</think><answer>A</answer>",
+     "sample": {…VerifiableSample.to_record()…},
+     "group": "optional label; figures are also reported per group"}
+
+This is what ``rlad score`` runs, and what re-scoring a run's replay store under another reward mix
+builds on: nothing is generated, only verified.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rewards import RewardMix
+from rlad import mask_text
+from rlad.completion import parse_completion
+from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
+from rlad.sample import VerifiableSample
+
+__all__ = ["CompletionFileError", "ScoredRecord", "read_completions", "score_records", "summarise"]
+
+
+class CompletionFileError(ValueError):
+    """A line of a completions file that cannot be read; names the file and line."""
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    completion: str
+    sample: VerifiableSample
+    group: str
+
+
+def read_completions(path: str | Path) -> Iterator[ScoredRecord]:
+    """Yield the records of a completions JSONL; a bad line raises naming ``file:line`` and the field."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record: Any = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CompletionFileError(f"{where}: not JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise CompletionFileError(f"{where}: expected an object, got {type(record).__name__}")
+            for field in ("completion", "sample"):
+                if field not in record:
+                    raise CompletionFileError(f"{where}: missing field {field!r}")
+            if not isinstance(record["completion"], str):
+                raise CompletionFileError(f"{where}: field 'completion' must be a string")
+            try:
+                sample = VerifiableSample.from_record(record["sample"])
+            except (KeyError, TypeError, ValueError) as err:  # MaskTextError is a ValueError
+                raise CompletionFileError(f"{where}: field 'sample' is not a valid sample: {err}") from err
+            yield ScoredRecord(record["completion"], sample, str(record.get("group", "all")))
+
+
+def score_records(records: list[ScoredRecord], mix: RewardMix) -> list[dict[str, float]]:
+    """Per-record reward components and total, in input order."""
+    scores = mix.score([r.completion for r in records], [r.sample for r in records])
+    names = list(scores.components)
+    return [
+        {"total": float(scores.total[i]), **{n: float(scores.components[n][i]) for n in names}}
+        for i in range(len(records))
+    ]
+
+
+def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per group (and ``all``): mean rewards, format rate, patch-level detection and answer accuracy."""
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_group[r.group].append(i)
+    if len(by_group) > 1:
+        by_group["all"] = list(range(len(records)))
+    out = {}
+    for group, idx in by_group.items():
+        detection = DetectionMetrics()
+        answers = []
+        for i in idx:
+            r = records[i]
+            parsed = parse_completion(r.completion)
+            pred = None
+            if parsed.seg is not None:
+                try:
+                    pred = mask_text.decode(parsed.seg, r.sample.grid)
+                except mask_text.MaskTextError:
+                    pred = None
+            detection.add(pred, r.sample.mask, r.sample.anomalous)  # at patch resolution
+            answers.append(
+                AnswerRecord(r.sample.subtask or "all", parsed.answer_letter, r.sample.answer, r.sample.anomalous)
+            )
+        means = {k: float(np.mean([scores[i][k] for i in idx])) for k in scores[idx[0]]}
+        det = detection.summary()
+        out[group] = {
+            "n": float(len(idx)),
+            **means,  # total and each reward
+            "image_F1": det["image_f1"],
+            "patch_F1": det["pixel_f1"],
+            "IoU_ano": det["iou_ano"],
+            "bad_seg": det["unparseable_rate"],
+            "answer_acc": mmad_accuracy(answers)["mean"]["accuracy"],
+        }
+    return out

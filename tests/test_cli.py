@@ -1,0 +1,87 @@
+"""The rlad command line: config, rewards, score (with bad input files), and the demo."""
+
+import json
+
+import pytest
+from conftest import make_sample
+
+from rlad.cli import main
+
+
+def write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def record(completion, sample, group="g"):
+    return json.dumps({"completion": completion, "sample": sample.to_record(), "group": group})
+
+
+def test_config_prints_resolved_yaml(capsys):
+    main(["config", "configs/demo.yaml", "mask.grid=6"])
+    out = capsys.readouterr().out
+    assert "grid: 6" in out and "alpha: 2.0" in out
+
+
+def test_rewards_lists_builtins(capsys):
+    main(["rewards"])
+    out = capsys.readouterr().out
+    assert "detection" in out and "alpha=2.0" in out and "wrong=0.1" in out
+
+
+def test_score_writes_per_completion_scores(tmp_path, capsys):
+    s = make_sample([(0, 0)], answer="A")
+    good = "<seg>(0, 0)</seg><think>x</think><answer>A</answer>"
+    f = write_jsonl(tmp_path / "c.jsonl", [record(good, s, "good"), record("junk", s, "bad")])
+    main(["score", str(f), "--out", str(tmp_path / "s.jsonl"), "rewards.format.weight=2"])
+    scores = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    # good: format 1 (x2) + detection 2 (alpha 2, F1 1) + answer 1 = 5
+    assert scores[0]["total"] == 5.0 and scores[1]["total"] == 0.0
+    assert "good" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("{not json", "c.jsonl:2: not JSON"),
+        ("[1, 2]", "c.jsonl:2: expected an object"),
+        ('{"sample": {}}', "c.jsonl:2: missing field 'completion'"),
+        ('{"completion": 5, "sample": {}}', "c.jsonl:2: field 'completion' must be a string"),
+        ('{"completion": "x", "sample": {"grid": 4}}', "c.jsonl:2: field 'sample' is not a valid sample"),
+    ],
+)
+def test_score_names_the_bad_line(tmp_path, capsys, line, says):
+    ok = record("x", make_sample())
+    f = write_jsonl(tmp_path / "c.jsonl", [ok, line])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(f)])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_score_bad_mask_in_sample_names_the_line(tmp_path, capsys):
+    rec = make_sample().to_record() | {"mask": "(9, 9)"}
+    f = write_jsonl(tmp_path / "c.jsonl", [json.dumps({"completion": "x", "sample": rec})])
+    with pytest.raises(SystemExit):
+        main(["score", str(f)])
+    assert "c.jsonl:1: field 'sample' is not a valid sample: patch '(9, 9)' lies outside the 4x4 grid" in (
+        capsys.readouterr().err
+    )
+
+
+def test_score_missing_file_and_bad_config(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path / "none.jsonl")])
+    assert "none.jsonl" in capsys.readouterr().err
+    f = write_jsonl(tmp_path / "c.jsonl", [record("x", make_sample())])
+    with pytest.raises(SystemExit):
+        main(["score", str(f), "rewards.nope.weight=1"])
+    assert "unknown reward 'nope'" in capsys.readouterr().err
+
+
+def test_demo_runs_and_its_checks_hold(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path / "demo"), "--config", "configs/demo.yaml"])
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == 3 and "FAIL" not in out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["1 oracle"]["patch_F1"] == 1.0 and summary["6 junk"]["total"] == 0.0
