@@ -28,6 +28,7 @@ test: lint
 
 bench: setup
 	$(PY) experiments/bench_rewards.py
+	$(PY) experiments/bench_synth.py
 
 clean:
 	rm -rf $(VENV) runs out .pytest_cache .hypothesis

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rlad.config import ConfigError, load_config, to_yaml
+from rlad.data.readers import DataError
 from rlad.scoring import CompletionFileError
 
 
@@ -62,6 +63,46 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), load_config(args.config, args.overrides))
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> None:
+    import time
+
+    from rlad.data.synth import SynthSpec, synthesize
+
+    classes = tuple(args.classes.split(",")) if args.classes else SynthSpec.classes
+    spec = SynthSpec(
+        classes=classes,
+        images_per_class=args.per_class,
+        references_per_class=args.references,
+        size=args.size,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    mmad = synthesize(spec, args.out, workers=args.workers)
+    n_q = sum(len(e["conversation"]) for e in mmad.values())
+    print(
+        f"wrote {len(mmad)} test images, {len(classes) * args.references} references and {n_q} questions "
+        f"to {args.out} in {time.perf_counter() - start:.1f} s (MVTec-AD layout + mmad.json)"
+    )
+
+
+def _cmd_data_show(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from rlad.data.readers import load_pixel_mask, read_mvtec
+    from rlad.data.show import contact_sheet
+
+    config = load_config(args.config, args.overrides)
+    samples, _ = read_mvtec(args.data, config.mask.grid, config.mask.cover, config.mask.tau)
+    rng = np.random.default_rng(config.seed)
+    anomalous = [s for s in samples if s.anomalous]
+    normal = [s for s in samples if not s.anomalous]
+    n_ano = min(len(anomalous), args.n - args.n // 6)
+    pick = [anomalous[i] for i in rng.permutation(len(anomalous))[:n_ano]]
+    pick += [normal[i] for i in rng.permutation(len(normal))[: args.n - n_ano]]
+    out = contact_sheet(pick, [load_pixel_mask(s) for s in pick], args.out)
+    print(f"contact sheet of {len(pick)} samples ({config.mask.grid}x{config.mask.grid} grid): {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlad", description="Reinforcement fine-tuning of VLMs for anomaly detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +122,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
     p.set_defaults(fn=_cmd_score)
 
+    data = sub.add_parser("data", help="generate or inspect datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("synth", help="write the generated benchmark (MVTec-AD layout + mmad.json)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", default="", help="comma-separated subset of the classes (default: all 8)")
+    p.add_argument("--per-class", type=int, default=40, help="test images per class, half normal")
+    p.add_argument("--references", type=int, default=4, help="normal train images per class (1-shot references)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(fn=_cmd_data_synth)
+    p = data.add_parser("show", help="contact sheet PNG of a dataset in MVTec-AD layout")
+    p.add_argument("data", help="dataset root")
+    p.add_argument("--out", default="contact_sheet.png")
+    p.add_argument("--n", type=int, default=24, help="samples on the sheet")
+    p.add_argument("--config", default=None, help="YAML config (its mask section sets the grid)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(fn=_cmd_data_show)
+
     p = sub.add_parser("demo", help="run the main job on this machine")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml values)")
@@ -97,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides = [*args.overrides, *extra]
     try:
         args.fn(args)
-    except (ConfigError, CompletionFileError, FileNotFoundError, IsADirectoryError) as err:
+    except (ConfigError, CompletionFileError, DataError, FileNotFoundError, IsADirectoryError) as err:
         # User mistakes (bad config, bad input file) end with the message that names them, not a traceback.
         print(f"rlad {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

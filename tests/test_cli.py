@@ -84,4 +84,6 @@ def test_demo_runs_and_its_checks_hold(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("ok  ") == 3 and "FAIL" not in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["1 oracle"]["patch_F1"] == 1.0 and summary["6 junk"]["total"] == 0.0
+    assert summary["1 sft-target"]["patch_F1"] == 1.0 and summary["6 junk"]["total"] == 0.0
+    assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+    assert (tmp_path / "demo" / "data" / "mmad.json").is_file()

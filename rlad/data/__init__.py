@@ -1,0 +1,1 @@
+"""Data: the generated benchmark (render, questions, synth), readers of real datasets, contact sheets."""

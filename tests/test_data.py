@@ -1,0 +1,267 @@
+"""Generated benchmark, question/SFT-target generation, readers of every layout, and their bad input."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rewards import RewardMix
+from rlad.config import paper_rewards
+from rlad.data.questions import sft_target
+from rlad.data.readers import DataError, load_pixel_mask, read_loco, read_mmad, read_mvtec, read_visa
+from rlad.data.render import CLASSES, DEFECTS, inject_defect, render_normal
+from rlad.data.show import contact_sheet
+from rlad.data.synth import SynthSpec, synthesize
+from rlad.metrics import SUBTASKS
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    mmad = synthesize(SynthSpec(images_per_class=14, references_per_class=2, size=96, seed=3), out, workers=1)
+    return out, mmad
+
+
+def copy_of(synth, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(synth[0], root)
+    return root
+
+
+def test_layout_classes_defects_balance(synth):
+    root, mmad = synth
+    assert {p.name for p in root.iterdir() if p.is_dir()} == set(CLASSES)
+    defects = {k.split("/")[2] for k in mmad}
+    assert defects == {"good", *DEFECTS}
+    n_good = sum(k.split("/")[2] == "good" for k in mmad)
+    assert n_good == len(mmad) / 2
+    for key, entry in mmad.items():
+        assert (root / key).is_file()
+        assert (entry["mask_path"] is None) == ("/good/" in key)
+        if entry["mask_path"]:
+            assert (root / entry["mask_path"]).is_file()
+    assert all((root / c / "train" / "good" / "001.png").is_file() for c in CLASSES)
+
+
+def test_generation_is_deterministic(tmp_path, synth):
+    spec = SynthSpec(classes=("pill", "wood"), images_per_class=4, references_per_class=1, size=96, seed=3)
+    synthesize(spec, tmp_path / "a", workers=1)
+    synthesize(spec, tmp_path / "b", workers=2)
+    for f in (tmp_path / "a").rglob("*.png"):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+    assert (tmp_path / "a/mmad.json").read_text() == (tmp_path / "b/mmad.json").read_text()
+    synthesize(
+        SynthSpec(classes=("pill",), images_per_class=2, references_per_class=1, size=96, seed=4), tmp_path / "c"
+    )
+    a = np.asarray(Image.open(tmp_path / "a/pill/test/good/000.png"))
+    c = np.asarray(Image.open(tmp_path / "c/pill/test/good/000.png"))
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", list(DEFECTS))
+def test_defect_changes_pixels_inside_its_mask(kind):
+    rng = np.random.default_rng(0)
+    obj = render_normal("metal_nut", rng, 128)
+    image, defect = inject_defect(obj, kind, rng)
+    change = np.abs(image - obj.image).sum(axis=2)
+    assert defect.mask.sum() >= 6
+    inside, outside = change[defect.mask].mean(), change[~defect.mask].mean()
+    assert inside > 5 * outside, (inside, outside)  # the defect is where the mask says, not elsewhere
+
+
+def test_small_defects_exist(synth):
+    samples, _ = read_mvtec(synth[0], grid=24)
+    sizes = [int(s.mask.sum()) for s in samples if s.anomalous]
+    assert min(sizes) <= 2 and max(sizes) >= 10
+
+
+def test_questions_are_valid_and_shuffled(synth):
+    samples, report = read_mmad(synth[0] / "mmad.json", grid=8)
+    assert report.read == len(samples) and not report.skipped
+    subtasks = {s.subtask for s in samples}
+    assert subtasks == set(SUBTASKS) - {"Defect Analysis"}
+    assert all(s.answer in s.options for s in samples)
+    assert len({s.answer for s in samples if len(s.options) == 4}) == 4  # the right letter moves around
+    assert all(s.question.splitlines()[1].startswith("A. ") for s in samples)
+
+
+def test_sft_targets_earn_full_reward(synth):
+    samples, _ = read_mmad(synth[0] / "mmad.json", grid=24)
+    targets = [sft_target(s) for s in samples]
+    scores = RewardMix(paper_rewards()).score(targets, samples)
+    assert scores.components["format"].min() == 1.0 and scores.components["answer"].min() == 1.0
+    want = np.array([2.0 if s.mask.any() else 1.0 for s in samples])
+    assert np.array_equal(scores.components["detection"], want)
+    anomalous = next(t for t, s in zip(targets, samples, strict=True) if s.anomalous and s.defect == "crack")
+    assert "crack" in anomalous and "patches in rows" in anomalous
+
+
+def test_one_shot_references(synth):
+    samples, _ = read_mmad(synth[0] / "mmad.json", grid=8, shots=1)
+    assert all(s.reference and "/train/good/" in s.reference for s in samples)
+    assert all(s.reference.split("/")[-4] == s.class_name for s in samples)
+
+
+def test_mvtec_reader_and_pixel_masks(synth):
+    samples, _ = read_mvtec(synth[0], grid=8, classes=["pill"])
+    assert {s.class_name for s in samples} == {"pill"} and len(samples) == 14
+    for s in samples:
+        pixels = load_pixel_mask(s)
+        assert (pixels is not None) == s.anomalous
+        assert s.answer == ("A" if s.anomalous else "B")
+        if pixels is not None:
+            assert pixels.shape == (96, 96) and s.mask.any()
+
+
+def test_loco_reader_ors_several_masks(tmp_path):
+    root = tmp_path / "loco"
+    (root / "box/test/good").mkdir(parents=True)
+    (root / "box/test/logical_anomalies").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(root / "box/test/good/000.png")
+    Image.new("RGB", (64, 64)).save(root / "box/test/logical_anomalies/000.png")
+    mdir = root / "box/ground_truth/logical_anomalies/000"
+    mdir.mkdir(parents=True)
+    a, b = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    a[0:8, 0:8] = 255  # patch (0, 0) of an 8x8 grid
+    b[56:64, 56:64] = 200  # patch (7, 7); LOCO masks use several grey values
+    Image.fromarray(a).save(mdir / "000.png")
+    Image.fromarray(b).save(mdir / "001.png")
+    samples, _ = read_loco(root, grid=8)
+    ano = next(s for s in samples if s.anomalous)
+    assert ano.mask.sum() == 2 and ano.mask[0, 0] and ano.mask[7, 7]
+    assert load_pixel_mask(ano).sum() == 128
+
+
+def write_visa(root, rows):
+    (root / "split_csv").mkdir(parents=True)
+    (root / "candle/Data/Images/Normal").mkdir(parents=True)
+    (root / "candle/Data/Images/Anomaly").mkdir(parents=True)
+    (root / "candle/Data/Masks/Anomaly").mkdir(parents=True)
+    Image.new("RGB", (80, 64)).save(root / "candle/Data/Images/Normal/0000.JPG")
+    Image.new("RGB", (80, 64)).save(root / "candle/Data/Images/Anomaly/000.JPG")
+    m = np.zeros((64, 80), np.uint8)
+    m[32:36, 40:44] = 255  # rows in patch 4 (8 px each), cols in patch 4 (10 px each)
+    Image.fromarray(m).save(root / "candle/Data/Masks/Anomaly/000.png")
+    lines = ["object,split,label,image,mask", *rows]
+    (root / "split_csv/1cls.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_visa_raw_reader(tmp_path):
+    root = tmp_path / "visa"
+    write_visa(root, [
+        "candle,test,normal,candle/Data/Images/Normal/0000.JPG,",
+        "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png",
+        "candle,train,normal,candle/Data/Images/Normal/0000.JPG,",
+    ])  # fmt: skip
+    samples, _ = read_visa(root, grid=8)
+    assert len(samples) == 2 and [s.anomalous for s in samples] == [False, True]
+    assert samples[1].mask.sum() == 1 and samples[1].class_name == "candle"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_mask_file_is_named(synth, tmp_path, caplog):
+    root = copy_of(synth, tmp_path)
+    victim = root / "pill/ground_truth/crack/000_mask.png"
+    victim.unlink()
+    with pytest.raises(DataError, match=r"pill/test/crack/000.png: mask file .*000_mask.png does not exist"):
+        read_mvtec(root, grid=8)
+    with caplog.at_level(logging.WARNING):
+        samples, report = read_mvtec(root, grid=8, on_bad="skip")
+    assert len(report.skipped) == 1 and report.skipped[0][0] == "pill/test/crack/000.png"
+    assert "skipped 1" in report.summary() and "skipped 1" in caplog.text
+    assert len(samples) == 8 * 14 - 1
+
+
+def test_corrupt_image_is_named(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    img = root / "wood/test/good/001.png"
+    img.write_bytes(img.read_bytes()[:200])  # truncated PNG
+    with pytest.raises(DataError, match=r"wood/test/good/001.png.* is unreadable"):
+        read_mvtec(root, grid=8)
+    (root / "wood/test/good/002.png").write_bytes(b"not an image at all")
+    _, report = read_mvtec(root, grid=8, on_bad="skip")
+    assert sorted(e for e, _ in report.skipped) == ["wood/test/good/001.png", "wood/test/good/002.png"]
+
+
+def test_mask_of_the_wrong_size(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    Image.new("L", (50, 50)).save(root / "pill/ground_truth/hole/000_mask.png")
+    with pytest.raises(DataError, match=r"mask .*000_mask.png is 50x50 but its image is 96x96"):
+        read_mvtec(root, grid=8)
+
+
+def edit_mmad(root, fn):
+    path = root / "mmad.json"
+    data = json.loads(path.read_text())
+    key = next(k for k in data if "/crack/" in k)
+    fn(data, key)
+    path.write_text(json.dumps(data))
+    return path, key
+
+
+def test_mmad_entry_without_answer(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    path, key = edit_mmad(root, lambda d, k: d[k]["conversation"][1].pop("Answer"))
+    with pytest.raises(DataError, match=rf"entry '{key}' question 1: missing field 'Answer'"):
+        read_mmad(path, grid=8)
+    _, report = read_mmad(path, grid=8, on_bad="skip")
+    assert [e for e, _ in report.skipped] == [f"{path} entry {key!r}"]
+
+
+def test_mmad_answer_not_among_options(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    path, _ = edit_mmad(root, lambda d, k: d[k]["conversation"][0].update(Answer="E"))
+    with pytest.raises(DataError, match=r"question 0: answer 'E' is not among the options \['A', 'B'\]"):
+        read_mmad(path, grid=8)
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.png", "/etc/passwd"])
+def test_mmad_path_outside_root(synth, tmp_path, bad_path):
+    root = copy_of(synth, tmp_path)
+    path, _ = edit_mmad(root, lambda d, k: d[k].update(mask_path=bad_path))
+    with pytest.raises(DataError, match=rf"path '{bad_path}' leaves the dataset root"):
+        read_mmad(path, grid=8)
+
+
+def test_visa_path_outside_root(tmp_path):
+    root = tmp_path / "visa"
+    write_visa(root, ["candle,test,normal,../../secret.JPG,"])
+    with pytest.raises(DataError, match=r"1cls.csv:2: path '../../secret.JPG' leaves the dataset root"):
+        read_visa(root, grid=8)
+
+
+def test_empty_or_missing_datasets(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        read_mvtec(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class folder"):
+        read_mvtec(tmp_path / "empty")
+    (tmp_path / "mmad.json").write_text("{}")
+    with pytest.raises(DataError, match="no samples could be read"):
+        read_mmad(tmp_path / "mmad.json")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(DataError, match=r"bad.json: not valid JSON"):
+        read_mmad(tmp_path / "bad.json")
+
+
+def test_contact_sheet(synth, tmp_path):
+    samples, _ = read_mvtec(synth[0], grid=8, classes=["capsule"])
+    out = contact_sheet(samples[:7], [load_pixel_mask(s) for s in samples[:7]], tmp_path / "s.png", tile=64, cols=4)
+    assert Image.open(out).size == (4 * 64, 2 * (64 + 28))
+
+
+def test_cli_data_synth_and_show(tmp_path, capsys):
+    from rlad.cli import main
+
+    main(["data", "synth", "--out", str(tmp_path / "d"), "--classes", "pill,pcb", "--per-class", "4", "--size", "64"])
+    main(["data", "show", str(tmp_path / "d"), "--out", str(tmp_path / "sheet.png"), "--n", "6", "mask.grid=8"])
+    out = capsys.readouterr().out
+    assert "wrote 8 test images" in out and (tmp_path / "sheet.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["data", "show", str(tmp_path / "nope")])
+    assert "is not a folder" in capsys.readouterr().err
