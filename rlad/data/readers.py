@@ -183,6 +183,28 @@ def _class_dirs(root: Path, classes: Iterable[str] | None) -> list[Path]:
     return dirs
 
 
+def _read_test_folders(
+    root: Path,
+    g: _Grid,
+    classes: Iterable[str] | None,
+    on_bad: str,
+    masks_of: Callable[[Path, str, Path], list[Path]],
+) -> tuple[list[VerifiableSample], ReadReport]:
+    """Walk ``<class>/test/<defect>/<image>``; ``masks_of(class_dir, defect, image)`` locates the mask files."""
+    col = _Collector(str(root), on_bad)
+    for cdir in _class_dirs(root, classes):
+        for ddir in sorted(p for p in (cdir / "test").iterdir() if p.is_dir()):
+            for img in sorted(p for p in ddir.iterdir() if p.suffix in IMAGE_SUFFIXES):
+                rel = img.relative_to(root).as_posix()
+
+                def build(img=img, rel=rel, cdir=cdir, defect=ddir.name):
+                    masks = [] if defect == "good" else masks_of(cdir, defect, img)
+                    return [_discrimination_sample(rel, img, masks, g, cdir.name, defect, rel)]
+
+                col.add(rel, build)
+    return col.finish()
+
+
 def read_mvtec(
     root: str | Path,
     grid: int = 24,
@@ -192,17 +214,11 @@ def read_mvtec(
     on_bad: str = "error",
 ) -> tuple[list[VerifiableSample], ReadReport]:
     """MVTec-AD (or VisA converted to its layout): every test image, one Discrimination question each."""
-    root, g = Path(root), _Grid(grid, Cover(cover), tau)
-    col = _Collector(str(root), on_bad)
-    for cdir in _class_dirs(root, classes):
-        for ddir in sorted(p for p in (cdir / "test").iterdir() if p.is_dir()):
-            for img in sorted(p for p in ddir.iterdir() if p.suffix in IMAGE_SUFFIXES):
-                rel = img.relative_to(root).as_posix()
-                masks = [] if ddir.name == "good" else [cdir / "ground_truth" / ddir.name / f"{img.stem}_mask.png"]
-                col.add(rel, lambda img=img, rel=rel, masks=masks, c=cdir.name, d=ddir.name: [
-                    _discrimination_sample(rel, img, masks, g, c, d, rel)
-                ])  # fmt: skip
-    return col.finish()
+
+    def masks_of(cdir: Path, defect: str, img: Path) -> list[Path]:
+        return [cdir / "ground_truth" / defect / f"{img.stem}_mask.png"]
+
+    return _read_test_folders(Path(root), _Grid(grid, Cover(cover), tau), classes, on_bad, masks_of)
 
 
 def read_loco(
@@ -214,24 +230,15 @@ def read_loco(
     on_bad: str = "error",
 ) -> tuple[list[VerifiableSample], ReadReport]:
     """MVTec-LOCO: like MVTec-AD, but each anomalous image's masks are ``ground_truth/<defect>/<stem>/*.png``, OR-ed."""
-    root, g = Path(root), _Grid(grid, Cover(cover), tau)
-    col = _Collector(str(root), on_bad)
-    for cdir in _class_dirs(root, classes):
-        for ddir in sorted(p for p in (cdir / "test").iterdir() if p.is_dir()):
-            for img in sorted(p for p in ddir.iterdir() if p.suffix in IMAGE_SUFFIXES):
-                rel = img.relative_to(root).as_posix()
 
-                def build(img=img, rel=rel, c=cdir.name, d=ddir.name):
-                    masks = []
-                    if d != "good":
-                        mdir = root / c / "ground_truth" / d / img.stem
-                        masks = sorted(p for p in mdir.glob("*.png")) if mdir.is_dir() else []
-                        if not masks:
-                            raise DataError(f"{rel}: no mask files in {mdir}")
-                    return [_discrimination_sample(rel, img, masks, g, c, d, rel)]
+    def masks_of(cdir: Path, defect: str, img: Path) -> list[Path]:
+        mdir = cdir / "ground_truth" / defect / img.stem
+        masks = sorted(mdir.glob("*.png")) if mdir.is_dir() else []
+        if not masks:
+            raise DataError(f"{img.relative_to(cdir.parent).as_posix()}: no mask files in {mdir}")
+        return masks
 
-                col.add(rel, build)
-    return col.finish()
+    return _read_test_folders(Path(root), _Grid(grid, Cover(cover), tau), classes, on_bad, masks_of)
 
 
 def read_visa(
