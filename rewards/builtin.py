@@ -57,14 +57,8 @@ def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0) 
 
     A missing, ambiguous or malformed ``<seg>`` earns 0, on normal images too: junk is never "no anomaly".
     """
-    seg = parse_completion(completion).seg
-    if seg is None:
-        return 0.0
-    try:
-        pred = mask_text.decode(seg, sample.grid)
-    except mask_text.MaskTextError:
-        return 0.0
-    return detection_score(pred, sample.mask, alpha)
+    pred = mask_text.decode_or_none(parse_completion(completion).seg, sample.grid)
+    return 0.0 if pred is None else detection_score(pred, sample.mask, alpha)
 
 
 @reward("answer")

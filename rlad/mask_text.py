@@ -29,6 +29,7 @@ __all__ = [
     "Cover",
     "MaskTextError",
     "decode",
+    "decode_or_none",
     "encode",
     "grid_to_mask",
     "mask_to_grid",
@@ -120,6 +121,16 @@ def decode(text: str, grid: int) -> np.ndarray:
         pos = m.end()
         if sep == "" or not text[pos:].strip():  # end of text, or a harmless trailing comma
             return mask
+
+
+def decode_or_none(text: str | None, grid: int) -> np.ndarray | None:
+    """``decode(text, grid)``, or None when the text is missing (None) or malformed: what rewards and metrics read."""
+    if text is None:
+        return None
+    try:
+        return decode(text, grid)
+    except MaskTextError:
+        return None
 
 
 def _patch_edges(n: int, grid: int) -> np.ndarray:

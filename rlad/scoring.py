@@ -91,12 +91,7 @@ def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> di
         for i in idx:
             r = records[i]
             parsed = parse_completion(r.completion)
-            pred = None
-            if parsed.seg is not None:
-                try:
-                    pred = mask_text.decode(parsed.seg, r.sample.grid)
-                except mask_text.MaskTextError:
-                    pred = None
+            pred = mask_text.decode_or_none(parsed.seg, r.sample.grid)
             detection.add(pred, r.sample.mask, r.sample.anomalous)  # at patch resolution
             answers.append(
                 AnswerRecord(r.sample.subtask or "all", parsed.answer_letter, r.sample.answer, r.sample.anomalous)
