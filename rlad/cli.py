@@ -4,6 +4,7 @@ rlad config [CONFIG] [key=value ...]      print the resolved config (schema + fi
 rlad rewards                              list the registered rewards and their parameters
 rlad score COMPLETIONS.jsonl [--config C] [key=value ...] [--out SCORES.jsonl]
                                           verify stored completions: rewards and metrics, per group
+rlad sft CONFIG [key=value ...]           stage 1: SFT warm-start; writes <sft.output_dir>/final
 rlad demo [--out DIR]                     the main job on this machine (see README)
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -61,6 +63,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from rlad.demo import run_demo
 
     run_demo(Path(args.out), load_config(args.config, args.overrides))
+
+
+def _cmd_sft(args: argparse.Namespace) -> None:
+    from rlad.sft import run_sft
+
+    config = load_config(args.config, args.overrides)
+    report = run_sft(config)
+    rows = report["rows"]
+    if rows:
+        print(f"held-out questions: {report['held_out']} (greedy); training examples: {report['train_examples']}")
+        print_summary(rows)
+    print(f"{report['train']['steps']} steps in {report['train']['seconds']} s; policy saved to {report['final']}")
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
@@ -142,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(fn=_cmd_data_show)
 
+    p = sub.add_parser("sft", help="stage 1: SFT warm-start on dense <seg><think><answer> targets")
+    p.add_argument("config", help="YAML config (e.g. configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_steps=50")
+    p.set_defaults(fn=_cmd_sft)
+
     p = sub.add_parser("demo", help="run the main job on this machine")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml values)")
@@ -151,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     # Overrides may stand before or after options (`score f.jsonl --out s.jsonl k=v`): argparse's
     # positional list stops at the first option, so collect the key=value words it leaves over.
     args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -1,4 +1,5 @@
 """Rollout engines for rlad (transformers on CPU/GPU, vLLM on GPU) and the Ray rollout worker.
 
-Empty until the GRPO-on-Ray issue lands: nothing here is implemented yet.
+`transformers_engine.TransformersEngine` generates completions today; the Ray rollout worker, weight sync
+and the vLLM backend come with the GRPO-on-Ray and vLLM issues.
 """

@@ -25,3 +25,32 @@ def make_sample(patches=(), grid=4, answer="A", options="AB", sample_id="s0", an
 @pytest.fixture
 def sample_factory():
     return make_sample
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    """The tiny Qwen2.5-VL checkpoint folder (built once into the rlad cache, then reused)."""
+    from rlad.tiny import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_dir):
+    """The tiny policy in eval mode, 1-shot builder, images at 224 px."""
+    from rlad.config import ModelConfig
+    from rlad.policy import load_policy
+
+    return load_policy(ModelConfig(path=str(tiny_dir), image_size=224), shots=1)
+
+
+@pytest.fixture(scope="session")
+def small_benchmark(tmp_path_factory):
+    """A small generated benchmark (2 classes, 8 images each) and its samples at grid 8, 1-shot."""
+    from rlad.data.readers import read_mmad
+    from rlad.data.synth import SynthSpec, synthesize
+
+    root = tmp_path_factory.mktemp("bench")
+    synthesize(SynthSpec(classes=("pill", "wood"), images_per_class=8, references_per_class=1, size=224), root, 1)
+    samples, _ = read_mmad(root / "mmad.json", root, grid=8, shots=1)
+    return root, samples

@@ -1,0 +1,163 @@
+"""Samples for a run, from the config's ``data`` section: a dataset on disk, or the generated benchmark.
+
+- ``data.root`` empty: the benchmark of ``data.synth`` is generated once into the cache
+  (``$RLAD_CACHE``/synth-<hash>) and read through the MMAD reader, like any user dataset.
+- ``data.root`` set: its ``mmad.json`` (or ``data.mmad``) through the MMAD reader, else the MVTec-AD reader.
+- ``data.sft_jsonl``: the user's own SFT examples, one JSON object per line.
+
+Held-out evaluation images are chosen by a hash of the image path, so every question about an image lands
+on the same side and the split does not move when the dataset grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlad import mask_text
+from rlad.completion import parse_completion
+from rlad.config import Config
+from rlad.data.questions import sft_target
+from rlad.data.readers import DataError, read_mmad, read_mvtec
+from rlad.data.synth import SynthSpec, synthesize
+from rlad.sample import VerifiableSample
+
+__all__ = ["SFTExample", "dataset_root", "held_out", "load_samples", "read_sft_jsonl", "sft_examples", "split"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    sample: VerifiableSample
+    target: str  # the full completion to learn: <seg>...</seg><think>...</think><answer>X</answer>
+
+
+def _synth_spec(config: Config) -> SynthSpec:
+    s = config.data.synth
+    classes = tuple(s.classes) or SynthSpec.classes
+    return SynthSpec(classes, s.images_per_class, s.references_per_class, s.size, config.seed)
+
+
+def dataset_root(config: Config) -> Path:
+    """The dataset folder of this config, generating (once) the synthetic benchmark when none is given."""
+    if config.data.root:
+        root = Path(config.data.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.root {config.data.root!r} is not a directory")
+        return root
+    from rlad.tiny import cache_root
+
+    spec = _synth_spec(config)
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_root() / f"synth-{key}"
+    if not (final / "mmad.json").is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=final.parent, prefix=".building-") as tmp:
+            synthesize(spec, Path(tmp) / "data")
+            try:
+                os.rename(Path(tmp) / "data", final)
+            except OSError:
+                if not (final / "mmad.json").is_file():
+                    raise
+    return final
+
+
+def load_samples(config: Config) -> list[VerifiableSample]:
+    """Every sample of the configured dataset, at the config's grid."""
+    root = dataset_root(config)
+    m = config.mask
+    mmad = Path(config.data.mmad) if config.data.mmad else root / "mmad.json"
+    if config.data.mmad or mmad.is_file():
+        samples, report = read_mmad(mmad, root, m.grid, m.cover, m.tau, config.data.shots, config.data.on_bad)
+    else:
+        samples, report = read_mvtec(root, m.grid, m.cover, m.tau, on_bad=config.data.on_bad)
+    if report.skipped:
+        log.warning(report.summary())
+    if not samples:
+        raise DataError(f"{root}: no samples read ({report.summary()})")
+    return samples
+
+
+def held_out(sample: VerifiableSample, fraction: float) -> bool:
+    digest = hashlib.sha256(sample.image.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split(samples: list[VerifiableSample], fraction: float) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
+    """(train, held-out) by image; see the module docstring."""
+    train = [s for s in samples if not held_out(s, fraction)]
+    evaluation = [s for s in samples if held_out(s, fraction)]
+    return train, evaluation
+
+
+def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
+    """User SFT data: one JSON object per line with ``image``, ``question`` (shown verbatim, options
+    included), ``options`` ({letter: text}), ``answer`` (letter) and ``target`` (the completion); optional
+    ``reference`` (1-shot image), ``mask`` (Text-as-Mask string; default: the target's <seg>), ``id``.
+    Relative image paths are read from the file's folder. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"SFT file {path} does not exist")
+    examples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+        missing = [k for k in ("image", "question", "options", "answer", "target") if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {missing}")
+        seg = row["mask"] if "mask" in row else parse_completion(row["target"]).seg
+        if seg is None:
+            raise DataError(f"{where}: no 'mask' field and the target has no single <seg> block")
+        try:
+            mask = mask_text.decode(seg, grid)
+        except mask_text.MaskTextError as err:
+            raise DataError(f"{where}: mask {seg[:60]!r} does not decode on a {grid}x{grid} grid: {err}") from err
+        image = path.parent / row["image"]
+        if not image.is_file():
+            raise DataError(f"{where}: image {image} does not exist")
+        reference = path.parent / row["reference"] if row.get("reference") else None
+        if reference is not None and not reference.is_file():
+            raise DataError(f"{where}: reference image {reference} does not exist")
+        try:
+            sample = VerifiableSample(
+                sample_id=str(row.get("id", f"{path.name}:{n}")),
+                question=row["question"],
+                options=dict(row["options"]),
+                answer=row["answer"],
+                mask=mask,
+                anomalous=bool(row.get("anomalous", mask.any())),
+                image=str(image),
+                reference=str(reference) if reference else None,
+                subtask=row.get("type", ""),
+            )
+        except (ValueError, TypeError) as err:
+            raise DataError(f"{where}: {err}") from err
+        examples.append(SFTExample(sample, row["target"]))
+    if not examples:
+        raise DataError(f"SFT file {path} holds no examples")
+    return examples
+
+
+def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSample]]:
+    """(training examples, held-out samples). From ``data.sft_jsonl`` when set (its held-out share by
+    image, as for datasets), else the dataset's samples with their grounded dense targets."""
+    if config.data.sft_jsonl:
+        examples = read_sft_jsonl(config.data.sft_jsonl, config.mask.grid)
+        train = [e for e in examples if not held_out(e.sample, config.data.eval_fraction)]
+        evaluation = [e.sample for e in examples if held_out(e.sample, config.data.eval_fraction)]
+        return train, evaluation
+    train, evaluation = split(load_samples(config), config.data.eval_fraction)
+    return [SFTExample(s, sft_target(s)) for s in train], evaluation

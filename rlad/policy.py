@@ -1,0 +1,130 @@
+"""Loading the policy: a Qwen2.5-VL / Qwen2-VL checkpoint from a local directory, or the tiny model.
+
+``load_policy(config.model)`` returns the model with its tokenizer, image processor and the one
+``InputBuilder`` built from them. Nothing is ever fetched: the path must be a local directory (``tiny`` is
+built here, see ``rlad.tiny``), and transformers runs with ``local_files_only``. bf16 on a GPU, fp32 on a CPU
+unless ``model.dtype`` says otherwise; LoRA (peft) on the language model when ``model.lora.r > 0``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlad.config import ConfigError, ModelConfig
+from rlad.inputs import InputBuilder
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "Policy", "load_policy", "resolve_model_path"]
+
+SUPPORTED_MODEL_TYPES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+
+
+@dataclass
+class Policy:
+    model: Any  # a transformers (or peft-wrapped) Qwen-VL model
+    tokenizer: Any
+    image_processor: Any
+    builder: InputBuilder
+    path: Path
+
+
+def resolve_model_path(config: ModelConfig) -> Path:
+    """The checkpoint directory for ``model.path``: ``tiny`` is built (once, cached); anything else must be
+    a local directory holding ``config.json``."""
+    if config.path == "tiny":
+        from rlad.tiny import TinySpec, tiny_model_dir
+
+        return tiny_model_dir(TinySpec(**config.tiny))
+    path = Path(config.path).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model.path {config.path!r} is not a local directory. rlad never downloads: point it at a "
+            "checkpoint on disk (e.g. a Qwen2.5-VL-7B-Instruct folder) or use 'tiny'"
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.path {config.path!r} holds no config.json: not a Hugging Face checkpoint directory")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"model.path {config.path!r}: model_type {model_type!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return path
+
+
+def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def load_image_processor(path: Path, config: ModelConfig) -> Any:
+    from transformers import AutoImageProcessor
+
+    kwargs = {}
+    if config.min_pixels is not None:
+        kwargs["min_pixels"] = config.min_pixels
+    if config.max_pixels is not None:
+        kwargs["max_pixels"] = config.max_pixels
+    return AutoImageProcessor.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+def load_policy(
+    config: ModelConfig,
+    *,
+    shots: int = 1,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+) -> Policy:
+    """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(config)
+    model_type = json.loads((path / "config.json").read_text())["model_type"]
+    model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    model = model_class.from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
+    model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    image_processor = load_image_processor(path, config)
+    builder = InputBuilder(tokenizer, image_processor, image_size=config.image_size, shots=shots)
+    if trainable:
+        model = prepare_for_training(model, config)
+    else:
+        model.eval()
+    return Policy(model, tokenizer, image_processor, builder, path)
+
+
+def prepare_for_training(model: Any, config: ModelConfig) -> Any:
+    """Freeze what the config keeps fixed, switch on gradient checkpointing, wrap LoRA adapters."""
+    if config.freeze_vision:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        # Only the language model's projections: a regex keeps peft away from the vision tower's modules.
+        names = "|".join(config.lora.target_modules)
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=rf".*language_model.*\.({names})",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        if not config.freeze_vision:  # peft froze everything else; the paper trains the vision tower too
+            for p in model.base_model.model.model.visual.parameters():
+                p.requires_grad_(True)
+    model.train()
+    return model

@@ -1,0 +1,205 @@
+"""Stage 1, the SFT warm-start: teach the policy the <seg><think><answer> format on dense targets.
+
+    rlad sft configs/demo.yaml                  # tiny model, generated benchmark, a few CPU minutes
+    rlad sft configs/paper_qwen25vl_7b.yaml model.path=/ckpt/Qwen2.5-VL-7B-Instruct data.root=/data/mmad
+
+OmniAD warm-starts with SFT because GRPO alone collapses (Table 5). The targets are the grounded dense
+completions of ``rlad.data.questions.sft_target`` (or the user's JSONL, ``data.sft_jsonl``); the prompt
+is built by the one ``InputBuilder`` that rollout and learner use, and the loss is on the completion
+tokens only (prompt labels -100), closing end-of-turn token included.
+
+The loop is transformers' ``Trainer``: it brings gradient accumulation, the cosine schedule, DeepSpeed
+(``sft.deepspeed``), TensorBoard, the progress bar and checkpoint/resume. TRL's SFTTrainer was not used
+because its VLM path builds inputs through the HF processor (torchvision, absent here) and its own chat
+templating; our builder would have to be bolted around it. rlad adds only three things:
+
+- a held-out check: greedy completions on ``sft.eval_samples`` held-out questions scored by the reward mix
+  before and after training, next to a chance row (empty mask and a random letter), in ``report.json``;
+- resume from the last *complete* checkpoint: the Trainer writes ``trainer_state.json`` last, so a
+  checkpoint folder without it was cut off mid-write; it is moved aside (never deleted) and the one before
+  is used;
+- the final policy is written to ``<output_dir>/final`` atomically (built aside, then renamed), LoRA merged
+  in, with tokenizer, chat template and image processor: a plain checkpoint ``from_pretrained`` and the
+  GRPO stage load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlad.config import Config, save_config
+from rlad.data.sources import SFTExample, sft_examples
+from rlad.evaluate import evaluate_policy
+from rlad.inputs import InputBuilder
+from rlad.policy import Policy, load_policy
+from rlad.sample import VerifiableSample
+
+__all__ = ["last_complete_checkpoint", "run_sft", "save_policy"]
+
+log = logging.getLogger(__name__)
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Examples encoded lazily (images are read in the DataLoader's workers)."""
+
+    def __init__(self, examples: list[SFTExample], builder: InputBuilder):
+        self.examples = examples
+        self.builder = builder
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        e = self.examples[i]
+        return self.builder.encode_sft(e.sample, e.target)
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` holding ``trainer_state.json``; newer incomplete ones are moved aside."""
+    if not output_dir.is_dir():
+        return None
+    found = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for ckpt in reversed(found):
+        if (ckpt / "trainer_state.json").is_file():
+            return ckpt
+        aside = ckpt.with_name(ckpt.name + f".incomplete-{int(time.time())}")
+        log.warning("%s was cut off mid-write (no trainer_state.json); moved to %s", ckpt, aside.name)
+        ckpt.rename(aside)
+    return None
+
+
+def save_policy(write_weights: Callable[[Path], None], policy: Policy, out: Path, config: Config) -> Path:
+    """Write a loadable checkpoint to ``out`` atomically: built in a sibling folder, then renamed over.
+    ``write_weights(folder)`` saves the model's config and weights there."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_weights(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    policy.image_processor.save_pretrained(tmp)
+    save_config(config, tmp / "rlad.yaml")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def _chance_row(samples: list[VerifiableSample], config: Config) -> dict[str, float]:
+    """What a policy that always says "normal" and picks a random letter scores (seeded)."""
+    from rewards import RewardMix
+    from rlad.scoring import ScoredRecord, score_records, summarise
+
+    rng = random.Random(config.seed)
+    records = [
+        ScoredRecord(f"<seg></seg><think></think><answer>{rng.choice(sorted(s.options))}</answer>", s, "chance")
+        for s in samples
+    ]
+    return summarise(records, score_records(records, RewardMix(config.rewards)))["chance"]
+
+
+def run_sft(config: Config) -> dict[str, Any]:
+    """Train, evaluate before and after on held-out questions, save ``final``; returns the report."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    sft = config.sft
+    out = Path(sft.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "rlad.yaml")
+    torch.manual_seed(config.seed)
+    examples, held_out = sft_examples(config)
+    held_out = random.Random(config.seed).sample(held_out, min(sft.eval_samples, len(held_out)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = load_policy(config.model, shots=config.data.shots, device=device, trainable=True)
+    log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
+
+    resume = last_complete_checkpoint(out) if sft.resume else None
+    report: dict[str, Any] = {"train_examples": len(examples), "held_out": len(held_out), "rows": {}}
+    if held_out:
+        report["rows"]["chance"] = _chance_row(held_out, config)
+        if resume is None:  # the "before" row is of the initial policy, not of a half-trained one
+            report["rows"]["before"] = evaluate_policy(
+                policy.model, policy.builder, held_out, config, "before", out / "eval_before.jsonl"
+            )
+
+    args = TrainingArguments(
+        output_dir=str(out),
+        learning_rate=sft.lr,
+        weight_decay=sft.weight_decay,
+        num_train_epochs=sft.epochs,
+        max_steps=sft.max_steps,
+        per_device_train_batch_size=sft.batch_size,
+        gradient_accumulation_steps=sft.grad_accum,
+        warmup_steps=sft.warmup_ratio,  # a float in [0, 1) is a share of the total steps
+        lr_scheduler_type=sft.lr_scheduler,
+        max_grad_norm=sft.max_grad_norm,
+        logging_steps=sft.logging_steps,
+        save_steps=sft.save_steps,
+        save_total_limit=sft.save_total_limit,
+        deepspeed=sft.deepspeed,
+        seed=config.seed,
+        dataloader_num_workers=sft.num_workers,
+        remove_unused_columns=False,  # our collator needs pixel_values and image_grid_thw
+        include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second (non-padding tokens)
+        report_to="none",  # TensorBoard is added below, writing to <output_dir>/tensorboard
+        bf16=torch_is_bf16(policy.model),
+    )
+    trainer = Trainer(
+        model=policy.model,
+        args=args,
+        train_dataset=SFTDataset(examples, policy.builder),
+        data_collator=policy.builder.collate,
+        processing_class=policy.tokenizer,
+        callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard")))],
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    report["train"] = {
+        "steps": trainer.state.global_step,
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss": result.training_loss,
+        "resumed_from": str(resume) if resume else None,
+    }
+    model = trainer.model
+
+    def write_weights(folder: Path) -> None:
+        if sft.deepspeed:
+            trainer.save_model(str(folder))  # gathers ZeRO-3 shards (LoRA adapters stay unmerged here)
+        elif hasattr(model, "merge_and_unload"):
+            model.merge_and_unload().save_pretrained(folder)  # LoRA: the exported policy is a plain model
+        else:
+            model.save_pretrained(folder)
+
+    if held_out:
+        report["rows"]["after"] = evaluate_policy(
+            model, policy.builder, held_out, config, "after", out / "eval_after.jsonl"
+        )
+    if trainer.is_world_process_zero():
+        report["final"] = str(save_policy(write_weights, policy, out / "final", config))
+        tmp = out / "report.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out / "report.json")
+    return report
+
+
+def torch_is_bf16(model: Any) -> bool:
+    return next(model.parameters()).dtype == torch.bfloat16

@@ -1,0 +1,79 @@
+"""Generation with transformers' ``generate``: the rollout engine on a CPU (and the GPU fallback to vLLM).
+
+Prompts are built by the one ``InputBuilder`` and left-padded, so every completion starts at the same
+column. Sampling settings come only from rlad's ``generation`` config section: a fresh
+``transformers.GenerationConfig`` is built per call, so nothing leaks in from the checkpoint's
+``generation_config.json`` (TRL once sampled near-greedily at temperature 1.0 that way). The end-of-turn
+token stops a completion; it is kept in ``token_ids`` (the learner trains on it) but not in ``text``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlad.config import GenerationConfig
+from rlad.inputs import InputBuilder
+from rlad.sample import VerifiableSample
+
+__all__ = ["Completion", "TransformersEngine"]
+
+
+@dataclass
+class Completion:
+    sample_id: str
+    text: str  # decoded completion, without the end-of-turn token
+    token_ids: list[int]  # generated ids, up to and including the end-of-turn token when one was produced
+    finished: bool  # False when max_new_tokens cut it off
+
+
+class TransformersEngine:
+    def __init__(self, model: Any, builder: InputBuilder, generation: GenerationConfig, batch_size: int = 16):
+        self.model = model
+        self.builder = builder
+        self.generation = generation
+        self.batch_size = batch_size
+
+    def _generation_config(self, n: int, greedy: bool):
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        tok = self.builder.tokenizer
+        stop = [self.builder.end_of_turn_id]
+        if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+            stop.append(tok.eos_token_id)
+        g = self.generation
+        sampling = {} if greedy else {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or None}
+        return HFGenerationConfig(
+            max_new_tokens=g.max_new_tokens,
+            do_sample=not greedy,
+            num_return_sequences=n,
+            eos_token_id=stop,
+            pad_token_id=tok.pad_token_id,
+            **sampling,
+        )
+
+    @torch.no_grad()
+    def generate(self, samples: Sequence[VerifiableSample], n: int = 1, greedy: bool = False) -> list[Completion]:
+        """``n`` completions per sample, in sample order (sample 0's n, then sample 1's, ...)."""
+        device = next(self.model.parameters()).device
+        config = self._generation_config(n, greedy)
+        stop = set(config.eos_token_id)
+        out: list[Completion] = []
+        per_batch = max(1, self.batch_size // n)
+        for start in range(0, len(samples), per_batch):
+            chunk = samples[start : start + per_batch]
+            inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            sequences = self.model.generate(**inputs, generation_config=config)
+            new = sequences[:, inputs["input_ids"].shape[1] :].tolist()  # (len(chunk) * n, new tokens)
+            for i, ids in enumerate(new):
+                cut = next((j + 1 for j, t in enumerate(ids) if t in stop), None)
+                ids = ids[:cut] if cut else ids
+                text_ids = ids[:-1] if cut else ids
+                text = self.builder.tokenizer.decode(text_ids, skip_special_tokens=True)
+                out.append(Completion(chunk[i // n].sample_id, text, ids, finished=cut is not None))
+        return out

@@ -1,0 +1,110 @@
+"""The tiny model factory, loading checkpoints (Qwen2.5-VL and Qwen2-VL), LoRA, and generation settings."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlad.config import ConfigError, LoraConfig, ModelConfig
+from rlad.policy import load_policy, resolve_model_path
+from rlad.tiny import TAG_TOKENS, TinySpec, build_tiny, tiny_model_dir
+from rollout.transformers_engine import TransformersEngine
+
+
+def test_tiny_model_reloads_with_plain_transformers(tiny_dir):
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
+    processor = AutoImageProcessor.from_pretrained(tiny_dir, local_files_only=True)
+    assert model.config.model_type == "qwen2_5_vl"
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert processor.merge_size == 2 and processor.patch_size == 14
+    for tag in TAG_TOKENS:  # one token each, and kept by decode(skip_special_tokens=True)
+        ids = tok(tag, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tok.decode(ids, skip_special_tokens=True) == tag
+    text = "Ünïcode ✓ <seg>(3, 4)-(3, 5)</seg> and bytes \x00\x7f"  # byte-level: any text round-trips
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.chat_template and "<|image_pad|>" in tok.chat_template
+
+
+def test_tiny_model_is_cached_and_deterministic(tiny_dir, tmp_path):
+    stamp = (tiny_dir / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model_dir() == tiny_dir
+    assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    again = build_tiny(TinySpec(), tmp_path / "again")
+
+    def digest(folder, name):
+        return hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert digest(again, name) == digest(tiny_dir, name), name
+
+
+def test_missing_or_foreign_checkpoints_are_refused_without_download(tmp_path):
+    with pytest.raises(ConfigError, match="never downloads"):
+        resolve_model_path(ModelConfig(path="Qwen/Qwen2.5-VL-7B-Instruct"))
+    with pytest.raises(ConfigError, match=r"no config\.json"):
+        resolve_model_path(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConfigError, match="'llama' is not supported"):
+        resolve_model_path(ModelConfig(path=str(tmp_path)))
+
+
+def test_qwen2_vl_checkpoints_load_and_run(tiny_dir, tmp_path, small_benchmark):
+    """Qwen2-VL: same builder, different vision tower (no window attention, its own merger)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tiny = json.loads((tiny_dir / "config.json").read_text())
+    text = tiny["text_config"]
+    config = Qwen2VLConfig(
+        text_config={k: text[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "num_key_value_heads", "rope_parameters",
+                                          "eos_token_id", "pad_token_id")},
+        vision_config={"depth": 2, "embed_dim": 64, "hidden_size": text["hidden_size"], "num_heads": 4,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=tiny["image_token_id"], video_token_id=tiny["video_token_id"],
+        vision_start_token_id=tiny["vision_start_token_id"], vision_end_token_id=tiny["vision_end_token_id"],
+    )  # fmt: skip
+    Qwen2VLForConditionalGeneration(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    policy = load_policy(ModelConfig(path=str(tmp_path), image_size=224))
+    assert type(policy.model).__name__ == "Qwen2VLForConditionalGeneration"
+    _, samples = small_benchmark
+    batch = policy.builder.collate([policy.builder.encode_sft(s, "<seg></seg>") for s in samples[:2]])
+    assert torch.isfinite(policy.model(**batch).loss)
+
+
+def test_lora_trains_adapters_and_the_vision_tower_only(tiny_dir):
+    config = ModelConfig(path=str(tiny_dir), image_size=224, lora=LoraConfig(r=4), gradient_checkpointing=True)
+    policy = load_policy(config, trainable=True)
+    trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".visual." in n for n in trainable)
+    assert any("language_model" in n and "lora_A" in n for n in trainable)
+    assert not any("lora_" in n and ".visual." in n for n in trainable)  # adapters stay out of the vision tower
+    assert policy.model.base_model.model.is_gradient_checkpointing
+    frozen = load_policy(ModelConfig(path=str(tiny_dir), freeze_vision=True), trainable=True)
+    assert not any(p.requires_grad for p in frozen.model.model.visual.parameters())
+
+
+def test_generation_settings_come_from_rlad_config_only(tiny_policy, small_benchmark):
+    """A checkpoint whose generation_config says greedy must still sample at rlad's temperature 1.0."""
+    from rlad.config import GenerationConfig
+
+    _, samples = small_benchmark
+    model = tiny_policy.model
+    model.generation_config.do_sample = False
+    model.generation_config.temperature = 0.01
+    engine = TransformersEngine(model, tiny_policy.builder, GenerationConfig(max_new_tokens=12, temperature=1.0))
+    torch.manual_seed(0)
+    out = engine.generate(samples[:2], n=4)
+    assert [c.sample_id for c in out] == [samples[0].sample_id] * 4 + [samples[1].sample_id] * 4
+    assert len({tuple(c.token_ids) for c in out[:4]}) > 1  # sampled, not greedy
+    greedy = engine.generate(samples[:2], n=1, greedy=True)
+    assert [c.token_ids for c in greedy] == [c.token_ids for c in engine.generate(samples[:2], n=1, greedy=True)]
+    for c in out:
+        assert len(c.token_ids) <= 12
+        assert c.finished == (c.token_ids[-1] == tiny_policy.builder.end_of_turn_id)
