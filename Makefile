@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-slow lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The benchmark and its scoring checks (seconds), then the SFT warm-start of the tiny model (minutes).
 demo: setup
 	$(VENV)/bin/rlad demo --config configs/demo.yaml
+	$(VENV)/bin/rlad sft configs/demo.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -26,9 +28,14 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q
 
+# Tests marked slow (minutes each): the demo SFT must learn the task.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
 bench: setup
 	$(PY) experiments/bench_rewards.py
 	$(PY) experiments/bench_synth.py
+	$(PY) experiments/bench_tiny_policy.py
 
 clean:
 	rm -rf $(VENV) runs out .pytest_cache .hypothesis

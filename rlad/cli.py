@@ -89,6 +89,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
         references_per_class=args.references,
         size=args.size,
         seed=args.seed,
+        fixed_options=args.fixed_options,
     )
     start = time.perf_counter()
     mmad = synthesize(spec, args.out, workers=args.workers)
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--fixed-options", action="store_true", help="all options in a fixed order (not shuffled)")
     p.set_defaults(fn=_cmd_data_synth)
     p = data.add_parser("show", help="contact sheet PNG of a dataset in MVTec-AD layout")
     p.add_argument("data", help="dataset root")

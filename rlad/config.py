@@ -125,6 +125,10 @@ class SynthConfig:
     size: int = 256
     classes: list[str] = field(default_factory=list)
     """Empty: all eight classes."""
+    fixed_options: bool = False
+    """False: MMAD's way, 4 options with the answer at a random letter. True: every option of a question,
+    always in the same order, so a letter always names the same answer (the demo: a 2M-parameter model
+    does not learn in CPU minutes to look a letter up among shuffled options)."""
 
 
 @dataclass
@@ -142,6 +146,9 @@ class DataConfig:
     """0: query image only; 1: a normal reference image of the same class first (the 1-shot setting)."""
     eval_fraction: float = 0.2
     """Share of images (not questions) held out for evaluation; split by a hash of the image path."""
+    questions_per_image: int = 0
+    """Training questions kept per image (seeded choice); 0 keeps all. The generated benchmark asks 6
+    questions about a defective image and 3 about a normal one: 3 balances what <seg> is trained on."""
     on_bad: str = "error"
     """A sample that cannot be read: ``error`` stops naming it; ``skip`` leaves it out, counted and logged."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -151,6 +158,8 @@ class DataConfig:
             raise ConfigError(f"data.shots must be 0 or 1, got {self.shots}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.questions_per_image < 0:
+            raise ConfigError(f"data.questions_per_image must be >= 0, got {self.questions_per_image}")
         if self.on_bad not in ("error", "skip"):
             raise ConfigError(f"data.on_bad must be error or skip, got {self.on_bad!r}")
 

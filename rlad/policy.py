@@ -114,17 +114,16 @@ def prepare_for_training(model: Any, config: ModelConfig) -> Any:
         from peft import LoraConfig, get_peft_model
 
         # Only the language model's projections: a regex keeps peft away from the vision tower's modules.
+        # A trainable vision tower goes in modules_to_save, so checkpoints (and resume) carry it too.
         names = "|".join(config.lora.target_modules)
         lora = LoraConfig(
             r=config.lora.r,
             lora_alpha=config.lora.alpha,
             lora_dropout=config.lora.dropout,
             target_modules=rf".*language_model.*\.({names})",
+            modules_to_save=None if config.freeze_vision else ["visual"],
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-        if not config.freeze_vision:  # peft froze everything else; the paper trains the vision tower too
-            for p in model.base_model.model.model.visual.parameters():
-                p.requires_grad_(True)
     model.train()
     return model

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rlad.config import Config, save_config
+from rlad.config import Config, ConfigError, save_config
 from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.inputs import InputBuilder
@@ -75,19 +75,43 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     for ckpt in reversed(found):
         if (ckpt / "trainer_state.json").is_file():
             return ckpt
-        aside = ckpt.with_name(ckpt.name + f".incomplete-{int(time.time())}")
+        # renamed out of the Trainer's "checkpoint-*" namespace, or its rotation would delete it
+        aside = ckpt.with_name(f"incomplete-{ckpt.name}-{int(time.time())}")
         log.warning("%s was cut off mid-write (no trainer_state.json); moved to %s", ckpt, aside.name)
         ckpt.rename(aside)
     return None
 
 
-def save_policy(write_weights: Callable[[Path], None], policy: Policy, out: Path, config: Config) -> Path:
+def restore_weights(model: Any, checkpoint: Path) -> None:
+    """Load a Trainer checkpoint's weights into ``model`` through ``from_pretrained``.
+
+    transformers 5's Trainer re-reads a checkpoint with a plain ``load_state_dict(strict=False)``, which does
+    not apply the key mapping Qwen2.5-VL checkpoints are saved with: every key misses and training would go
+    on from the *initial* weights after a warning. ``from_pretrained`` applies the mapping; the Trainer's
+    own (no-op) load then still prints its list of missing keys, which can be ignored.
+    """
+    loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype, local_files_only=True)
+    model.load_state_dict(loaded.state_dict())
+    log.info("resumed weights from %s (ignore the Trainer's 'missing keys' warning that follows)", checkpoint)
+
+
+def save_policy(
+    write_weights: Callable[[Path], None], policy: Policy, out: Path, config: Config, main: bool = True
+) -> Path:
     """Write a loadable checkpoint to ``out`` atomically: built in a sibling folder, then renamed over.
-    ``write_weights(folder)`` saves the model's config and weights there."""
+    ``write_weights(folder)`` saves the model's config and weights there; it runs on every rank (a ZeRO-3
+    gather is collective), the rest only on the ``main`` one."""
     tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
+    if main and tmp.exists():
         shutil.rmtree(tmp)
-    write_weights(tmp)
+    try:
+        write_weights(tmp)
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous ``out`` stays as it was
+        raise
+    if not main:
+        return out
     policy.tokenizer.save_pretrained(tmp)
     policy.image_processor.save_pretrained(tmp)
     save_config(config, tmp / "rlad.yaml")
@@ -128,11 +152,20 @@ def run_sft(config: Config) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     examples, held_out = sft_examples(config)
     held_out = random.Random(config.seed).sample(held_out, min(sft.eval_samples, len(held_out)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and held_out:
+        # One rank generating while ZeRO-3 ranks wait on collectives would hang: evaluate the saved policy.
+        log.warning("%d processes: the held-out check is skipped; evaluate %s/final after the run", world, out)
+        held_out = []
+    if sft.deepspeed and not Path(sft.deepspeed).is_file():
+        raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(config.model, shots=config.data.shots, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
     resume = last_complete_checkpoint(out) if sft.resume else None
+    if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
+        restore_weights(policy.model, resume)
     report: dict[str, Any] = {"train_examples": len(examples), "held_out": len(held_out), "rows": {}}
     if held_out:
         report["rows"]["chance"] = _chance_row(held_out, config)
@@ -158,6 +191,7 @@ def run_sft(config: Config) -> dict[str, Any]:
         deepspeed=sft.deepspeed,
         seed=config.seed,
         dataloader_num_workers=sft.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,  # our collator needs pixel_values and image_grid_thw
         include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second (non-padding tokens)
         report_to="none",  # TensorBoard is added below, writing to <output_dir>/tensorboard
@@ -181,9 +215,13 @@ def run_sft(config: Config) -> dict[str, Any]:
     }
     model = trainer.model
 
+    main = trainer.is_world_process_zero()
+
     def write_weights(folder: Path) -> None:
         if sft.deepspeed:
-            trainer.save_model(str(folder))  # gathers ZeRO-3 shards (LoRA adapters stay unmerged here)
+            trainer.save_model(str(folder))  # every rank: ZeRO-3 gathers shards, the main one writes
+        elif not main:
+            return
         elif hasattr(model, "merge_and_unload"):
             model.merge_and_unload().save_pretrained(folder)  # LoRA: the exported policy is a plain model
         else:
@@ -193,8 +231,8 @@ def run_sft(config: Config) -> dict[str, Any]:
         report["rows"]["after"] = evaluate_policy(
             model, policy.builder, held_out, config, "after", out / "eval_after.jsonl"
         )
-    if trainer.is_world_process_zero():
-        report["final"] = str(save_policy(write_weights, policy, out / "final", config))
+    report["final"] = str(save_policy(write_weights, policy, out / "final", config, main))
+    if main:
         tmp = out / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out / "report.json")

@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TinySpec", "build_tiny", "cache_root", "tiny_model_dir"]
 
-FACTORY_VERSION = 1  # bump when the factory's output changes, so cached models are rebuilt
+FACTORY_VERSION = 4  # bump when the factory's output changes, so cached models are rebuilt
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -88,6 +88,23 @@ def test_questions_are_valid_and_shuffled(synth):
     assert all(s.question.splitlines()[1].startswith("A. ") for s in samples)
 
 
+def test_fixed_options_give_each_letter_one_meaning(tmp_path):
+    spec = SynthSpec(classes=("pill", "wood"), images_per_class=12, references_per_class=1, size=64, fixed_options=True)
+    synthesize(spec, tmp_path, workers=1)
+    samples, _ = read_mmad(tmp_path / "mmad.json", grid=8)
+    meaning: dict[tuple[str, str], set[str]] = {}
+    for s in samples:
+        if s.subtask == "Defect Description":  # 72 candidates: 4 of them, in the fixed order
+            continue
+        for letter, text in s.options.items():
+            meaning.setdefault((s.question.splitlines()[0], letter), set()).add(text)
+    assert all(len(texts) == 1 for texts in meaning.values())
+    yes_no = next(s for s in samples if s.subtask == "Anomaly Discrimination")
+    assert yes_no.options == {"A": "Yes.", "B": "No."}
+    objects = next(s for s in samples if s.subtask == "Object Classification")
+    assert objects.options == {"A": "pill", "B": "wood"}
+
+
 def test_sft_targets_earn_full_reward(synth):
     samples, _ = read_mmad(synth[0] / "mmad.json", grid=24)
     targets = [sft_target(s) for s in samples]

@@ -60,12 +60,21 @@ def size_of(mask: np.ndarray) -> str:
     return SIZES[0] if share < 0.005 else SIZES[1] if share < 0.03 else SIZES[2]
 
 
-def _choice(question: str, right: str, wrong: list[str], rng: np.random.Generator, n: int = 4) -> dict[str, Any]:
-    picked = [w for w in dict.fromkeys(wrong) if w != right]
-    picked = [picked[i] for i in rng.permutation(len(picked))[: n - 1]]
-    opts = [right, *picked]
-    opts = [opts[i] for i in rng.permutation(len(opts))]
-    letters = "ABCDEFGH"[: len(opts)]
+def _choice(
+    question: str, right: str, wrong: list[str], rng: np.random.Generator, n: int = 4, fixed: bool = False
+) -> dict[str, Any]:
+    """A multiple-choice entry. Shuffled (MMAD's way): ``n`` options, the right one at a random letter.
+    ``fixed``: every candidate of a short list (<= 10) in its listed order, so a letter always means the
+    same answer; long lists keep ``n`` options, in listed order."""
+    canonical = list(dict.fromkeys([*wrong, right]))
+    picked = [w for w in canonical if w != right]
+    if fixed and len(canonical) <= 10:
+        opts = canonical
+    else:
+        picked = [picked[i] for i in rng.permutation(len(picked))[: n - 1]]
+        opts = [right, *picked]
+        opts = sorted(opts, key=canonical.index) if fixed else [opts[i] for i in rng.permutation(len(opts))]
+    letters = "ABCDEFGHIJ"[: len(opts)]
     return {
         "Question": question,
         "Options": dict(zip(letters, opts, strict=True)),
@@ -73,31 +82,43 @@ def _choice(question: str, right: str, wrong: list[str], rng: np.random.Generato
     }
 
 
-def make_questions(meta: dict[str, Any], all_classes: list[str], rng: np.random.Generator) -> list[dict[str, Any]]:
-    """MMAD ``conversation`` entries for one image; ``meta`` is the image's ``rlad_meta`` (see synth.py)."""
+def make_questions(
+    meta: dict[str, Any], all_classes: list[str], rng: np.random.Generator, fixed_options: bool = False
+) -> list[dict[str, Any]]:
+    """MMAD ``conversation`` entries for one image; ``meta`` is the image's ``rlad_meta`` (see synth.py).
+    ``fixed_options``: see ``_choice``."""
     cls, defect = meta["class_name"], meta["defect"]
     anomalous = defect != "good"
     qs = []
-    yes_no = _choice("Is there any defect in the object?", YES_NO[0] if anomalous else YES_NO[1], list(YES_NO), rng, 2)
+    yes_no = _choice(
+        "Is there any defect in the object?", YES_NO[0] if anomalous else YES_NO[1], list(YES_NO), rng, 2, fixed_options
+    )
     qs.append(yes_no | {"type": "Anomaly Detection"})
     names = [c.replace("_", " ") for c in all_classes]
     qs.append(
-        _choice("What is the object in the image?", cls.replace("_", " "), names, rng)
+        _choice("What is the object in the image?", cls.replace("_", " "), names, rng, fixed=fixed_options)
         | {"type": "Object Classification"}
     )
     colours = ["white", "grey", "green", "brown", "beige", "silver", "blue and yellow", "red", "black"]
     qs.append(
-        _choice("What is the main colour of the object?", meta["object_colour"], colours, rng)
+        _choice("What is the main colour of the object?", meta["object_colour"], colours, rng, fixed=fixed_options)
         | {"type": "Object Analysis"}
     )
     if anomalous:
         qs.append(
-            _choice("What type of defect is present?", DEFECT_WORDS[defect], list(DEFECT_WORDS.values()), rng)
+            _choice(
+                "What type of defect is present?",
+                DEFECT_WORDS[defect],
+                list(DEFECT_WORDS.values()),
+                rng,
+                fixed=fixed_options,
+            )
             | {"type": "Defect Classification"}
         )
         regions = [r for row in REGIONS for r in row] + ["scattered"]
         qs.append(
-            _choice("Where is the defect located?", meta["region"], regions, rng) | {"type": "Defect Localization"}
+            _choice("Where is the defect located?", meta["region"], regions, rng, fixed=fixed_options)
+            | {"type": "Defect Localization"}
         )
         desc = f"a {meta['size']} {meta['colour']} {meta['shape']} mark"
         wrong = [
@@ -106,7 +127,10 @@ def make_questions(meta: dict[str, Any], all_classes: list[str], rng: np.random.
             for c in ("dark", "bright", "brown", "red", "black", "white")
             for sh in ("line", "round", "irregular", "branching")
         ]
-        qs.append(_choice("What does the defect look like?", desc, wrong, rng) | {"type": "Defect Description"})
+        qs.append(
+            _choice("What does the defect look like?", desc, wrong, rng, fixed=fixed_options)
+            | {"type": "Defect Description"}
+        )
     return qs
 
 
@@ -129,5 +153,8 @@ def sft_target(sample: VerifiableSample) -> str:
     else:
         think = f"This is a photo of {normal}. Every part of it looks as it should; no patch is anomalous."
     answer_text = sample.options[sample.answer].rstrip(".")
-    think += f" The question asks: {sample.question.splitlines()[0]} The answer is {answer_text}."
+    # The letter is named after the answer's text, so the reasoning says what the letter stands for.
+    think += (
+        f" The question asks: {sample.question.splitlines()[0]} The answer is {answer_text}, option {sample.answer}."
+    )
     return f"<seg>{seg}</seg><think>{think}</think><answer>{sample.answer}</answer>"

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,16 @@ from rlad.data.readers import DataError, read_mmad, read_mvtec
 from rlad.data.synth import SynthSpec, synthesize
 from rlad.sample import VerifiableSample
 
-__all__ = ["SFTExample", "dataset_root", "held_out", "load_samples", "read_sft_jsonl", "sft_examples", "split"]
+__all__ = [
+    "SFTExample",
+    "dataset_root",
+    "held_out",
+    "load_samples",
+    "per_image",
+    "read_sft_jsonl",
+    "sft_examples",
+    "split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,9 @@ class SFTExample:
 def _synth_spec(config: Config) -> SynthSpec:
     s = config.data.synth
     classes = tuple(s.classes) or SynthSpec.classes
-    return SynthSpec(classes, s.images_per_class, s.references_per_class, s.size, config.seed)
+    return SynthSpec(
+        classes, s.images_per_class, s.references_per_class, s.size, config.seed, fixed_options=s.fixed_options
+    )
 
 
 def dataset_root(config: Config) -> Path:
@@ -94,6 +106,18 @@ def split(samples: list[VerifiableSample], fraction: float) -> tuple[list[Verifi
     train = [s for s in samples if not held_out(s, fraction)]
     evaluation = [s for s in samples if held_out(s, fraction)]
     return train, evaluation
+
+
+def per_image(samples: list[VerifiableSample], k: int, seed: int) -> list[VerifiableSample]:
+    """At most ``k`` questions per image (0: all), chosen with a seeded shuffle; order kept."""
+    if k <= 0:
+        return samples
+    by_image: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_image.setdefault(s.image, []).append(i)
+    rng = random.Random(seed)
+    keep = {i for idx in by_image.values() for i in rng.sample(idx, min(k, len(idx)))}
+    return [s for i, s in enumerate(samples) if i in keep]
 
 
 def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
@@ -160,4 +184,5 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
         evaluation = [e.sample for e in examples if held_out(e.sample, config.data.eval_fraction)]
         return train, evaluation
     train, evaluation = split(load_samples(config), config.data.eval_fraction)
+    train = per_image(train, config.data.questions_per_image, config.seed)
     return [SFTExample(s, sft_target(s)) for s in train], evaluation

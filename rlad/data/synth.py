@@ -37,6 +37,7 @@ class SynthSpec:
     size: int = 256
     seed: int = 0
     defects: tuple[str, ...] = field(default=tuple(DEFECTS))
+    fixed_options: bool = False  # True: every option in a fixed order (questions.make_questions); else shuffled
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.classes) - set(CLASSES))
@@ -123,7 +124,7 @@ def synthesize(spec: SynthSpec, out: str | Path, workers: int | None = None) -> 
             "mask_path": entry["mask_path"],
             "similar_templates": same_class,  # all normal references of the class
             "random_templates": [same_class[i] for i in rng.permutation(len(same_class))],
-            "conversation": make_questions(entry["rlad_meta"], list(spec.classes), rng),
+            "conversation": make_questions(entry["rlad_meta"], list(spec.classes), rng, spec.fixed_options),
             "rlad_meta": entry["rlad_meta"],
         }
     tmp = out / "mmad.json.tmp"

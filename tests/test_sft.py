@@ -1,0 +1,153 @@
+"""The SFT stage on the tiny model: a real (short) run, resume, atomic export, and bad SFT files."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlad.config import load_config
+from rlad.data.readers import DataError
+from rlad.data.sources import read_sft_jsonl, sft_examples
+from rlad.policy import Policy, load_policy
+from rlad.sft import last_complete_checkpoint, run_sft, save_policy
+
+
+def _config(root, out, *more):
+    return load_config(
+        None,
+        [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.eval_fraction=0.25",
+         "sft.batch_size=2", "sft.save_steps=2", "sft.logging_steps=1", "sft.eval_samples=2",
+         "generation.max_new_tokens=8", f"sft.output_dir={out}", *more],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(small_benchmark, tmp_path_factory):
+    root, _ = small_benchmark
+    out = tmp_path_factory.mktemp("sft")
+    return out, run_sft(_config(root, out, "sft.max_steps=3")), root
+
+
+def test_sft_trains_evaluates_and_exports_a_loadable_policy(first_run, tiny_dir):
+    out, report, _ = first_run
+    assert report["train"]["steps"] == 3 and report["train"]["resumed_from"] is None
+    assert set(report["rows"]) == {"chance", "before", "after"}
+    assert report["rows"]["after"]["n"] == 2
+    assert json.loads((out / "report.json").read_text())["train"]["steps"] == 3
+    assert (out / "eval_after.jsonl").is_file() and (out / "rlad.yaml").is_file()
+    final = load_policy(load_config(None, [f"model.path={out / 'final'}", "model.image_size=224"]).model)
+    start = load_policy(load_config(None, [f"model.path={tiny_dir}"]).model)
+    moved = [not torch.equal(a, b) for a, b in zip(final.model.parameters(), start.model.parameters(), strict=True)]
+    assert any(moved)
+    assert final.tokenizer.chat_template == start.tokenizer.chat_template  # exported with its template
+
+
+def test_sft_logs_loss_and_throughput_to_tensorboard(first_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _, _ = first_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate"} <= tags
+    assert len(events.Scalars("train/loss")) == 3
+
+
+def test_sft_resumes_from_the_last_complete_checkpoint(first_run):
+    out, _, root = first_run
+    cut = out / "checkpoint-9"  # a save cut off mid-write: no trainer_state.json
+    cut.mkdir()
+    (cut / "model.safetensors").write_bytes(b"half")
+    report = run_sft(_config(root, out, "sft.max_steps=5"))
+    assert report["train"]["resumed_from"].endswith("checkpoint-3")
+    assert report["train"]["steps"] == 5
+    assert "before" not in report["rows"]  # the untrained row is not re-measured on a resumed run
+    assert not cut.exists() and list(out.glob("incomplete-checkpoint-9-*"))  # moved aside, not deleted
+
+
+def test_resume_restores_the_checkpoint_weights(first_run, tmp_path):
+    """With no step left to run, a resumed run must export exactly the checkpoint's weights (transformers'
+    Trainer alone would silently restart from the initial weights on Qwen2.5-VL)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out, _, root = first_run
+    ckpt = last_complete_checkpoint(out)
+    step = int(ckpt.name.split("-")[1])
+    copy = tmp_path / "run"
+    shutil.copytree(ckpt, copy / ckpt.name)
+    report = run_sft(_config(root, copy, f"sft.max_steps={step}", "sft.eval_samples=0"))
+    assert report["train"]["resumed_from"] == str(copy / ckpt.name)
+    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(copy / ckpt.name).state_dict()
+    final = Qwen2_5_VLForConditionalGeneration.from_pretrained(copy / "final").state_dict()
+    assert saved.keys() == final.keys()
+    assert all(torch.equal(saved[k], final[k]) for k in saved)
+
+
+def test_last_complete_checkpoint_on_empty_folders(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "absent") is None
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+def test_failed_export_leaves_the_previous_policy(tmp_path, tiny_policy):
+    out = tmp_path / "final"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+
+    def broken(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_policy(broken, tiny_policy, out, load_config())
+    assert (out / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert isinstance(tiny_policy, Policy)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+
+
+def test_user_sft_jsonl(small_benchmark, tmp_path):
+    root, samples = small_benchmark
+    image = str(root / samples[0].image) if not samples[0].image.startswith("/") else samples[0].image
+    good = {"image": image, "question": "Q?\nA. Yes.\nB. No.", "options": {"A": "Yes.", "B": "No."}, "answer": "A",
+            "target": "<seg>(1, 2)-(1, 3)</seg><think>t</think><answer>A</answer>"}  # fmt: skip
+    path = tmp_path / "sft.jsonl"
+    _write_jsonl(path, [good, {**good, "target": "<seg></seg><think>t</think><answer>B</answer>", "answer": "B"}])
+    examples = read_sft_jsonl(path, grid=8)
+    assert [int(e.sample.mask.sum()) for e in examples] == [2, 0]
+    assert examples[0].sample.anomalous and not examples[1].sample.anomalous
+    config = load_config(None, [f"data.sft_jsonl={path}", "mask.grid=8", "data.eval_fraction=0"])
+    train, held_out = sft_examples(config)
+    assert len(train) == 2 and held_out == []
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r"sft\.jsonl:2: not valid JSON"),
+        ('["a list"]', r"sft\.jsonl:2: expected an object"),
+        ('{"image": "x.png"}', r"sft\.jsonl:2: missing field\(s\) \['question'"),
+        ("BAD_MASK", r"sft\.jsonl:2: mask '\(9, 0\)' does not decode on a 8x8 grid"),
+        ("NO_SEG", r"sft\.jsonl:2: no 'mask' field and the target has no single <seg> block"),
+        ("NO_IMAGE", r"sft\.jsonl:2: image .*missing\.png does not exist"),
+        ("BAD_ANSWER", r"sft\.jsonl:2: .*answer 'E' is not among the options"),
+    ],
+)
+def test_bad_sft_jsonl_names_file_and_line(small_benchmark, tmp_path, line, message):
+    _, samples = small_benchmark
+    good = {"image": samples[0].image, "question": "Q?", "options": {"A": "Yes.", "B": "No."}, "answer": "A",
+            "target": "<seg></seg><think>t</think><answer>A</answer>"}  # fmt: skip
+    bad = {
+        "BAD_MASK": json.dumps({**good, "mask": "(9, 0)"}),
+        "NO_SEG": json.dumps({**good, "target": "<think>t</think><answer>A</answer>"}),
+        "NO_IMAGE": json.dumps({**good, "image": "missing.png"}),
+        "BAD_ANSWER": json.dumps({**good, "answer": "E"}),
+    }.get(line, line)
+    path = tmp_path / "sft.jsonl"
+    _write_jsonl(path, [good, bad])
+    with pytest.raises(DataError, match=message):
+        read_sft_jsonl(path, grid=8)
