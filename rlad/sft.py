@@ -139,6 +139,20 @@ def _chance_row(samples: list[VerifiableSample], config: Config) -> dict[str, fl
     return summarise(records, score_records(records, RewardMix(config.rewards)))["chance"]
 
 
+def _single_process_defaults() -> None:
+    """Started without a launcher (torchrun, deepspeed), DeepSpeed would look for MPI: say rank 0 of 1."""
+    import socket
+
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
 def run_sft(config: Config) -> dict[str, Any]:
     """Train, evaluate before and after on held-out questions, save ``final``; returns the report."""
     from torch.utils.tensorboard import SummaryWriter
@@ -157,8 +171,10 @@ def run_sft(config: Config) -> dict[str, Any]:
         # One rank generating while ZeRO-3 ranks wait on collectives would hang: evaluate the saved policy.
         log.warning("%d processes: the held-out check is skipped; evaluate %s/final after the run", world, out)
         held_out = []
-    if sft.deepspeed and not Path(sft.deepspeed).is_file():
-        raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
+    if sft.deepspeed:
+        if not Path(sft.deepspeed).is_file():
+            raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
+        _single_process_defaults()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(config.model, shots=config.data.shots, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
@@ -232,6 +248,12 @@ def run_sft(config: Config) -> dict[str, Any]:
             model, policy.builder, held_out, config, "after", out / "eval_after.jsonl"
         )
     report["final"] = str(save_policy(write_weights, policy, out / "final", config, main))
+    if sft.deepspeed:
+        # TrainingArguments switched ZeRO-3 on process-wide: every later from_pretrained in this process
+        # (the GRPO stage, an evaluation) would build partitioned, empty-looking parameters.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     if main:
         tmp = out / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2))

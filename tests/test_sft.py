@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rlad.config import load_config
+from rlad.config import ConfigError, load_config
 from rlad.data.readers import DataError
 from rlad.data.sources import read_sft_jsonl, sft_examples
 from rlad.policy import Policy, load_policy
@@ -151,3 +151,25 @@ def test_bad_sft_jsonl_names_file_and_line(small_benchmark, tmp_path, line, mess
     _write_jsonl(path, [good, bad])
     with pytest.raises(DataError, match=message):
         read_sft_jsonl(path, grid=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_passthrough_on_cpu(small_benchmark, tmp_path, tiny_dir, stage):
+    """The recipe's DeepSpeed configs run (gloo, one process) and the exported policy holds full weights."""
+    root, _ = small_benchmark
+    config = _config(
+        root, tmp_path, "sft.max_steps=2", "sft.eval_samples=0", f"sft.deepspeed=configs/deepspeed/{stage}.json"
+    )
+    report = run_sft(config)
+    final = load_policy(load_config(None, [f"model.path={report['final']}"]).model)
+    start = load_policy(load_config(None, [f"model.path={tiny_dir}"]).model)
+    pairs = list(zip(final.model.parameters(), start.model.parameters(), strict=True))
+    assert all(a.shape == b.shape and a.numel() > 0 for a, b in pairs)  # gathered, not ZeRO-3 partitions
+    assert any(not torch.equal(a, b) for a, b in pairs)
+
+
+def test_missing_deepspeed_config_is_named(small_benchmark, tmp_path):
+    root, _ = small_benchmark
+    with pytest.raises(ConfigError, match=r"sft.deepspeed: 'nope.json' is not a file"):
+        run_sft(_config(root, tmp_path, "sft.deepspeed=nope.json"))
