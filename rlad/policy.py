@@ -65,6 +65,16 @@ def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
+def processor_template(path: Path) -> str | None:
+    """The chat template a checkpoint keeps for its processor (``chat_template.json`` / ``.jinja``), used
+    when the tokenizer carries none (released Qwen-VL checkpoints keep the vision-aware one there)."""
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    return None
+
+
 def load_image_processor(path: Path, config: ModelConfig) -> Any:
     from transformers import AutoImageProcessor
 
@@ -94,7 +104,9 @@ def load_policy(
     model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = load_image_processor(path, config)
-    builder = InputBuilder(tokenizer, image_processor, image_size=config.image_size, shots=shots)
+    builder = InputBuilder(
+        tokenizer, image_processor, image_size=config.image_size, shots=shots, chat_template=processor_template(path)
+    )
     if trainable:
         model = prepare_for_training(model, config)
     else:

@@ -108,3 +108,16 @@ def test_generation_settings_come_from_rlad_config_only(tiny_policy, small_bench
     for c in out:
         assert len(c.token_ids) <= 12
         assert c.finished == (c.token_ids[-1] == tiny_policy.builder.end_of_turn_id)
+
+
+def test_chat_template_kept_with_the_processor_is_used(tiny_dir, tmp_path, small_benchmark):
+    """Released Qwen-VL folders may keep the vision-aware template in chat_template.json, not the tokenizer."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    policy = load_policy(ModelConfig(path=str(folder), image_size=224))
+    reference = load_policy(ModelConfig(path=str(tiny_dir), image_size=224))
+    _, samples = small_benchmark
+    assert policy.builder.prompt_text(samples[0]) == reference.builder.prompt_text(samples[0])
