@@ -41,7 +41,7 @@ from rlad.config import Config, ConfigError, save_config
 from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.inputs import InputBuilder
-from rlad.policy import Policy, load_policy
+from rlad.policy import Policy, load_policy, resolve_model_path
 from rlad.sample import VerifiableSample
 
 __all__ = ["last_complete_checkpoint", "run_sft", "save_policy"]
@@ -161,9 +161,10 @@ def run_sft(config: Config) -> dict[str, Any]:
 
     sft = config.sft
     out = Path(sft.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "rlad.yaml")
-    torch.manual_seed(config.seed)
+    # Everything the user can get wrong fails here, before anything is written.
+    if sft.deepspeed and not Path(sft.deepspeed).is_file():
+        raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
+    resolve_model_path(config.model)
     examples, held_out = sft_examples(config)
     held_out = random.Random(config.seed).sample(held_out, min(sft.eval_samples, len(held_out)))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -172,9 +173,10 @@ def run_sft(config: Config) -> dict[str, Any]:
         log.warning("%d processes: the held-out check is skipped; evaluate %s/final after the run", world, out)
         held_out = []
     if sft.deepspeed:
-        if not Path(sft.deepspeed).is_file():
-            raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
         _single_process_defaults()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "rlad.yaml")
+    torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(config.model, shots=config.data.shots, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)

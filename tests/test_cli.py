@@ -1,6 +1,7 @@
 """The rlad command line: config, rewards, score (with bad input files), and the demo."""
 
 import json
+import re
 
 import pytest
 from conftest import make_sample
@@ -87,3 +88,19 @@ def test_demo_runs_and_its_checks_hold(tmp_path, capsys):
     assert summary["1 sft-target"]["patch_F1"] == 1.0 and summary["6 junk"]["total"] == 0.0
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
     assert (tmp_path / "demo" / "data" / "mmad.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.path=/no/such/checkpoint", r"model.path '/no/such/checkpoint' is not a local directory"),
+        ("data.root=/no/such/data", r"data.root '/no/such/data' is not a directory"),
+        ("data.sft_jsonl=/no/such.jsonl", r"SFT file /no/such.jsonl does not exist"),
+    ],
+)
+def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "configs/demo.yaml", override, f"sft.output_dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
+    assert exit_info.value.code == 2
+    assert re.search(says, capsys.readouterr().err)
