@@ -173,3 +173,23 @@ def test_missing_deepspeed_config_is_named(small_benchmark, tmp_path):
     root, _ = small_benchmark
     with pytest.raises(ConfigError, match=r"sft.deepspeed: 'nope.json' is not a file"):
         run_sft(_config(root, tmp_path, "sft.deepspeed=nope.json"))
+
+
+def test_lora_run_resumes_and_exports_merged_weights(small_benchmark, tmp_path):
+    """LoRA: checkpoints hold the adapters and the trainable vision tower; a zero-step resume from the last
+    one exports the same merged policy as the run that wrote it."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    root, _ = small_benchmark
+    lora = ["model.lora.r=4", "sft.eval_samples=0", "sft.max_steps=3", "sft.lr=1e-2"]
+    first = run_sft(_config(root, tmp_path / "a", *lora))
+    ckpt = last_complete_checkpoint(tmp_path / "a")
+    shutil.copytree(ckpt, tmp_path / "b" / ckpt.name)
+    second = run_sft(
+        _config(root, tmp_path / "b", *lora[:-2], f"sft.max_steps={ckpt.name.split('-')[1]}", "sft.lr=1e-2")
+    )
+    assert second["train"]["resumed_from"] == str(tmp_path / "b" / ckpt.name)
+    a = Qwen2_5_VLForConditionalGeneration.from_pretrained(first["final"]).state_dict()
+    b = Qwen2_5_VLForConditionalGeneration.from_pretrained(second["final"]).state_dict()
+    assert a.keys() == b.keys() and not any("lora" in k for k in a)  # merged: a plain checkpoint
+    assert all(torch.equal(a[k], b[k]) for k in a)
