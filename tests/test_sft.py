@@ -50,7 +50,7 @@ def test_sft_logs_loss_and_throughput_to_tensorboard(first_run):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/learning_rate"} <= tags
+    assert {"train/loss", "train/learning_rate", "train/train_tokens_per_second"} <= tags
     assert len(events.Scalars("train/loss")) == 3
 
 
