@@ -193,3 +193,17 @@ def test_lora_run_resumes_and_exports_merged_weights(small_benchmark, tmp_path):
     b = Qwen2_5_VLForConditionalGeneration.from_pretrained(second["final"]).state_dict()
     assert a.keys() == b.keys() and not any("lora" in k for k in a)  # merged: a plain checkpoint
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_held_out_split_does_not_depend_on_where_the_data_lies(small_benchmark, tmp_path):
+    from rlad.data.sources import split
+
+    root, _ = small_benchmark
+    moved = tmp_path / "elsewhere" / "bench"
+    shutil.copytree(root, moved)
+    config = _config(root, tmp_path / "out")
+    here = [s.sample_id for s in sft_examples(config)[1]]
+    there = [s.sample_id for s in sft_examples(_config(moved, tmp_path / "out"))[1]]
+    assert here and here == there
+    train, evaluation = split(sft_examples(config)[1], 0.5, root)
+    assert {s.image for s in train}.isdisjoint({s.image for s in evaluation})  # by image, never by question

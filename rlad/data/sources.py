@@ -96,15 +96,20 @@ def load_samples(config: Config) -> list[VerifiableSample]:
     return samples
 
 
-def held_out(sample: VerifiableSample, fraction: float) -> bool:
-    digest = hashlib.sha256(sample.image.encode()).digest()
+def held_out(sample: VerifiableSample, fraction: float, root: str | Path) -> bool:
+    """Whether the sample's image is held out. Hashes the path *relative to the dataset root*, so the split
+    is the same wherever the dataset lies (another machine, another cache folder)."""
+    relative = os.path.relpath(sample.image, root).replace(os.sep, "/")
+    digest = hashlib.sha256(relative.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def split(samples: list[VerifiableSample], fraction: float) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
+def split(
+    samples: list[VerifiableSample], fraction: float, root: str | Path
+) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
     """(train, held-out) by image; see the module docstring."""
-    train = [s for s in samples if not held_out(s, fraction)]
-    evaluation = [s for s in samples if held_out(s, fraction)]
+    train = [s for s in samples if not held_out(s, fraction, root)]
+    evaluation = [s for s in samples if held_out(s, fraction, root)]
     return train, evaluation
 
 
@@ -180,9 +185,10 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
     image, as for datasets), else the dataset's samples with their grounded dense targets."""
     if config.data.sft_jsonl:
         examples = read_sft_jsonl(config.data.sft_jsonl, config.mask.grid)
-        train = [e for e in examples if not held_out(e.sample, config.data.eval_fraction)]
-        evaluation = [e.sample for e in examples if held_out(e.sample, config.data.eval_fraction)]
+        folder = Path(config.data.sft_jsonl).parent
+        train = [e for e in examples if not held_out(e.sample, config.data.eval_fraction, folder)]
+        evaluation = [e.sample for e in examples if held_out(e.sample, config.data.eval_fraction, folder)]
         return train, evaluation
-    train, evaluation = split(load_samples(config), config.data.eval_fraction)
+    train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
     train = per_image(train, config.data.questions_per_image, config.seed)
     return [SFTExample(s, sft_target(s)) for s in train], evaluation
