@@ -127,7 +127,7 @@ class SynthConfig:
     """Empty: all eight classes."""
     fixed_options: bool = False
     """False: MMAD's way, 4 options with the answer at a random letter. True: every option of a question,
-    always in the same order, so a letter always names the same answer (the demo: a 2M-parameter model
+    always in the same order, so a letter always names the same answer (the demo: the 1.7M-parameter tiny model
     does not learn in CPU minutes to look a letter up among shuffled options)."""
 
 
