@@ -1,0 +1,179 @@
+"""The replay store: a durable, append-only record of every GRPO group, in Parquet files anyone can open.
+
+Each ``append`` writes one Parquet part file, one row per completion (``group_id``, ``step``,
+``policy_version``, ``sample_id``, the sample as JSON, ``completion``, ``token_ids``, ``logprobs``, ``total``,
+``advantage``, one ``reward.<name>`` column per reward). The file is written under a temporary name, flushed to
+disk and renamed, so a crash mid-write leaves either the whole part or nothing; readers ignore temporary names.
+``pandas.read_parquet(run_dir / "replay")`` or ``pyarrow.dataset`` read the whole store.
+
+Every row keeps what is needed to recompute its rewards (the sample with its ground truth and the completion
+text): ``rescore`` re-scores a store under another reward mix without generating anything.
+
+Batch selection is plain functions over groups: ``informative`` (drop groups whose rewards all agree; DAPO's
+dynamic sampling) and ``replay_candidates`` (past groups with signal, within a staleness bound).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlad.sample import VerifiableSample
+
+__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore"]
+
+
+@dataclass
+class Group:
+    """The G completions of one prompt, scored. Lists are per completion, in generation order."""
+
+    group_id: str
+    step: int
+    policy_version: int  # the weights that generated these completions
+    sample: VerifiableSample
+    completions: list[str]
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]  # the engine's per-token log-probs of the generated tokens
+    rewards: dict[str, list[float]]  # reward name -> per-completion value (weight-free)
+    totals: list[float]  # weighted sum
+    advantages: list[float]
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.completions)
+        lengths = [len(self.token_ids), len(self.logprobs), len(self.totals), len(self.advantages)]
+        lengths += [len(v) for v in self.rewards.values()]
+        if any(k != n for k in lengths):
+            raise ValueError(f"group {self.group_id}: per-completion lists differ in length: {n} vs {lengths}")
+        for ids, lps in zip(self.token_ids, self.logprobs, strict=True):
+            if len(ids) != len(lps):
+                raise ValueError(f"group {self.group_id}: {len(ids)} token ids but {len(lps)} logprobs")
+
+    @property
+    def reward_std(self) -> float:
+        return float(np.std(self.totals))
+
+
+def _table(groups: Sequence[Group]) -> pa.Table:
+    names = sorted({name for g in groups for name in g.rewards})
+    cols: dict[str, list] = {k: [] for k in ("group_id", "step", "policy_version", "sample_id", "sample", "index",
+                                             "completion", "token_ids", "logprobs", "total", "advantage")}  # fmt: skip
+    cols.update({f"reward.{n}": [] for n in names})
+    for g in groups:
+        sample_json = json.dumps(g.sample.to_record())
+        for i, text in enumerate(g.completions):
+            cols["group_id"].append(g.group_id)
+            cols["step"].append(g.step)
+            cols["policy_version"].append(g.policy_version)
+            cols["sample_id"].append(g.sample.sample_id)
+            cols["sample"].append(sample_json)
+            cols["index"].append(i)
+            cols["completion"].append(text)
+            cols["token_ids"].append(g.token_ids[i])
+            cols["logprobs"].append(g.logprobs[i])
+            cols["total"].append(g.totals[i])
+            cols["advantage"].append(g.advantages[i])
+            for n in names:
+                cols[f"reward.{n}"].append(g.rewards[n][i] if n in g.rewards else None)
+    types = {"token_ids": pa.list_(pa.int32()), "logprobs": pa.list_(pa.float32()), "step": pa.int64(),
+             "policy_version": pa.int64(), "index": pa.int32()}  # fmt: skip
+    return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
+
+
+def _groups(table: pa.Table) -> list[Group]:
+    rows = table.to_pylist()
+    by_id: dict[str, list[dict]] = {}
+    for row in rows:
+        by_id.setdefault(row["group_id"], []).append(row)
+    groups = []
+    for gid, members in by_id.items():
+        members.sort(key=lambda r: r["index"])
+        first = members[0]
+        names = [k[len("reward.") :] for k in first if k.startswith("reward.") and first[k] is not None]
+        groups.append(
+            Group(
+                group_id=gid,
+                step=first["step"],
+                policy_version=first["policy_version"],
+                sample=VerifiableSample.from_record(json.loads(first["sample"])),
+                completions=[r["completion"] for r in members],
+                token_ids=[list(r["token_ids"]) for r in members],
+                logprobs=[list(r["logprobs"]) for r in members],
+                rewards={n: [r[f"reward.{n}"] for r in members] for n in names},
+                totals=[r["total"] for r in members],
+                advantages=[r["advantage"] for r in members],
+            )
+        )
+    return groups
+
+
+class ReplayStore:
+    """Append-only Parquet parts under ``folder``; see the module docstring."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def parts(self) -> list[Path]:
+        """Complete part files, oldest first (temporary files of an interrupted write are not parts)."""
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def append(self, groups: Sequence[Group]) -> Path | None:
+        """Write ``groups`` as one new part, atomically; returns its path (None for no groups)."""
+        if not groups:
+            return None
+        step = max(g.step for g in groups)
+        final = self.folder / f"part-{step:09d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(_table(groups), tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())  # on disk before it becomes visible under its final name
+        os.replace(tmp, final)
+        return final
+
+    def groups(self, min_step: int = 0) -> list[Group]:
+        """Every stored group from ``min_step`` on, in the order they were appended."""
+        out = []
+        for part in self.parts():
+            if int(part.name.split("-")[1]) >= min_step:
+                out += [g for g in _groups(pq.read_table(part)) if g.step >= min_step]
+        return out
+
+    def __len__(self) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts())
+
+
+def informative(groups: Iterable[Group], min_std: float = 1e-6) -> list[Group]:
+    """Groups whose totals differ (DAPO dynamic sampling): a group that agrees has zero advantages."""
+    return [g for g in groups if g.reward_std > min_std]
+
+
+def replay_candidates(groups: Iterable[Group], policy_version: int, max_staleness: int) -> list[Group]:
+    """Past groups worth replaying now: with signal, generated at most ``max_staleness`` versions ago."""
+    return [g for g in informative(groups) if policy_version - g.policy_version <= max_staleness]
+
+
+def rescore(store: ReplayStore, mix) -> list[dict[str, float]]:
+    """Rewards of every stored completion under ``mix`` (a ``rewards.RewardMix``), in store order; nothing is
+    generated. Each row: group_id, index, total and every reward of the new mix."""
+    rows = []
+    for g in store.groups():
+        scores = mix.score(g.completions, [g.sample] * len(g.completions))
+        for i in range(len(g.completions)):
+            rows.append(
+                {
+                    "group_id": g.group_id,
+                    "index": i,
+                    "total": float(scores.total[i]),
+                    **{n: float(v[i]) for n, v in scores.components.items()},
+                }
+            )
+    return rows
