@@ -164,8 +164,12 @@ class InputBuilder:
         return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [self.end_of_turn_id]
 
     def encode_sft(self, sample: VerifiableSample, target: str) -> EncodedSample:
+        return self.encode_completion(sample, self.completion_ids(target))
+
+    def encode_completion(self, sample: VerifiableSample, completion_ids: list[int]) -> EncodedSample:
+        """Prompt + given completion token ids (a rollout's, exactly as generated), labels on the completion."""
         prompt = self.encode_prompt(sample)
-        answer = torch.tensor(self.completion_ids(target), dtype=torch.long)
+        answer = torch.tensor(completion_ids, dtype=torch.long)
         input_ids = torch.cat([prompt.input_ids, answer])
         labels = torch.cat([torch.full_like(prompt.input_ids, IGNORE_INDEX), answer])
         return EncodedSample(input_ids, prompt.pixel_values, prompt.image_grid_thw, labels, prompt.prompt_length)

@@ -28,14 +28,19 @@ class Completion:
     text: str  # decoded completion, without the end-of-turn token
     token_ids: list[int]  # generated ids, up to and including the end-of-turn token when one was produced
     finished: bool  # False when max_new_tokens cut it off
+    logprobs: list[float]  # log-prob of each generated token at the sampling temperature (before top-p/top-k)
+    policy_version: int  # the weights that produced it
 
 
 class TransformersEngine:
-    def __init__(self, model: Any, builder: InputBuilder, generation: GenerationConfig, batch_size: int = 16):
+    def __init__(
+        self, model: Any, builder: InputBuilder, generation: GenerationConfig, batch_size: int = 16, version: int = 0
+    ):
         self.model = model
         self.builder = builder
         self.generation = generation
         self.batch_size = batch_size
+        self.policy_version = version
 
     def _generation_config(self, n: int, greedy: bool):
         from transformers import GenerationConfig as HFGenerationConfig
@@ -68,12 +73,27 @@ class TransformersEngine:
             inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-            sequences = self.model.generate(**inputs, generation_config=config)
-            new = sequences[:, inputs["input_ids"].shape[1] :].tolist()  # (len(chunk) * n, new tokens)
-            for i, ids in enumerate(new):
+            result = self.model.generate(
+                **inputs, generation_config=config, return_dict_in_generate=True, output_logits=True
+            )
+            new = result.sequences[:, inputs["input_ids"].shape[1] :]  # (len(chunk) * n, new tokens)
+            # raw logits per step -> log-probs of the sampled tokens at the sampling temperature: (rows, new tokens)
+            temperature = 1.0 if greedy else self.generation.temperature
+            logits = torch.stack(result.logits, dim=1).float() / temperature
+            logprobs = torch.gather(torch.log_softmax(logits, -1), 2, new.unsqueeze(-1)).squeeze(-1).tolist()
+            for i, ids in enumerate(new.tolist()):
                 cut = next((j + 1 for j, t in enumerate(ids) if t in stop), None)
                 ids = ids[:cut] if cut else ids
                 text_ids = ids[:-1] if cut else ids
                 text = self.builder.tokenizer.decode(text_ids, skip_special_tokens=True)
-                out.append(Completion(chunk[i // n].sample_id, text, ids, finished=cut is not None))
+                out.append(
+                    Completion(
+                        chunk[i // n].sample_id,
+                        text,
+                        ids,
+                        cut is not None,
+                        logprobs[i][: len(ids)],
+                        self.policy_version,
+                    )
+                )
         return out

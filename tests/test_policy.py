@@ -121,3 +121,24 @@ def test_chat_template_kept_with_the_processor_is_used(tiny_dir, tmp_path, small
     reference = load_policy(ModelConfig(path=str(tiny_dir), image_size=224))
     _, samples = small_benchmark
     assert policy.builder.prompt_text(samples[0]) == reference.builder.prompt_text(samples[0])
+
+
+def test_engine_logprobs_match_the_learner_for_the_same_weights(tiny_policy, small_benchmark):
+    """What the rollout engine reports for its sampled tokens is what the learner computes, teacher-forced,
+    on the same weights: the input builder and the positions agree between generation and training."""
+    from rlad.config import GenerationConfig
+    from rlad.logprobs import token_logprobs
+
+    _, samples = small_benchmark
+    engine = TransformersEngine(tiny_policy.model, tiny_policy.builder, GenerationConfig(max_new_tokens=10,
+                                temperature=0.7), version=3)  # fmt: skip
+    torch.manual_seed(1)
+    completions = engine.generate(samples[:2], n=2)
+    assert all(c.policy_version == 3 and len(c.logprobs) == len(c.token_ids) for c in completions)
+    encoded = [tiny_policy.builder.encode_completion(samples[i // 2], c.token_ids) for i, c in enumerate(completions)]
+    batch = tiny_policy.builder.collate(encoded)
+    with torch.no_grad():
+        learner, mask = token_logprobs(tiny_policy.model, batch, temperature=0.7)
+    for row, c in enumerate(completions):
+        got = learner[row][mask[row]]
+        assert torch.allclose(got, torch.tensor(c.logprobs), atol=1e-4), (got, c.logprobs)
