@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TinySpec", "build_tiny", "cache_root", "tiny_model_dir"]
+from rlad.cache import built_once
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TinySpec", "build_tiny", "tiny_model_dir"]
 
 FACTORY_VERSION = 4  # bump when the factory's output changes, so cached models are rebuilt
 
@@ -79,25 +80,10 @@ class TinySpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cache_root() -> Path:
-    """Where built tiny models (and generated datasets) are cached: $RLAD_CACHE or ~/.cache/rlad."""
-    return Path(os.environ.get("RLAD_CACHE") or Path.home() / ".cache" / "rlad")
-
-
 def tiny_model_dir(spec: TinySpec | None = None) -> Path:
     """The cached tiny model for ``spec``, built on first use."""
     spec = spec or TinySpec()
-    final = cache_root() / f"tiny-qwen2.5-vl-{spec.key()}"
-    if not (final / "config.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=final.parent, prefix=".building-") as tmp:
-            build_tiny(spec, Path(tmp) / "model")
-            try:
-                os.rename(Path(tmp) / "model", final)
-            except OSError:
-                if not (final / "config.json").is_file():  # not a concurrent builder winning the race
-                    raise
-    return final
+    return built_once(f"tiny-qwen2.5-vl-{spec.key()}", "config.json", lambda folder: build_tiny(spec, folder))
 
 
 def _corpus(spec: TinySpec) -> list[str]:

@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlad import mask_text
+from rlad.cache import built_once
 from rlad.completion import parse_completion
 from rlad.config import Config
 from rlad.data.questions import sft_target
@@ -63,21 +63,9 @@ def dataset_root(config: Config) -> Path:
         if not root.is_dir():
             raise DataError(f"data.root {config.data.root!r} is not a directory")
         return root
-    from rlad.tiny import cache_root
-
     spec = _synth_spec(config)
     key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_root() / f"synth-{key}"
-    if not (final / "mmad.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=final.parent, prefix=".building-") as tmp:
-            synthesize(spec, Path(tmp) / "data")
-            try:
-                os.rename(Path(tmp) / "data", final)
-            except OSError:
-                if not (final / "mmad.json").is_file():
-                    raise
-    return final
+    return built_once(f"synth-{key}", "mmad.json", lambda folder: synthesize(spec, folder))
 
 
 def load_samples(config: Config) -> list[VerifiableSample]:
