@@ -207,3 +207,17 @@ def test_held_out_split_does_not_depend_on_where_the_data_lies(small_benchmark, 
     assert here and here == there
     train, evaluation = split(sft_examples(config)[1], 0.5, root)
     assert {s.image for s in train}.isdisjoint({s.image for s in evaluation})  # by image, never by question
+
+
+def test_generated_dataset_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    from rlad.data.sources import dataset_root
+
+    monkeypatch.setenv("RLAD_CACHE", str(tmp_path))
+    config = load_config("configs/demo.yaml", ["data.synth.images_per_class=4", "data.synth.classes=[pill]"])
+    root = dataset_root(config)
+    assert root.parent == tmp_path and (root / "mmad.json").is_file()
+    stamp = (root / "mmad.json").stat().st_mtime_ns
+    assert dataset_root(config) == root and (root / "mmad.json").stat().st_mtime_ns == stamp  # reused
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no leftover build folder
+    train, held_out = sft_examples(config)
+    assert len(train) + len(held_out) > 0
