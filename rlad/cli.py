@@ -4,6 +4,8 @@ rlad config [CONFIG] [key=value ...]      print the resolved config (schema + fi
 rlad rewards                              list the registered rewards and their parameters
 rlad score COMPLETIONS.jsonl [--config C] [key=value ...] [--out SCORES.jsonl]
                                           verify stored completions: rewards and metrics, per group
+rlad rescore RUN_DIR [--config C] [key=value ...]
+                                          re-score a run's replay store under another mix, per step
 rlad sft CONFIG [key=value ...]           stage 1: SFT warm-start; writes <sft.output_dir>/final
 rlad demo [--out DIR]                     the main job on this machine (see README)
 """
@@ -63,6 +65,21 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from rlad.demo import run_demo
 
     run_demo(Path(args.out), load_config(args.config, args.overrides))
+
+
+def _cmd_rescore(args: argparse.Namespace) -> None:
+    from rewards import RewardMix
+    from rlad.replay import ReplayStore, stored_completions
+    from rlad.scoring import score_records, summarise
+
+    folder = Path(args.run) / "replay" if (Path(args.run) / "replay").is_dir() else Path(args.run)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{args.run}: no replay store (expected a run folder holding replay/)")
+    records = stored_completions(ReplayStore(folder))
+    if not records:
+        raise SystemExit(f"rlad rescore: {folder} holds no completions")
+    config = load_config(args.config, args.overrides)
+    print_summary(summarise(records, score_records(records, RewardMix(config.rewards))))
 
 
 def _cmd_sft(args: argparse.Namespace) -> None:
@@ -157,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=None, help="YAML config (its mask section sets the grid)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(fn=_cmd_data_show)
+
+    p = sub.add_parser("rescore", help="re-score a run's stored completions under another reward mix")
+    p.add_argument("run", help="run folder (holding replay/) or a replay folder")
+    p.add_argument("--config", help="YAML config whose `rewards` section is the new mix")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
+    p.set_defaults(fn=_cmd_rescore)
 
     p = sub.add_parser("sft", help="stage 1: SFT warm-start on dense <seg><think><answer> targets")
     p.add_argument("config", help="YAML config (e.g. configs/demo.yaml)")

@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlad.sample import VerifiableSample
+from rlad.scoring import ScoredRecord, score_records
 
-__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore"]
+__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore", "stored_completions"]
 
 
 @dataclass
@@ -161,19 +162,12 @@ def replay_candidates(groups: Iterable[Group], policy_version: int, max_stalenes
     return [g for g in informative(groups) if policy_version - g.policy_version <= max_staleness]
 
 
+def stored_completions(store: ReplayStore, min_step: int = 0) -> list[ScoredRecord]:
+    """Every stored completion with its sample, grouped by training step: what ``rlad score``'s path
+    (``scoring.score_records`` / ``summarise``) re-scores under any reward mix, with nothing generated."""
+    return [ScoredRecord(text, g.sample, f"step {g.step}") for g in store.groups(min_step) for text in g.completions]
+
+
 def rescore(store: ReplayStore, mix) -> list[dict[str, float]]:
-    """Rewards of every stored completion under ``mix`` (a ``rewards.RewardMix``), in store order; nothing is
-    generated. Each row: group_id, index, total and every reward of the new mix."""
-    rows = []
-    for g in store.groups():
-        scores = mix.score(g.completions, [g.sample] * len(g.completions))
-        for i in range(len(g.completions)):
-            rows.append(
-                {
-                    "group_id": g.group_id,
-                    "index": i,
-                    "total": float(scores.total[i]),
-                    **{n: float(v[i]) for n, v in scores.components.items()},
-                }
-            )
-    return rows
+    """Rewards of every stored completion under ``mix`` (a ``rewards.RewardMix``), in store order."""
+    return score_records(stored_completions(store), mix)

@@ -79,3 +79,19 @@ def test_rescore_under_another_mix(tmp_path):
     no_answer = rescore(store, RewardMix({**paper_rewards(), "answer": {"weight": 0.0}}))
     assert [r["total"] for r in no_answer] == pytest.approx([3.0, 1.0])
     assert no_answer[1]["answer"] == pytest.approx(0.1)  # computed and kept even at weight 0
+
+
+def test_cli_rescore_prints_per_step_under_the_new_mix(tmp_path, capsys):
+    from rlad.cli import main
+
+    sample = make_sample(patches=[(1, 1)], answer="A")
+    g = group("g", step=3, sample=sample)
+    g.completions = ["<seg>(1, 1)-(1, 1)</seg><think>t</think><answer>A</answer>", "junk"]
+    ReplayStore(tmp_path / "run" / "replay").append([g])
+    main(["rescore", str(tmp_path / "run"), "rewards.answer.weight=0"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("step 3"))
+    assert row.split()[2:4] == ["2", "1.500"]  # n = 2; total (3 + 0) / 2 with the answer reward weighted 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rescore", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
