@@ -12,18 +12,17 @@ builds on: nothing is generated, only verified.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rewards import RewardMix
 from rlad import mask_text
 from rlad.completion import parse_completion
+from rlad.jsonl import json_objects
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
 from rlad.sample import VerifiableSample
 
@@ -43,28 +42,17 @@ class ScoredRecord:
 
 def read_completions(path: str | Path) -> Iterator[ScoredRecord]:
     """Yield the records of a completions JSONL; a bad line raises naming ``file:line`` and the field."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record: Any = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CompletionFileError(f"{where}: not JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise CompletionFileError(f"{where}: expected an object, got {type(record).__name__}")
-            for field in ("completion", "sample"):
-                if field not in record:
-                    raise CompletionFileError(f"{where}: missing field {field!r}")
-            if not isinstance(record["completion"], str):
-                raise CompletionFileError(f"{where}: field 'completion' must be a string")
-            try:
-                sample = VerifiableSample.from_record(record["sample"])
-            except (KeyError, TypeError, ValueError) as err:  # MaskTextError is a ValueError
-                raise CompletionFileError(f"{where}: field 'sample' is not a valid sample: {err}") from err
-            yield ScoredRecord(record["completion"], sample, str(record.get("group", "all")))
+    for where, record in json_objects(path, CompletionFileError):
+        for field in ("completion", "sample"):
+            if field not in record:
+                raise CompletionFileError(f"{where}: missing field {field!r}")
+        if not isinstance(record["completion"], str):
+            raise CompletionFileError(f"{where}: field 'completion' must be a string")
+        try:
+            sample = VerifiableSample.from_record(record["sample"])
+        except (KeyError, TypeError, ValueError) as err:  # MaskTextError is a ValueError
+            raise CompletionFileError(f"{where}: field 'sample' is not a valid sample: {err}") from err
+        yield ScoredRecord(record["completion"], sample, str(record.get("group", "all")))
 
 
 def score_records(records: list[ScoredRecord], mix: RewardMix) -> list[dict[str, float]]:

@@ -44,7 +44,7 @@ def test_score_writes_per_completion_scores(tmp_path, capsys):
 @pytest.mark.parametrize(
     "line, says",
     [
-        ("{not json", "c.jsonl:2: not JSON"),
+        ("{not json", "c.jsonl:2: not valid JSON"),
         ("[1, 2]", "c.jsonl:2: expected an object"),
         ('{"sample": {}}', "c.jsonl:2: missing field 'completion'"),
         ('{"completion": 5, "sample": {}}', "c.jsonl:2: field 'completion' must be a string"),

@@ -119,6 +119,7 @@ def test_user_sft_jsonl(small_benchmark, tmp_path):
     _write_jsonl(path, [good, {**good, "target": "<seg></seg><think>t</think><answer>B</answer>", "answer": "B"}])
     examples = read_sft_jsonl(path, grid=8)
     assert [int(e.sample.mask.sum()) for e in examples] == [2, 0]
+    assert [e.sample.sample_id for e in examples] == ["sft.jsonl:1", "sft.jsonl:2"]  # file:line without an id
     assert examples[0].sample.anomalous and not examples[1].sample.anomalous
     config = load_config(None, [f"data.sft_jsonl={path}", "mask.grid=8", "data.eval_fraction=0"])
     train, held_out = sft_examples(config)

@@ -26,6 +26,7 @@ from rlad.config import Config
 from rlad.data.questions import sft_target
 from rlad.data.readers import DataError, read_mmad, read_mvtec
 from rlad.data.synth import SynthSpec, synthesize
+from rlad.jsonl import json_objects
 from rlad.sample import VerifiableSample
 
 __all__ = [
@@ -122,16 +123,7 @@ def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
     if not path.is_file():
         raise DataError(f"SFT file {path} does not exist")
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in json_objects(path, DataError):
         missing = [k for k in ("image", "question", "options", "answer", "target") if k not in row]
         if missing:
             raise DataError(f"{where}: missing field(s) {missing}")
@@ -150,7 +142,7 @@ def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
             raise DataError(f"{where}: reference image {reference} does not exist")
         try:
             sample = VerifiableSample(
-                sample_id=str(row.get("id", f"{path.name}:{n}")),
+                sample_id=str(row.get("id", f"{path.name}:{where.rsplit(':', 1)[-1]}")),  # file:line
                 question=row["question"],
                 options=dict(row["options"]),
                 answer=row["answer"],
