@@ -7,6 +7,8 @@ rlad score COMPLETIONS.jsonl [--config C] [key=value ...] [--out SCORES.jsonl]
 rlad rescore RUN_DIR [--config C] [key=value ...]
                                           re-score a run's replay store under another mix, per step
 rlad sft CONFIG [key=value ...]           stage 1: SFT warm-start; writes <sft.output_dir>/final
+rlad train [CONFIG] [key=value ...] [resume=RUN_DIR] [--ray-address ADDR]
+                                          SFT warm-start + GRPO on Ray + held-out evaluation
 rlad demo [--out DIR]                     the main job on this machine (see README)
 """
 
@@ -92,6 +94,37 @@ def _cmd_sft(args: argparse.Namespace) -> None:
         print(f"held-out questions: {report['held_out']} (greedy); training examples: {report['train_examples']}")
         print_summary(rows)
     print(f"{report['train']['steps']} steps in {report['train']['seconds']} s; policy saved to {report['final']}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import os
+
+    from rlad.train import run_train
+
+    if args.config and "=" in args.config and not Path(args.config).is_file():  # `rlad train resume=RUN_DIR`
+        args.overrides, args.config = [args.config, *args.overrides], None
+    overrides = [o for o in args.overrides if not o.startswith("resume=")]
+    resume = [o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")]
+    if resume:
+        run_dir = Path(resume[-1])
+        snapshot = run_dir / "config.yaml"
+        if not snapshot.is_file():
+            raise ConfigError(f"resume={run_dir}: not a run folder (no {snapshot})")
+        # The run's own config, then this command's file and overrides on top (e.g. more grpo.steps).
+        config = load_config(args.config or snapshot, [*overrides, f"train.run_dir={run_dir}"])
+    else:
+        config = load_config(args.config, overrides)
+    address = args.ray_address or config.train.ray_address or os.environ.get("RAY_ADDRESS")
+    report = run_train(config, resume=bool(resume), ray_address=address)
+    rows = {k: v for k, v in report["rows"].items() if v}
+    if rows:
+        print(f"held-out questions: {int(next(iter(rows.values()))['n'])} (greedy)")
+        print_summary(rows)
+    run = report["run_dir"]
+    print(
+        f"run folder {run}: policy {report['final']}, TensorBoard {run}/tensorboard, replay store {run}/replay, "
+        f"metrics {run}/metrics.jsonl, report {run}/report.json"
+    )
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
@@ -185,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("config", help="YAML config (e.g. configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_steps=50")
     p.set_defaults(fn=_cmd_sft)
+
+    p = sub.add_parser("train", help="SFT warm-start, GRPO on Ray, held-out evaluation: the whole method")
+    p.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); optional with resume=RUN_DIR")
+    p.add_argument("overrides", nargs="*", help="key=value overrides; resume=RUN_DIR continues a run")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("demo", help="run the main job on this machine")
     p.add_argument("--out", default="runs/demo", help="output folder")

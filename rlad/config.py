@@ -23,12 +23,16 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "GRPOConfig",
     "GenerationConfig",
+    "LearnerConfig",
     "LoraConfig",
     "MaskConfig",
     "ModelConfig",
+    "RolloutConfig",
     "SFTConfig",
     "SynthConfig",
+    "TrainConfig",
     "load_config",
     "paper_rewards",
     "save_config",
@@ -213,6 +217,140 @@ class SFTConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """Stage 2, GRPO with verifiable rewards: the algorithm (``rlad.grpo``) and its step schedule."""
+
+    steps: int = 200
+    """Optimizer steps (one per batch of prompts)."""
+    prompts_per_step: int = 8
+    """Questions sampled per step; each gets ``group_size`` completions."""
+    group_size: int = 16
+    """Completions per question (paper: 16)."""
+    lr: float = 1e-6
+    """Paper: 1e-6."""
+    weight_decay: float = 0.1
+    """Paper: 0.1."""
+    warmup_steps: int = 0
+    """Linear warm-up, then a constant rate (so extending ``steps`` on resume keeps the schedule)."""
+    max_grad_norm: float = 1.0
+    epochs_per_step: int = 1
+    """mu: passes over each step's batch (> 1 makes the importance ratio and clipping matter)."""
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.28
+    kl_coef: float = 0.0
+    """KL to the frozen warm-start policy, in the loss; 0 skips the reference model entirely."""
+    kl_kind: str = "k3"
+    advantage_scale: str = "group"
+    """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
+    aggregation: str = "token_mean"
+    """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
+    old_logprobs: str = "learner"
+    """Where the ratio's denominator comes from: ``learner`` (recomputed under the weights that sampled) or
+    ``engine`` (the rollout engine's numbers). Their gap is logged either way (``logprob_mismatch``)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose completions all score the same (zero advantage; DAPO) from the learner batch."""
+    replay_share: float = 0.0
+    """Share of the learner batch filled with past groups from the replay store that still carry signal."""
+    max_staleness: int = 4
+    """Replayed groups were generated at most this many policy versions ago."""
+    reward_chunk: int = 256
+    """Completions scored per Ray task; fewer than this in a step are scored in the driver."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.prompts_per_step < 1 or self.group_size < 2 or self.epochs_per_step < 1:
+            raise ConfigError("grpo.steps, prompts_per_step, epochs_per_step must be >= 1 and group_size >= 2")
+        if self.lr <= 0:
+            raise ConfigError(f"grpo.lr must be > 0, got {self.lr}")
+        choices = {"kl_kind": ("k1", "k3"), "advantage_scale": ("group", "batch", "none"),
+                   "aggregation": ("token_mean", "seq_mean_token_mean", "dr_grpo"),
+                   "old_logprobs": ("learner", "engine")}  # fmt: skip
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"grpo.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        if not 0.0 <= self.replay_share < 1.0:
+            raise ConfigError(f"grpo.replay_share must be in [0, 1), got {self.replay_share}")
+        if self.kl_coef < 0 or self.reward_chunk < 1:
+            raise ConfigError("grpo.kl_coef must be >= 0 and grpo.reward_chunk >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout workers: Ray actors that generate completions (``rollout/worker.py``)."""
+
+    backend: str = "transformers"
+    """``transformers`` (CPU and GPU)."""
+    workers: int = 1
+    num_cpus: float = 1.0
+    """Ray resources reserved per worker (placement); torch uses ``threads``."""
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per worker (e.g. ``{rollout_node: 1}`` to pin workers to nodes started with
+    ``ray start --resources '{"rollout_node": 8}'``)."""
+    batch_size: int = 64
+    """Sequences generated together (prompts x completions)."""
+    threads: int = 0
+    """torch threads per worker; 0: every core of its node (the sync loop never runs rollout and learner
+    at once)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("transformers",):
+            raise ConfigError(f"rollout.backend must be transformers, got {self.backend!r}")
+        if self.workers < 1 or self.batch_size < 1:
+            raise ConfigError("rollout.workers and rollout.batch_size must be >= 1")
+
+
+@dataclass
+class LearnerConfig:
+    """The learner workers: Ray actors holding a DeepSpeed engine each, data-parallel (``rlad/learner.py``)."""
+
+    workers: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per worker (e.g. ``{rollout_node: 1}`` to pin workers to nodes started with
+    ``ray start --resources '{"rollout_node": 8}'``)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate over a worker's share of the step's batch."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3 (CPU runs: gloo backend)."""
+    deepspeed: str | None = None
+    """A DeepSpeed JSON config used as the base instead (batch sizes, clipping, ZeRO stage are still set here)."""
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.micro_batch_size < 1:
+            raise ConfigError("learner.workers and learner.micro_batch_size must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass
+class TrainConfig:
+    """``rlad train``: the run directory, where the policy starts, the Ray cluster, checkpoints, evaluation."""
+
+    run_dir: str = "runs/train"
+    warm_start: str | None = None
+    """A checkpoint to start GRPO from; null runs the SFT stage first (into ``<run_dir>/sft``)."""
+    ray_address: str | None = None
+    """Join this Ray cluster (also ``--ray-address`` or RAY_ADDRESS); null starts a local one."""
+    save_steps: int = 10
+    save_total_limit: int = 2
+    eval_steps: int = 0
+    """Held-out evaluation every this many steps; 0: at the start and the end only."""
+    eval_samples: int = 64
+    """Held-out questions scored at each evaluation (greedy, one completion each)."""
+    eval_sampled: int = 4
+    """Also this many sampled completions per held-out question at the rollout temperature (what GRPO
+    optimises: the policy's expected reward); 0 evaluates greedy only."""
+
+    def __post_init__(self) -> None:
+        if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:
+            raise ConfigError("train.save_steps and save_total_limit must be >= 1, eval_steps/eval_samples >= 0")
+        if self.eval_sampled < 0:
+            raise ConfigError(f"train.eval_sampled must be >= 0, got {self.eval_sampled}")
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for data generation, sampling and initialisation."""
@@ -221,6 +359,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     rewards: dict[str, Any] = field(default_factory=paper_rewards)
     """Reward name -> {weight, parameters of that reward}. total = sum(weight * reward). A reward with
     weight 0 is still computed and logged. Names come from the reward registry (``rlad rewards``)."""

@@ -18,14 +18,23 @@ from rlad.inputs import IGNORE_INDEX
 __all__ = ["token_logprobs"]
 
 
-def token_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> tuple[torch.Tensor, ...]:
-    """(logprobs (B, L), mask (B, L)): log-prob of ``batch["labels"]`` at each labelled position, 0 elsewhere."""
+def token_logprobs(
+    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(logprobs (B, L), mask (B, L)[, entropy (B, L)]): log-prob of ``batch["labels"]`` at each labelled
+    position, 0 elsewhere; with ``entropy`` also the policy's entropy there (no gradient; a collapse monitor)."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits[:, :-1].float() / temperature  # (B, L-1, V): position t predicts token t+1
     targets = labels[:, 1:]  # (B, L-1)
     mask = targets != IGNORE_INDEX
-    picked = torch.gather(torch.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = torch.gather(log_probs, 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     pad = torch.zeros_like(labels[:, :1], dtype=picked.dtype)
     # back to (B, L) aligned with labels: entry t is log p(labels[t] | tokens < t)
-    return torch.cat([pad, picked * mask], dim=1), torch.cat([pad.bool(), mask], dim=1)
+    out = (torch.cat([pad, picked * mask], dim=1), torch.cat([pad.bool(), mask], dim=1))
+    if not entropy:
+        return out
+    with torch.no_grad():
+        h = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, L-1)
+    return (*out, torch.cat([pad, h], dim=1))

@@ -9,6 +9,7 @@ unless ``model.dtype`` says otherwise; LoRA (peft) on the language model when ``
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ def load_image_processor(path: Path, config: ModelConfig) -> Any:
     if config.max_pixels is not None:
         kwargs["max_pixels"] = config.max_pixels
     return AutoImageProcessor.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads: ``threads``, or every core when 0. A Ray worker starts with OMP_NUM_THREADS set to
+    its reserved CPUs (often 1); the synchronous loop never runs rollout and learning at once, so each phase
+    may use the whole node."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
 def load_policy(

@@ -96,3 +96,21 @@ def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> di
             "answer_acc": mmad_accuracy(answers)["mean"]["accuracy"],
         }
     return out
+
+
+def score_records_on_ray(records: list[ScoredRecord], rewards: dict, chunk: int) -> list[dict[str, float]]:
+    """``score_records`` over ``chunk``-sized slices in parallel Ray tasks (in this process when there is at
+    most one slice); same results, same order. ``rewards`` is the config's reward section."""
+    if len(records) <= chunk:
+        return score_records(records, RewardMix(rewards))
+    import ray
+
+    # num_cpus=0: the actors reserve the cluster's CPUs but sit idle while the driver scores (the loop is
+    # synchronous), so a task that waited for a free CPU would wait forever.
+    task = ray.remote(num_cpus=0)(_score_slice)
+    refs = [task.remote(records[i : i + chunk], rewards) for i in range(0, len(records), chunk)]
+    return [s for part in ray.get(refs) for s in part]
+
+
+def _score_slice(records: list[ScoredRecord], rewards: dict) -> list[dict[str, float]]:
+    return score_records(records, RewardMix(rewards))

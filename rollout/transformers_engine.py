@@ -9,8 +9,7 @@ token stops a completion; it is kept in ``token_ids`` (the learner trains on it)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,18 +17,11 @@ import torch
 from rlad.config import GenerationConfig
 from rlad.inputs import InputBuilder
 from rlad.sample import VerifiableSample
+from rollout.engine import Completion
 
-__all__ = ["Completion", "TransformersEngine"]
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
 
-
-@dataclass
-class Completion:
-    sample_id: str
-    text: str  # decoded completion, without the end-of-turn token
-    token_ids: list[int]  # generated ids, up to and including the end-of-turn token when one was produced
-    finished: bool  # False when max_new_tokens cut it off
-    logprobs: list[float]  # log-prob of each generated token at the sampling temperature (before top-p/top-k)
-    policy_version: int  # the weights that produced it
+__all__ = ["TransformersEngine"]
 
 
 class TransformersEngine:
@@ -51,19 +43,38 @@ class TransformersEngine:
             stop.append(tok.eos_token_id)
         g = self.generation
         sampling = {} if greedy else {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or None}
+        # A generated <|image_pad|> (or another vision marker) would have the learner look for an image that
+        # is not there ("image features and image tokens do not match"): they are never sampled.
+        vision = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS if t in tok.get_vocab()]
         return HFGenerationConfig(
+            suppress_tokens=vision or None,
             max_new_tokens=g.max_new_tokens,
             do_sample=not greedy,
             num_return_sequences=n,
             eos_token_id=stop,
             pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,  # raw logits per step: the sampled tokens' log-probs come from them
             **sampling,
         )
 
+    def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Every parameter and buffer from ``state`` (strict: a missing or extra name is an error, never a
+        silently stale weight), then ``version``."""
+        self.model.load_state_dict(state, strict=True)
+        self.policy_version = version
+
+    def fingerprint(self) -> float:
+        return float(sum(t.double().sum() for t in self.model.state_dict().values()))
+
     @torch.no_grad()
-    def generate(self, samples: Sequence[VerifiableSample], n: int = 1, greedy: bool = False) -> list[Completion]:
+    def generate(
+        self, samples: Sequence[VerifiableSample], n: int = 1, greedy: bool = False, seed: int | None = None
+    ) -> list[Completion]:
         """``n`` completions per sample, in sample order (sample 0's n, then sample 1's, ...)."""
         device = next(self.model.parameters()).device
+        if seed is not None:
+            torch.manual_seed(seed)
         config = self._generation_config(n, greedy)
         stop = set(config.eos_token_id)
         out: list[Completion] = []
@@ -73,9 +84,7 @@ class TransformersEngine:
             inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-            result = self.model.generate(
-                **inputs, generation_config=config, return_dict_in_generate=True, output_logits=True
-            )
+            result = self.model.generate(**inputs, generation_config=config)
             new = result.sequences[:, inputs["input_ids"].shape[1] :]  # (len(chunk) * n, new tokens)
             # raw logits per step -> log-probs of the sampled tokens at the sampling temperature: (rows, new tokens)
             temperature = 1.0 if greedy else self.generation.temperature

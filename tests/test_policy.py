@@ -142,3 +142,26 @@ def test_engine_logprobs_match_the_learner_for_the_same_weights(tiny_policy, sma
     for row, c in enumerate(completions):
         got = learner[row][mask[row]]
         assert torch.allclose(got, torch.tensor(c.logprobs), atol=1e-4), (got, c.logprobs)
+
+
+def test_vision_tokens_are_never_sampled(tiny_policy, small_benchmark):
+    """Even a policy that wants nothing but <|image_pad|> never emits it: the learner would look for an image
+    that is not there."""
+    from rlad.config import GenerationConfig
+
+    _, samples = small_benchmark
+    tok = tiny_policy.tokenizer
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+
+    def prefer_image_pad(module, inputs, output):
+        output[..., pad] += 1e4
+        return output
+
+    handle = tiny_policy.model.lm_head.register_forward_hook(prefer_image_pad)
+    try:
+        engine = TransformersEngine(tiny_policy.model, tiny_policy.builder, GenerationConfig(max_new_tokens=6))
+        completions = engine.generate(samples[:2], n=3, seed=0)
+    finally:
+        handle.remove()
+    assert all(pad not in c.token_ids for c in completions)
+    assert all(len(c.token_ids) == len(c.logprobs) > 0 for c in completions)

@@ -172,3 +172,10 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
     train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
     train = per_image(train, config.data.questions_per_image, config.seed)
     return [SFTExample(s, sft_target(s)) for s in train], evaluation
+
+
+def rl_samples(config: Config) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
+    """(training, held-out) samples for GRPO: the same split by image as SFT's, so the held-out images of
+    one stage are never trained on by the other."""
+    train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
+    return per_image(train, config.data.questions_per_image, config.seed), evaluation

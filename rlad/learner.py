@@ -1,0 +1,265 @@
+"""The learner: one data-parallel rank of GRPO training, a DeepSpeed engine around the policy.
+
+``Learner`` is a plain class (a test builds it directly); ``rlad.train`` runs ``learner.workers`` of them as
+Ray actors that join one torch.distributed group (gloo on CPU, NCCL on GPU), so DeepSpeed averages gradients
+across them and ZeRO shards optimizer state (stage from ``learner.zero_stage``).
+
+One call to ``learn`` is one GRPO step on this rank's share of the batch:
+
+    for epoch in range(mu):                         # grpo.epochs_per_step
+        for micro-batch of completions:
+            logp = log p_theta(completion tokens)   # rlad.logprobs, same input builder as the rollout
+            old  = logp.detach() on epoch 0         # "learner": the weights that sampled are these ones
+                   or the engine's logprobs         # "engine" (always for groups replayed from the store)
+            loss = grpo_loss(logp, old, A, ...)     # rlad.grpo, pure maths
+            backward(loss * share of the batch)     # exact token-mean across micro-batches and ranks
+        clip gradients, optimizer step              # DeepSpeed
+
+The engine-vs-learner log-prob gap (``logprob_mismatch``) is measured on fresh completions every step: a
+sync that left the rollout engine on stale weights shows up there at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlad.config import Config, ConfigError
+from rlad.grpo import grpo_loss, logprob_mismatch
+from rlad.logprobs import token_logprobs
+from rlad.policy import load_policy, set_threads
+from rlad.sample import VerifiableSample
+
+__all__ = ["Learner", "Rollout", "loss_units"]
+
+CHECKPOINT_TAG = "learner"
+
+
+@dataclass
+class Rollout:
+    """One completion as the learner trains on it."""
+
+    sample: VerifiableSample
+    token_ids: list[int]
+    logprobs: list[float]  # the rollout engine's, per generated token
+    advantage: float
+    fresh: bool = True  # sampled by the current weights; False: replayed from the store (off-policy)
+
+
+def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
+    """What the batch loss is a mean over: completion tokens (token_mean) or completions (the others)."""
+    return sum(len(r.token_ids) for r in rollouts) if aggregation == "token_mean" else len(rollouts)
+
+
+def _policy_config(config: Config, checkpoint: str):
+    if config.model.lora.r:
+        raise ConfigError("GRPO trains every weight: model.lora.r > 0 is not supported by rlad train yet")
+    return dataclasses.replace(config.model, path=checkpoint)
+
+
+def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, Any]:
+    learner = config.learner
+    base: dict[str, Any] = {}
+    if learner.deepspeed:
+        if not Path(learner.deepspeed).is_file():
+            raise ConfigError(f"learner.deepspeed: {learner.deepspeed!r} is not a file (a DeepSpeed JSON config)")
+        base = json.loads(Path(learner.deepspeed).read_text())
+    # "auto" values are the Trainer's convention; here every batch and clipping number is set from rlad's config.
+    zero = {k: v for k, v in base.get("zero_optimization", {}).items() if v != "auto"}
+    zero["stage"] = learner.zero_stage
+    base.update(
+        train_micro_batch_size_per_gpu=learner.micro_batch_size,
+        gradient_accumulation_steps=1,  # rlad marks the accumulation boundary itself (batches vary in size)
+        train_batch_size=learner.micro_batch_size * world_size,
+        gradient_clipping=config.grpo.max_grad_norm,
+        zero_optimization=zero,
+        bf16={"enabled": bf16},
+        steps_per_print=10**9,
+    )
+    base.pop("optimizer", None)  # rlad's AdamW and schedule, below: one place for lr and weight decay
+    base.pop("scheduler", None)
+    base.pop("fp16", None)
+    return base
+
+
+class Learner:
+    """Build, then ``setup`` (every rank at once: the process group forms there), then ``learn``."""
+
+    def __init__(self, config: Config, checkpoint: str, rank: int = 0, world_size: int = 1):
+        self.config = config
+        self.checkpoint = checkpoint
+        self.rank = rank
+        self.world_size = world_size
+        set_threads(config.learner.threads)
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port: where the other ranks meet rank 0."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return ip, port
+
+    def setup(self, master_addr: str | None = None, master_port: int | None = None) -> None:
+        import deepspeed
+
+        config, rank, world_size, checkpoint = self.config, self.rank, self.world_size, self.checkpoint
+        if master_addr is None:
+            master_addr, master_port = self.address()
+        use_gpu = config.learner.num_gpus > 0 and torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
+        env = {"RANK": rank, "LOCAL_RANK": 0, "WORLD_SIZE": world_size, "MASTER_ADDR": master_addr,
+               "MASTER_PORT": master_port}  # fmt: skip
+        os.environ.update({k: str(v) for k, v in env.items()})
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+        torch.manual_seed(config.seed + rank)
+
+        model_config = _policy_config(config, checkpoint)
+        self.policy = load_policy(model_config, shots=config.data.shots, device=device, trainable=True)
+        self.builder = self.policy.builder
+        self.reference = None
+        if config.grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
+            self.reference = load_policy(model_config, shots=config.data.shots, device=device).model
+        grpo = config.grpo
+        params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=grpo.lr, weight_decay=grpo.weight_decay)
+        warmup = grpo.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        bf16 = next(self.policy.model.parameters()).dtype == torch.bfloat16
+        self.engine, *_ = deepspeed.initialize(
+            model=self.policy.model,
+            optimizer=optimizer,
+            lr_scheduler=schedule,
+            config=_deepspeed_config(config, world_size, bf16),
+        )
+        self.device = device
+        self.version = 0
+
+    # -- one GRPO step ---------------------------------------------------------------------------------
+
+    def _micro_batches(self, rollouts: Sequence[Rollout], count: int) -> list[list[Rollout]]:
+        size = math.ceil(len(rollouts) / count) if rollouts else 0
+        return [list(rollouts[i * size : (i + 1) * size]) for i in range(count)]
+
+    def learn(self, rollouts: Sequence[Rollout], global_units: int, micro_batches: int) -> dict[str, float]:
+        """One optimizer step per epoch over ``rollouts`` (this rank's share) in ``micro_batches`` pieces (the
+        same count on every rank: collectives must line up). ``global_units`` is ``loss_units`` of the whole
+        step's batch over every rank, so the summed gradients are those of one loss over the batch."""
+        grpo = self.config.grpo
+        temperature = self.config.generation.temperature
+        engine = self.engine
+        engine.train()
+        start = time.perf_counter()
+        chunks = self._micro_batches(rollouts, micro_batches)
+        old_learner: list[torch.Tensor | None] = [None] * len(chunks)
+        sums: dict[str, float] = {}
+        weight_total = 0.0
+
+        def add(name: str, value: float, weight: float) -> None:
+            sums[name] = sums.get(name, 0.0) + value * weight
+
+        grad_norm = 0.0
+        for epoch in range(grpo.epochs_per_step):
+            for i, chunk in enumerate(chunks):
+                engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
+                dummy = not chunk  # this rank ran out of completions: a zero-weight pass keeps collectives aligned
+                items = chunk or [rollouts[0]]
+                batch = self.builder.collate([self.builder.encode_completion(r.sample, r.token_ids) for r in items])
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                batch["pixel_values"] = batch["pixel_values"].to(next(engine.module.parameters()).dtype)
+                logp, mask, entropy = token_logprobs(engine, batch, temperature, entropy=True)
+                engine_logp = torch.zeros_like(logp)
+                for row, r in enumerate(items):  # the engine's numbers sit at the completion's label positions
+                    engine_logp[row, mask[row]] = torch.tensor(r.logprobs, dtype=logp.dtype, device=logp.device)
+                fresh = torch.tensor([r.fresh for r in items], device=logp.device).unsqueeze(1)
+                if epoch == 0:
+                    old_learner[i] = logp.detach()
+                # replayed groups were sampled by older weights: only the engine's numbers exist for them
+                use_engine = torch.full_like(mask, grpo.old_logprobs == "engine") | ~fresh
+                old = torch.where(use_engine, engine_logp, old_learner[i])
+                ref = None
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref = token_logprobs(self.reference, batch, temperature)[0]
+                out = grpo_loss(
+                    logp, old, torch.tensor([r.advantage for r in items], dtype=logp.dtype, device=logp.device),
+                    mask, clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
+                    kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
+                    max_completion_length=self.config.generation.max_new_tokens,
+                )  # fmt: skip
+                units = 0 if dummy else loss_units(items, grpo.aggregation)
+                # DeepSpeed averages gradients over ranks: x world_size undoes that, units/global makes the
+                # micro-batch's mean one share of the batch's mean.
+                engine.backward(out.loss * (units / global_units) * self.world_size)
+                if epoch == 0 and not dummy:
+                    w = float(mask.sum())
+                    weight_total += w
+                    for name in ("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean"):
+                        add(name, float(getattr(out, name).detach()), w)
+                    add("entropy", float((entropy * mask).sum() / mask.sum().clamp(min=1)), w)
+                    fresh_mask = mask & fresh
+                    if fresh_mask.any():
+                        add("logprob_mismatch", float(logprob_mismatch(engine_logp, logp.detach(), fresh_mask)), w)
+            norm = None
+            if self.config.learner.zero_stage == 0:  # DeepSpeed reports a norm only for ZeRO; here grads are whole
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            engine.step()
+            norm = engine.get_global_grad_norm() if norm is None else norm
+            grad_norm = float(norm) if norm is not None else float("nan")
+        self.version += 1
+        seconds = time.perf_counter() - start
+        tokens = sum(len(r.token_ids) for r in rollouts)
+        metrics = {k: v / max(weight_total, 1.0) for k, v in sums.items()}
+        metrics.update(grad_norm=grad_norm, lr=engine.get_lr()[0], learn_tokens=float(tokens), learn_seconds=seconds)
+        return metrics
+
+    # -- weights out, checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The full policy weights on CPU, for the rollout engines (ZeRO-3 gathers the shards; every rank
+        must call, rank 0's copy is the one to send)."""
+        if self.config.learner.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full only on rank 0
+            state = {k: v.cpu() for k, v in (state or {}).items()}
+        else:
+            state = {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+        self._fingerprint = float(sum(t.double().sum() for t in state.values()))
+        return state
+
+    def fingerprint(self) -> float:
+        """Sum of every weight of the last ``state_dict`` sent, in float64: a rollout engine holding these
+        weights reports the same number (the freshness check after a sync)."""
+        return self._fingerprint
+
+    def save(self, folder: str) -> None:
+        """Model, optimizer, schedule and RNG into ``folder`` (every rank calls; DeepSpeed writes the shards)."""
+        client = {"version": self.version, "torch_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=client)
+
+    def load(self, folder: str) -> int:
+        _, client = self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        if client is None:
+            raise FileNotFoundError(f"{folder}: no learner checkpoint (tag {CHECKPOINT_TAG!r})")
+        self.version = int(client["version"])
+        torch.set_rng_state(client["torch_rng"])
+        return self.version
+
+    def save_pretrained(self, folder: str) -> None:
+        """The policy as a plain checkpoint folder (weights and model config)."""
+        state = self.state_dict()
+        if self.rank == 0:
+            self.engine.module.save_pretrained(folder, state_dict=state)

@@ -1,0 +1,61 @@
+"""Where a run's numbers go: TensorBoard scalars, ``metrics.jsonl`` (one line per step) and the progress bar.
+
+On resume the logbook is opened at the checkpoint's step: TensorBoard purges events past it (``purge_step``)
+and ``metrics.jsonl`` is cut back to the steps the checkpoint covers, so a resumed run's curves continue
+the interrupted run's without duplicated or orphaned points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+__all__ = ["Logbook", "read_metrics"]
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Logbook:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.metrics_path = run_dir / "metrics.jsonl"
+        kept = [m for m in read_metrics(self.metrics_path) if m["step"] < start_step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        os.replace(tmp, self.metrics_path)
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="GRPO", unit="step", disable=not show_progress)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """``metrics`` keys are TensorBoard tags (``reward/format``, ``time/generate``, ...)."""
+        for tag, value in metrics.items():
+            if not math.isnan(value):
+                self.writer.add_scalar(tag, value, step)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.writer.flush()
+        self.bar.update(1)
+        shown = {"reward": "reward/total", "F1": "detect/patch_F1", "acc": "detect/answer_acc"}
+        self.bar.set_postfix({k: f"{metrics[tag]:.3f}" for k, tag in shown.items() if tag in metrics})
+
+    def log_eval(self, step: int, rows: dict[str, dict[str, float]], name: str) -> None:
+        """Rows ``name`` (greedy) and ``name_sampled`` under ``eval/`` and ``eval_sampled/``."""
+        for suffix, prefix in (("", "eval"), ("_sampled", "eval_sampled")):
+            for metric, value in rows.get(name + suffix, {}).items():
+                if metric != "n":
+                    self.writer.add_scalar(f"{prefix}/{metric}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()

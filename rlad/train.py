@@ -1,0 +1,486 @@
+"""``rlad train``: SFT warm-start, then GRPO on Ray, then a held-out evaluation — the whole method in one run.
+
+    rlad train configs/demo.yaml                          # local Ray, tiny model, generated data, CPU minutes
+    rlad train configs/demo.yaml resume=runs/demo         # continue from the last complete checkpoint
+    rlad train configs/paper_qwen25vl_7b.yaml --ray-address auto model.path=... data.root=...
+
+One driver (this module) runs the step as named phases over Ray actors, as in docs/DESIGN (OmniAD §3.3):
+
+    sample    prompts_per_step questions from the training split (a seeded permutation per epoch)
+    generate  group_size completions each, on the rollout workers (rollout/worker.py)
+    score     every reward of the mix (rewards/), in Ray tasks when there are many
+    store     every group, scored, into the replay store (rlad/replay.py) — before anything learns from it
+    learn     group advantages + GRPO loss on the learner workers (rlad/learner.py, rlad/grpo.py)
+    sync      new weights to the rollout workers, versioned and verified (rollout/weight_sync.py)
+    log       TensorBoard, metrics.jsonl, progress bar (rlad/logbook.py); checkpoint; evaluate
+
+Departures from the paper: the loop is synchronous (rollout of step t+1 waits for step t's update); the
+answer reward gives 0 to a missing answer (rewards/builtin.py); KL is off by default (``grpo.kl_coef``).
+
+Reproducibility: the prompts of step s and the sampling seed of step s are functions of (seed, s), and the
+learner checkpoint holds model, optimizer, schedule and RNG, so a resumed run redraws exactly what the
+uninterrupted one would have (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlad.config import Config, ConfigError, save_config
+from rlad.grpo import group_advantages
+from rlad.learner import Learner, Rollout, loss_units
+from rlad.logbook import Logbook
+from rlad.replay import Group, ReplayStore, informative, replay_candidates
+from rlad.sample import VerifiableSample
+from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
+from rollout.engine import Completion
+from rollout.weight_sync import ObjectStoreSync
+from rollout.worker import RolloutWorker
+
+__all__ = ["run_train", "step_prompts"]
+
+log = logging.getLogger(__name__)
+
+
+# -- pure pieces ---------------------------------------------------------------------------------------------
+
+
+def step_prompts(n_train: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices of step ``step``'s prompts: consecutive slices of a fresh seeded permutation per epoch, so the
+    data position of any step is known without state."""
+    out = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, n_train)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_train)[offset]))
+    return out
+
+
+def sampling_seed(seed: int, step: int) -> int:
+    """The sampling seed of step ``step`` (worker k adds k)."""
+    return seed * 1_000_003 + step * 1_009
+
+
+def absolute_paths(config: Config) -> Config:
+    """Paths resolved against the driver's folder: Ray actors run elsewhere (another cwd, another node)."""
+
+    def resolve(p: str | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    c = dataclasses.replace
+    model_path = config.model.path if config.model.path == "tiny" else resolve(config.model.path)
+    return c(
+        config,
+        model=c(config.model, path=model_path),
+        data=c(config.data, root=resolve(config.data.root), mmad=resolve(config.data.mmad),
+               sft_jsonl=resolve(config.data.sft_jsonl)),
+        sft=c(config.sft, deepspeed=resolve(config.sft.deepspeed), output_dir=resolve(config.sft.output_dir)),
+        learner=c(config.learner, deepspeed=resolve(config.learner.deepspeed)),
+        train=c(config.train, run_dir=resolve(config.train.run_dir), warm_start=resolve(config.train.warm_start)),
+    )  # fmt: skip
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/step-N`` (complete: renamed into place with its state.json)."""
+    found = sorted((run_dir / "checkpoints").glob("step-*/state.json"))
+    return found[-1].parent if found else None
+
+
+def save_checkpoint(run_dir: Path, learners: list[Any], state: dict[str, Any], keep: int) -> Path:
+    """Learner shards and the driver's state written aside, then renamed into place: a crash mid-save
+    leaves the previous checkpoint as the last complete one."""
+    import ray
+
+    final = run_dir / "checkpoints" / f"step-{state['step']:06d}"
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ray.get([learner.save.remote(str(tmp / "learner")) for learner in learners])
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    os.replace(tmp, final)
+    for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def set_aside_replay_parts(store: ReplayStore, completed_steps: int) -> None:
+    """Replay parts written after the checkpoint (their steps will be redone) move to ``replay-superseded/``
+    beside the store: kept for inspection, outside what ``pyarrow``/``pandas`` read as the store."""
+    for part in store.parts():
+        if int(part.name.split("-")[1]) >= completed_steps:
+            aside = store.folder.parent / "replay-superseded" / f"{int(time.time())}-{part.name}"
+            aside.parent.mkdir(exist_ok=True)
+            part.rename(aside)
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+class Cluster:
+    """The Ray actors of a run: rollout workers and data-parallel learners, placed by their config sections."""
+
+    def __init__(self, config: Config, checkpoint: str):
+        import ray
+
+        self.config = config
+        r, lc = config.rollout, config.learner
+        worker_cls = ray.remote(RolloutWorker).options(
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=r.resources or None
+        )
+        self.workers = [worker_cls.remote(config, checkpoint) for _ in range(r.workers)]
+        learner_cls = ray.remote(Learner).options(
+            num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=lc.resources or None
+        )
+        self.learners = [learner_cls.remote(config, checkpoint, i, lc.workers) for i in range(lc.workers)]
+        address = ray.get(self.learners[0].address.remote())  # the process group meets on learner 0's node
+        ray.get([learner.setup.remote(*address) for learner in self.learners])
+        self.sync = ObjectStoreSync()
+
+    def shutdown(self) -> None:
+        """Stop the actors now (a session that outlives the run, a test's or a notebook's, gets its CPUs back)."""
+        import ray
+
+        for actor in self.workers + self.learners:
+            ray.kill(actor)
+
+    def generate(self, samples: Sequence[VerifiableSample], n: int, greedy: bool, seed: int) -> list[Completion]:
+        """Prompts split evenly over the workers; completions back in prompt order."""
+        import ray
+
+        parts = np.array_split(np.arange(len(samples)), len(self.workers))
+        refs = [w.generate.remote([samples[i] for i in idx], n, greedy, seed + k)
+                for k, (w, idx) in enumerate(zip(self.workers, parts, strict=True)) if len(idx)]  # fmt: skip
+        return [c for part in ray.get(refs) for c in part]
+
+    def learn(self, rollouts: list[Rollout]) -> dict[str, float]:
+        """The batch split over the learners; their metrics averaged."""
+        import ray
+
+        n = len(self.learners)
+        shards = [rollouts[i::n] for i in range(n)]
+        micro = self.config.learner.micro_batch_size
+        micro_batches = max(1, -(-max(len(s) for s in shards) // micro))
+        units = loss_units(rollouts, self.config.grpo.aggregation)
+        results = ray.get(
+            [lr.learn.remote(s, units, micro_batches) for lr, s in zip(self.learners, shards, strict=True)]
+        )
+        merged = {k: float(np.mean([m[k] for m in results])) for k in results[0]}
+        merged["learn_tokens"] = float(sum(m["learn_tokens"] for m in results))  # the whole batch's
+        merged["learn_seconds"] = max(m["learn_seconds"] for m in results)  # the slowest rank sets the pace
+        return merged
+
+
+def _check_resources(config: Config) -> None:
+    """Fail now, naming the sections, rather than wait forever for actors the cluster cannot place."""
+    import ray
+
+    have = ray.cluster_resources()
+    r, lc = config.rollout, config.learner
+    for key, need in (("CPU", r.workers * r.num_cpus + lc.workers * lc.num_cpus),
+                      ("GPU", r.workers * r.num_gpus + lc.workers * lc.num_gpus)):  # fmt: skip
+        if need > have.get(key, 0):
+            raise ConfigError(
+                f"rollout.workers x rollout.num_{key.lower()}s + learner.workers x learner.num_{key.lower()}s "
+                f"= {need:g} {key}s, but the Ray cluster has {have.get(key, 0):g}"
+            )
+
+
+class Timer:
+    """Seconds per named phase of one step: ``with timer("generate"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = time.perf_counter() - self.t
+
+        return _Phase()
+
+
+def _step_metrics(records, scores, completions, learned, timer: Timer, kept: int, replayed: int, groups):
+    """The step's scalars, by TensorBoard tag."""
+    row = summarise(records, scores)["train"]
+    m = {f"reward/{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    m["reward/std_in_group"] = float(np.mean([g.reward_std for g in groups]))
+    m["batch/zero_std_groups"] = float(np.mean([g.reward_std <= 1e-6 for g in groups]))
+    m["batch/groups_learned"] = float(kept)
+    m["batch/groups_replayed"] = float(replayed)
+    m.update({f"detect/{k}": row[k] for k in ("image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc")})
+    lengths = [len(c.token_ids) for c in completions]
+    m["rollout/response_length"] = float(np.mean(lengths))
+    m["rollout/finished"] = float(np.mean([c.finished for c in completions]))
+    m["rollout/tokens_per_s"] = sum(lengths) / max(timer.seconds["generate"], 1e-9)
+    for k, v in learned.items():
+        if k not in ("learn_tokens", "learn_seconds"):
+            m[f"train/{k}"] = v
+    if learned:
+        m["train/tokens_per_s"] = learned["learn_tokens"] / max(learned["learn_seconds"], 1e-9)
+    m.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    m["time/step"] = time.perf_counter() - timer.start
+    return m
+
+
+def _score_groups(config: Config, samples: list[VerifiableSample], completions: list[Completion], step: int):
+    """Rewards of every completion (Ray tasks when there are many), advantages per group."""
+    g = config.grpo.group_size
+    records = [ScoredRecord(c.text, samples[i // g], "train") for i, c in enumerate(completions)]
+    scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+    totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
+    advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
+    names = [k for k in scores[0] if k != "total"]
+    groups = []
+    for p, sample in enumerate(samples):
+        idx = range(p * g, (p + 1) * g)
+        groups.append(Group(
+            group_id=f"{step:06d}-{p:04d}", step=step, policy_version=completions[idx[0]].policy_version,
+            sample=sample, completions=[completions[i].text for i in idx],
+            token_ids=[completions[i].token_ids for i in idx], logprobs=[completions[i].logprobs for i in idx],
+            rewards={n: [scores[i][n] for i in idx] for n in names}, totals=[scores[i]["total"] for i in idx],
+            advantages=[advantages[i] for i in idx],
+        ))  # fmt: skip
+    return records, scores, groups
+
+
+def _learner_batch(config: Config, fresh: list[Group], past: list[Group], version: int, step: int):
+    """Fresh groups (all, or only those with signal under dynamic sampling) plus a share of replayed ones."""
+    grpo = config.grpo
+    chosen = informative(fresh) if grpo.dynamic_sampling else list(fresh)
+    replayed: list[Group] = []
+    if grpo.replay_share > 0:
+        candidates = replay_candidates(past, version, grpo.max_staleness)
+        want = round(len(fresh) * grpo.replay_share / (1 - grpo.replay_share))
+        replayed = random.Random(f"{config.seed}-{step}").sample(candidates, min(want, len(candidates)))
+    rollouts = [
+        Rollout(g.sample, g.token_ids[i], g.logprobs[i], g.advantages[i], fresh=is_fresh)
+        for groups, is_fresh in ((chosen, True), (replayed, False))
+        for g in groups
+        for i in range(len(g.completions))
+    ]
+    return rollouts, len(chosen), len(replayed)
+
+
+def _evaluate(cluster: Cluster, samples: list[VerifiableSample], config: Config, run_dir: Path, name: str):
+    """Held-out rows: ``name`` (greedy, one completion per question) and, with ``train.eval_sampled`` > 0,
+    ``name_sampled`` (that many completions per question at the rollout temperature, fixed seed: the
+    expected reward GRPO optimises, measured on the same draws for every checkpoint)."""
+    rows = {}
+    for group, greedy, n in ((name, True, 1), (f"{name}_sampled", False, config.train.eval_sampled)):
+        if not n:
+            continue
+        completions = cluster.generate(samples, n, greedy=greedy, seed=config.seed)
+        records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
+        scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        with (run_dir / "eval" / f"{group}.jsonl").open("w") as f:  # re-scorable with `rlad score`
+            for r, s in zip(records, scores, strict=True):
+                f.write(json.dumps({"completion": r.completion, "sample": r.sample.to_record(), "group": group,
+                                    "scores": s}) + "\n")  # fmt: skip
+        rows[group] = summarise(records, scores)[group]
+    return rows
+
+
+def export(learners: list[Any], warm: str, out: Path, config: Config) -> Path:
+    """The trained policy as a plain checkpoint (weights from the learners; tokenizer, chat template and image
+    processor from the warm start), written atomically like the SFT stage's."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from rlad.policy import Policy, load_image_processor
+    from rlad.sft import save_policy
+
+    tokenizer = AutoTokenizer.from_pretrained(warm, local_files_only=True)
+    image_processor = load_image_processor(Path(warm), config.model)
+    carrier = Policy(None, tokenizer, image_processor, None, Path(warm))
+
+    def write_weights(folder: Path) -> None:
+        ray.get([learner.save_pretrained.remote(str(folder)) for learner in learners])
+
+    return save_policy(write_weights, carrier, out, config)
+
+
+def _warm_start(config: Config, run_dir: Path) -> str:
+    """The checkpoint GRPO starts from: ``train.warm_start``, else the SFT stage's (run on a learner's
+    resources, into ``<run_dir>/sft``; an interrupted SFT resumes itself)."""
+    import ray
+
+    if config.train.warm_start:
+        return config.train.warm_start
+    sft_dir = run_dir / "sft"
+    if not (sft_dir / "report.json").is_file():
+        lc = config.learner
+        sft_config = dataclasses.replace(config, sft=dataclasses.replace(config.sft, output_dir=str(sft_dir)))
+        task = ray.remote(_run_sft).options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus)
+        print(f"SFT warm-start -> {sft_dir}", flush=True)
+        ray.get(task.remote(sft_config))
+    return str(sft_dir / "final")
+
+
+def _run_sft(config: Config) -> dict:
+    from rlad.policy import set_threads
+    from rlad.sft import run_sft
+
+    set_threads(config.learner.threads)
+    return run_sft(config)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Join the cluster at ``address``, or start a local Ray for the run (stopped after it). A session that
+    is already connected (a test's, a notebook's) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    env = {k: os.environ[k] for k in ("RLAD_CACHE",) if k in os.environ}
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env})
+        print(f"Ray: joined the cluster at {context.address_info['gcs_address']} "
+              f"({_describe(ray.cluster_resources())})", flush=True)  # fmt: skip
+    else:
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
+        print(f"Ray: started a local instance ({_describe(ray.cluster_resources())})", flush=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}s" for k in ("CPU", "GPU"))
+
+
+def run_train(
+    config: Config, resume: bool = False, ray_address: str | None = None, show_progress: bool = True
+) -> dict[str, Any]:
+    """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report."""
+    with ray_session(ray_address):
+        return _run(config, resume, show_progress)
+
+
+def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    tmp = run_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, run_dir / "report.json")
+
+
+def _run(config: Config, resume: bool, show_progress: bool) -> dict[str, Any]:
+    import ray
+
+    from rlad.data.sources import rl_samples
+    from rlad.policy import resolve_model_path
+
+    # Everything the user can get wrong fails here, before anything is written or started.
+    config = absolute_paths(config)
+    run_dir = Path(config.train.run_dir)
+    grpo = config.grpo
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"resume: {run_dir} is not a run folder (no config.yaml)")
+    if not resume and last_checkpoint(run_dir) is not None:
+        raise ConfigError(f"train.run_dir {run_dir} already holds a run: continue it with resume={run_dir}, "
+                          "or choose another train.run_dir")  # fmt: skip
+    _check_resources(config)
+    if config.model.path == "tiny":  # built once here, not by every actor
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, path=str(resolve_model_path(config.model)))
+        )
+    resolve_model_path(config.model)
+    train, held_out = rl_samples(config)
+    if len(train) < grpo.prompts_per_step:
+        raise ConfigError(f"grpo.prompts_per_step={grpo.prompts_per_step} but only {len(train)} training questions")
+    eval_set = random.Random(config.seed).sample(held_out, min(config.train.eval_samples, len(held_out)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else {"step": 0, "version": 0}
+    start, version = state["step"], state["version"]
+    store = ReplayStore(run_dir / "replay")
+    set_aside_replay_parts(store, start)
+    report = json.loads((run_dir / "report.json").read_text()) if checkpoint else {"rows": {}}
+    warm = _warm_start(config, run_dir)
+    cluster = Cluster(config, warm)
+    try:
+        if checkpoint is not None:
+            ray.get([learner.load.remote(str(checkpoint / "learner")) for learner in cluster.learners])
+            print(f"resumed {run_dir} at step {start} from {checkpoint.name}", flush=True)
+        cluster.sync.sync(cluster.learners, cluster.workers, version)  # engines start on the learner's weights
+        if "warm_start" not in report["rows"] and eval_set:
+            report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start"))
+            _write_report(run_dir, report)
+        logbook = Logbook(run_dir, grpo.steps, start, show_progress)
+        if start == 0 and eval_set:
+            logbook.log_eval(0, report["rows"], "warm_start")
+        started = time.perf_counter()
+        _loop(config, cluster, train, eval_set, store, logbook, start, version)
+        if eval_set:
+            report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo"))
+            logbook.log_eval(grpo.steps, report["rows"], "grpo")
+        logbook.close()
+        export(cluster.learners, warm, run_dir / "final", config)
+    finally:
+        cluster.shutdown()
+    report.update(run_dir=str(run_dir), steps=grpo.steps, final=str(run_dir / "final"), warm_start=warm,
+                  grpo_seconds_this_session=round(time.perf_counter() - started, 1))  # fmt: skip
+    _write_report(run_dir, report)
+    return report
+
+
+def _loop(
+    config: Config, cluster: Cluster, train, eval_set, store: ReplayStore, logbook: Logbook, start: int, version: int
+):
+    """The GRPO steps from ``start`` on: sample -> generate -> score -> store -> learn -> sync -> log."""
+    grpo, run_dir = config.grpo, Path(config.train.run_dir)
+    past = store.groups(min_step=max(0, start - grpo.max_staleness)) if grpo.replay_share else []
+    for step in range(start, grpo.steps):
+        timer = Timer()
+        samples = [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
+        with timer("generate"):
+            seed = sampling_seed(config.seed, step)
+            completions = cluster.generate(samples, grpo.group_size, greedy=False, seed=seed)
+        with timer("reward"):
+            records, scores, groups = _score_groups(config, samples, completions, step)
+        with timer("store"):
+            store.append(groups)  # on disk before anything learns from it
+        with timer("learn"):
+            rollouts, kept, replayed = _learner_batch(config, groups, past, version, step)
+            learned = cluster.learn(rollouts) if rollouts else {}
+        metrics = {}
+        if rollouts:
+            version += 1
+            with timer("sync"):
+                metrics["sync/megabytes"] = cluster.sync.sync(cluster.learners, cluster.workers, version).bytes / 2**20
+        if grpo.replay_share:
+            past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
+        logbook.log(step, {**_step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),
+                           **metrics})  # fmt: skip
+        done = step + 1
+        if done % config.train.save_steps == 0 or done == grpo.steps:
+            state = {"step": done, "version": version, "data_position": done * grpo.prompts_per_step}
+            save_checkpoint(run_dir, cluster.learners, state, config.train.save_total_limit)
+        if config.train.eval_steps and done % config.train.eval_steps == 0 and done < grpo.steps and eval_set:
+            name = f"step-{done:06d}"
+            logbook.log_eval(done, _evaluate(cluster, eval_set, config, run_dir, name), name)

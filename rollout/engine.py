@@ -1,0 +1,54 @@
+"""The rollout engine contract: what every backend (transformers today, vLLM on GPUs) provides.
+
+An engine holds one copy of the policy and turns samples into completions. The Ray rollout worker
+(``rollout/worker.py``) wraps any engine; the trainer only talks to workers. Three things make a backend fit:
+
+- ``generate`` takes a batch of samples (each with its images) and returns ``n`` completions per sample with
+  token ids, per-token log-probs and the policy version that produced them;
+- ``load_weights`` takes a full state dict (the learner's parameter names) and a version number, so the
+  engine can prove which weights sampled what; a vLLM engine maps the names into its own layout there;
+- ``fingerprint`` sums the weights it actually samples with, so the trainer can check after every sync
+  that the engine is not on stale weights (a bug TRL and verl users hit after sleep/wake);
+- sampling settings come only from rlad's ``generation`` section, never from checkpoint defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rlad.sample import VerifiableSample
+
+__all__ = ["Completion", "RolloutEngine"]
+
+
+@dataclass
+class Completion:
+    sample_id: str
+    text: str  # decoded completion, without the end-of-turn token
+    token_ids: list[int]  # generated ids, up to and including the end-of-turn token when one was produced
+    finished: bool  # False when max_new_tokens cut it off
+    logprobs: list[float]  # log-prob of each generated token at the sampling temperature (before top-p/top-k)
+    policy_version: int  # the weights that produced it
+
+
+class RolloutEngine(Protocol):
+    policy_version: int
+
+    def generate(
+        self, samples: Sequence[VerifiableSample], n: int = 1, greedy: bool = False, seed: int | None = None
+    ) -> list[Completion]:
+        """``n`` completions per sample, in sample order (sample 0's n, then sample 1's, ...). ``seed`` makes
+        sampling reproducible (a resumed run re-draws what the uninterrupted one drew)."""
+        ...
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Replace the policy's weights with ``state`` (every parameter, learner names) at ``version``."""
+        ...
+
+    def fingerprint(self) -> float:
+        """Sum of every weight the engine samples with, in float64: equal to the learner's after a good sync."""
+        ...

@@ -1,0 +1,118 @@
+"""The learner (one DeepSpeed rank, gloo on CPU) on the tiny model: exact batch loss across micro-batches,
+the direction of a GRPO step, the KL and engine-logprob paths, and checkpoint round trips."""
+
+import pytest
+import torch
+
+from rlad.config import ConfigError, load_config
+from rlad.learner import Learner, Rollout, loss_units
+from rlad.logprobs import token_logprobs
+from rollout.transformers_engine import TransformersEngine
+
+
+def _config(root, *more):
+    return load_config(
+        None,
+        [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.shots=0", "generation.max_new_tokens=10",
+         "grpo.lr=1e-3", "grpo.weight_decay=0.0", "learner.micro_batch_size=2", *more],
+    )  # fmt: skip
+
+
+def _learner(small_benchmark, tiny_dir, *more):
+    root, _ = small_benchmark
+    learner = Learner(_config(root, *more), str(tiny_dir))
+    learner.setup()
+    return learner
+
+
+@pytest.fixture(scope="module")
+def rollouts(small_benchmark, tiny_dir):
+    """Six sampled completions of two questions with hand-set advantages (two groups of three)."""
+    root, samples = small_benchmark
+    learner = Learner(_config(root), str(tiny_dir))
+    learner.setup()
+    engine = TransformersEngine(learner.policy.model, learner.builder, learner.config.generation)
+    chosen = samples[:2]  # data.shots=0: the builder leaves their reference images out
+    completions = engine.generate(chosen, n=3, seed=0)
+    advantages = [1.0, -0.5, -0.5, 0.0, 1.2, -1.2]
+    pairs = zip(completions, advantages, strict=True)
+    return [Rollout(chosen[i // 3], c.token_ids, c.logprobs, a) for i, (c, a) in enumerate(pairs)]
+
+
+def _gradients(learner, batch, micro_batches, monkeypatch):
+    """The summed gradient ``learn`` hands to the optimizer (the step itself is replaced by a recorder)."""
+    seen = {}
+
+    def record():
+        seen.update({n: p.grad.clone() for n, p in learner.engine.module.named_parameters() if p.grad is not None})
+        for p in learner.engine.module.parameters():
+            p.grad = None
+
+    monkeypatch.setattr(learner.engine, "step", record)
+    learner.learn(batch, loss_units(batch, learner.config.grpo.aggregation), micro_batches)
+    return seen
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "dr_grpo"])
+def test_micro_batches_add_up_to_one_batch_loss(small_benchmark, tiny_dir, rollouts, monkeypatch, aggregation):
+    learner = _learner(small_benchmark, tiny_dir, f"grpo.aggregation={aggregation}")
+    whole = _gradients(learner, rollouts, 1, monkeypatch)
+    pieces = _gradients(learner, rollouts, 3, monkeypatch)
+    assert whole.keys() == pieces.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(pieces[name], whole[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def _completion_logp(learner, rollouts):
+    batch = learner.builder.collate([learner.builder.encode_completion(r.sample, r.token_ids) for r in rollouts])
+    with torch.no_grad():
+        logp, mask = token_logprobs(learner.engine.module, batch)
+    return (logp * mask).sum(-1)
+
+
+def test_a_step_favours_positive_advantages(small_benchmark, tiny_dir, rollouts):
+    # a small step (Adam moves every weight by ~lr), so the first-order change dominates
+    learner = _learner(small_benchmark, tiny_dir, "grpo.lr=1e-5")
+    before = _completion_logp(learner, rollouts)
+    metrics = learner.learn(rollouts, loss_units(rollouts, "token_mean"), 2)
+    change = _completion_logp(learner, rollouts) - before
+    advantages = torch.tensor([r.advantage for r in rollouts])
+    assert learner.version == 1
+    assert float((advantages * change).sum()) > 0  # the surrogate objective went up
+    assert change[4] > change[5] and change[0] > change[1]  # +1.2 gained on -1.2, +1.0 on -0.5
+    # one epoch with old log-probs from the learner: the ratio is exactly 1, nothing is clipped
+    assert metrics["ratio_mean"] == pytest.approx(1.0) and metrics["clip_fraction"] == 0.0
+    assert metrics["logprob_mismatch"] < 1e-4  # the engine sampled with these very weights
+    assert metrics["grad_norm"] > 0 and metrics["entropy"] > 0 and metrics["lr"] == pytest.approx(1e-5)
+
+
+def test_kl_to_the_reference_and_engine_old_logprobs(small_benchmark, tiny_dir, rollouts):
+    learner = _learner(small_benchmark, tiny_dir, "grpo.kl_coef=0.1", "grpo.old_logprobs=engine",
+                       "grpo.epochs_per_step=2")  # fmt: skip
+    assert learner.reference is not None
+    first = learner.learn(rollouts, loss_units(rollouts, "token_mean"), 2)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
+    second = learner.learn(rollouts, loss_units(rollouts, "token_mean"), 2)
+    assert second["kl"] > 0  # two epochs later the policy has moved away from the reference
+    assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # engine's numbers are of older weights now
+    assert _learner(small_benchmark, tiny_dir).reference is None  # kl_coef 0: no reference model at all
+
+
+def test_checkpoint_round_trip_continues_identically(small_benchmark, tiny_dir, rollouts, tmp_path):
+    units = loss_units(rollouts, "token_mean")
+    a = _learner(small_benchmark, tiny_dir)
+    a.learn(rollouts, units, 2)
+    a.save(str(tmp_path / "ckpt"))
+    a.learn(rollouts, units, 2)
+    b = _learner(small_benchmark, tiny_dir)
+    assert b.load(str(tmp_path / "ckpt")) == 1
+    b.learn(rollouts, units, 2)  # the optimizer's moments came back too, or this step would differ
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_lora_is_refused_with_the_key_named(small_benchmark, tiny_dir):
+    root, _ = small_benchmark
+    with pytest.raises(ConfigError, match=r"model\.lora\.r"):
+        Learner(_config(root, "model.lora.r=4"), str(tiny_dir)).setup()

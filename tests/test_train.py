@@ -1,0 +1,232 @@
+"""``rlad train`` on a local Ray with the tiny model: the run folder, the logged scalars, the replay store,
+weight sync and its freshness check, resume after a crash matching an uninterrupted run, data-parallel
+learners, and the SFT stage inside the run."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+from rlad.config import ConfigError, load_config
+from rlad.learner import Rollout
+from rlad.logbook import read_metrics
+from rlad.replay import Group
+from rlad.train import Cluster, _learner_batch, last_checkpoint, run_train, step_prompts
+from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _config(root, run_dir, tiny_dir, *more):
+    return load_config(
+        None,
+        [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.shots=0", "data.eval_fraction=0.25",
+         f"model.path={tiny_dir}", f"train.warm_start={tiny_dir}", f"train.run_dir={run_dir}",
+         "generation.max_new_tokens=12", "grpo.steps=4", "grpo.prompts_per_step=2", "grpo.group_size=3",
+         "grpo.lr=1e-3", "learner.micro_batch_size=3", "train.save_steps=2", "train.eval_samples=3",
+         "train.eval_sampled=2", "rollout.num_cpus=0.5", "learner.num_cpus=0.5", *more],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(small_benchmark, tiny_dir, tmp_path_factory):
+    root, _ = small_benchmark
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    report = run_train(_config(root, run_dir, tiny_dir), show_progress=False)
+    return run_dir, report, root
+
+
+def test_the_run_folder_holds_everything(full_run):
+    run_dir, report, _ = full_run
+    assert load_config(run_dir / "config.yaml").grpo.steps == 4  # the snapshot reloads
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    state = json.loads((run_dir / "checkpoints/step-000004/state.json").read_text())
+    assert state == {"step": 4, "version": 4, "data_position": 8}
+    rows = report["rows"]
+    assert set(rows) == {"warm_start", "warm_start_sampled", "grpo", "grpo_sampled"}
+    assert rows["grpo"]["n"] == 3 and rows["grpo_sampled"]["n"] == 3 * 2  # eval_sampled=2 per question
+    assert (run_dir / "eval/grpo.jsonl").is_file() and (run_dir / "eval/warm_start_sampled.jsonl").is_file()
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "final", local_files_only=True)
+    assert (run_dir / "final/tokenizer.json").is_file() and (run_dir / "final/rlad.yaml").is_file()
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_every_group_is_stored_with_its_version(full_run):
+    run_dir, _, _ = full_run
+    table = pq.read_table(run_dir / "replay").to_pandas()
+    assert len(table) == 4 * 2 * 3  # steps x prompts x group size: nothing dropped
+    assert sorted(table["step"].unique()) == [0, 1, 2, 3]
+    # step s was sampled by the weights after s updates: the version the rollout engine reported
+    assert (table["policy_version"] == table["step"]).all()
+    assert all(len(t) == len(lp) for t, lp in zip(table["token_ids"], table["logprobs"], strict=True))
+
+
+def test_metrics_cover_rewards_losses_and_phases(full_run):
+    run_dir, _, _ = full_run
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    wanted = {"reward/total", "reward/format", "reward/detection", "reward/answer", "detect/patch_F1",
+              "detect/answer_acc", "train/kl", "train/entropy", "train/clip_fraction", "rollout/response_length",
+              "train/grad_norm", "train/lr", "train/tokens_per_s", "rollout/tokens_per_s", "time/generate",
+              "time/reward", "time/learn", "time/sync", "train/logprob_mismatch", "sync/megabytes"}  # fmt: skip
+    assert wanted <= set(metrics[0])
+    assert all(m["train/logprob_mismatch"] < 1e-3 for m in metrics)  # engines never sampled with stale weights
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert wanted <= tags and {"eval/total", "eval_sampled/detection"} <= tags
+
+
+def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, tiny_dir, tmp_path, monkeypatch):
+    _, _, root = full_run
+    run_dir = tmp_path / "run"
+    config = _config(root, run_dir, tiny_dir)
+    calls = {"n": 0}
+    learn = Cluster.learn
+
+    def crash_at_step_3(self, rollouts):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return learn(self, rollouts)
+
+    monkeypatch.setattr(Cluster, "learn", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config, show_progress=False)
+    monkeypatch.setattr(Cluster, "learn", learn)
+    assert last_checkpoint(run_dir).name == "step-000002"
+    assert len(pq.read_table(run_dir / "replay")) == 3 * 6  # step 2's groups were stored before the crash
+    with pytest.raises(ConfigError, match="resume="):
+        run_train(config, show_progress=False)  # a second fresh start into the same folder is refused
+    run_train(config, resume=True, show_progress=False)
+
+    reference = read_metrics(full_run[0] / "metrics.jsonl")
+    resumed = read_metrics(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [0, 1, 2, 3]
+    for a, b in zip(reference, resumed, strict=True):
+        for key in ("reward/total", "train/loss", "train/grad_norm", "rollout/response_length"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    # the store holds each step once; the crashed attempt's step-2 part was set aside, not deleted
+    assert len(pq.read_table(run_dir / "replay")) == 4 * 6
+    assert len(list((run_dir / "replay-superseded").iterdir())) == 1
+
+
+def test_stale_weights_fail_the_sync():
+    @ray.remote
+    class Learner:
+        def state_dict(self):
+            return {"w": torch.ones(3)}
+
+        def fingerprint(self):
+            return 3.0
+
+    @ray.remote
+    class StuckWorker:  # a worker that keeps its old weights whatever it is sent
+        def load_weights(self, state, version):
+            return 0.0, 12
+
+    with pytest.raises(StaleWeightsError, match=r"worker 0 .* version 7"):
+        ObjectStoreSync().sync([Learner.remote()], [StuckWorker.remote()], 7)
+
+
+def test_two_learners_take_the_same_step_as_one(full_run, tiny_dir, tmp_path):
+    """Data parallel over two Ray learner actors (gloo): the batch split in two gives one learner's gradient
+    (its norm is taken after DeepSpeed's all-reduce), and the two ranks hold identical weights afterwards."""
+    _, _, root = full_run
+    one = Cluster(_config(root, tmp_path, tiny_dir, "learner.workers=1"), str(tiny_dir))
+    samples = read_samples(root)[:2]
+    completions = one.generate(samples, 3, greedy=False, seed=1)
+    rollouts = [Rollout(samples[i // 3], c.token_ids, c.logprobs, i % 3 - 1.0) for i, c in enumerate(completions)]
+    expected = one.learn(rollouts)
+    one.shutdown()
+    two = Cluster(_config(root, tmp_path, tiny_dir, "learner.workers=2", "learner.num_cpus=0.25"), str(tiny_dir))
+    got = two.learn(rollouts)
+    assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4)
+    assert got["learn_tokens"] == expected["learn_tokens"]  # the ranks' shares add up to the batch
+    first, second = (ray.get(learner.state_dict.remote()) for learner in two.learners)
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=0, atol=0, msg=name)
+    two.shutdown()
+
+
+def read_samples(root):
+    from rlad.data.readers import read_mmad
+
+    return read_mmad(root / "mmad.json", root, grid=8, shots=0)[0]
+
+
+def test_too_many_actors_for_the_cluster_is_named(full_run, tiny_dir, tmp_path):
+    _, _, root = full_run
+    with pytest.raises(
+        ConfigError, match=r"rollout\.workers x rollout\.num_cpus .* = 4.5 CPUs, but the Ray cluster has 2"
+    ):
+        run_train(
+            _config(root, tmp_path / "r", tiny_dir, "rollout.workers=4", "rollout.num_cpus=1"), show_progress=False
+        )
+
+
+def test_step_prompts_walk_seeded_epochs():
+    seen = [step_prompts(10, s, 4, seed=3) for s in range(5)]
+    flat = [i for step in seen for i in step]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # each epoch once
+    assert seen == [step_prompts(10, s, 4, seed=3) for s in range(5)]  # a function of (seed, step) alone
+    assert flat[:10] != flat[10:20] and step_prompts(10, 0, 4, seed=4) != seen[0]
+
+
+def _group(gid, version, totals):
+    from conftest import make_sample
+
+    n = len(totals)
+    mean = float(np.mean(totals))
+    return Group(gid, version, version, make_sample(sample_id=gid), ["c"] * n, [[1, 2]] * n, [[-0.1, -0.2]] * n,
+                 {"answer": list(totals)}, list(totals), [t - mean for t in totals])  # fmt: skip
+
+
+def test_learner_batch_dynamic_sampling_and_replay():
+    config = load_config(None, ["grpo.group_size=2"])
+    fresh = [_group("a", 5, (1.0, 0.0)), _group("flat", 5, (1.0, 1.0))]
+    past = [_group("old-good", 4, (0.0, 2.0)), _group("too-old", 0, (0.0, 2.0)), _group("old-flat", 4, (1.0, 1.0))]
+    rollouts, kept, replayed = _learner_batch(config, fresh, past, 5, 5)
+    assert (kept, replayed, len(rollouts)) == (2, 0, 4)  # defaults: every fresh group, nothing replayed
+    dyn = load_config(None, ["grpo.group_size=2", "grpo.dynamic_sampling=true", "grpo.replay_share=0.5",
+                             "grpo.max_staleness=2"])  # fmt: skip
+    rollouts, kept, replayed = _learner_batch(dyn, fresh, past, 5, 5)
+    assert (kept, replayed) == (1, 1)  # "flat" dropped; "old-good" is the one replayable group
+    assert [r.fresh for r in rollouts] == [True, True, False, False]
+    assert [r.advantage for r in rollouts[2:]] == [-1.0, 1.0]
+
+
+def test_rewards_in_ray_tasks_match_the_driver_even_with_every_cpu_reserved(small_benchmark):
+    """Scoring in parallel gives the driver's numbers, in order, while the actors hold every CPU of the
+    cluster (as during a run): the tasks must not wait for a free CPU."""
+    from rewards import RewardMix
+    from rlad.config import paper_rewards
+    from rlad.data.questions import sft_target
+    from rlad.scoring import ScoredRecord, score_records, score_records_on_ray
+
+    _, samples = small_benchmark
+    records = [ScoredRecord(sft_target(s) if i % 3 else "junk", s, "g") for i, s in enumerate(samples[:20])]
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self):
+            return True
+
+    hog = Hog.remote()
+    ray.get(hog.ready.remote())
+    parallel = score_records_on_ray(records, paper_rewards(), chunk=3)
+    ray.kill(hog)
+    assert parallel == score_records(records, RewardMix(paper_rewards()))
+    assert len({s["total"] for s in parallel}) > 1
