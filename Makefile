@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The benchmark and its scoring checks (seconds), then the SFT warm-start of the tiny model (minutes).
+# The benchmark and its scoring checks (seconds), then the main job: SFT warm-start + GRPO on a local Ray +
+# held-out evaluation of the tiny model (minutes), into a fresh run folder each time.
 demo: setup
 	$(VENV)/bin/rlad demo --config configs/demo.yaml
-	$(VENV)/bin/rlad sft configs/demo.yaml
+	$(VENV)/bin/rlad train configs/demo.yaml train.run_dir=runs/demo/$$(date +%Y%m%d-%H%M%S)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -28,7 +29,7 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q
 
-# Tests marked slow (minutes each): the demo SFT must learn the task.
+# Tests marked slow (minutes each): the demo run (SFT + GRPO) must learn the task.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 

@@ -18,7 +18,7 @@ from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records, summarise
 from rollout.transformers_engine import TransformersEngine
 
-__all__ = ["evaluate_policy"]
+__all__ = ["evaluate_policy", "save_and_summarise"]
 
 
 def evaluate_policy(
@@ -37,10 +37,16 @@ def evaluate_policy(
     completions = engine.generate(samples, n=1, greedy=True)
     model.train(was_training)
     records = [ScoredRecord(c.text, s, group) for c, s in zip(completions, samples, strict=True)]
-    scores = score_records(records, RewardMix(config.rewards))
+    return save_and_summarise(records, score_records(records, RewardMix(config.rewards)), group, out)
+
+
+def save_and_summarise(
+    records: Sequence[ScoredRecord], scores: Sequence[dict[str, float]], group: str, out: str | Path | None
+) -> dict[str, float]:
+    """Write the scored completions as a completions JSONL (re-scorable with ``rlad score``); the summary row."""
     if out is not None:
         with Path(out).open("w", encoding="utf-8") as f:
             for r, s in zip(records, scores, strict=True):
                 f.write(json.dumps({"completion": r.completion, "sample": r.sample.to_record(), "group": group,
                                     "scores": s}) + "\n")  # fmt: skip
-    return summarise(records, scores)[group]
+    return summarise(list(records), list(scores))[group]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from rlad.config import Config, ConfigError, save_config
+from rlad.evaluate import save_and_summarise
 from rlad.grpo import group_advantages
 from rlad.learner import Learner, Rollout, loss_units
 from rlad.logbook import Logbook
@@ -294,11 +295,7 @@ def _evaluate(cluster: Cluster, samples: list[VerifiableSample], config: Config,
         records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
         scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
         (run_dir / "eval").mkdir(exist_ok=True)
-        with (run_dir / "eval" / f"{group}.jsonl").open("w") as f:  # re-scorable with `rlad score`
-            for r, s in zip(records, scores, strict=True):
-                f.write(json.dumps({"completion": r.completion, "sample": r.sample.to_record(), "group": group,
-                                    "scores": s}) + "\n")  # fmt: skip
-        rows[group] = summarise(records, scores)[group]
+        rows[group] = save_and_summarise(records, scores, group, run_dir / "eval" / f"{group}.jsonl")
     return rows
 
 
@@ -377,23 +374,18 @@ def run_train(
     config: Config, resume: bool = False, ray_address: str | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
     """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report."""
+    config, train, eval_set = _prepare(config, resume)  # user mistakes fail here, before Ray starts
     with ray_session(ray_address):
-        return _run(config, resume, show_progress)
+        _check_resources(config)
+        return _run(config, train, eval_set, resume, show_progress)
 
 
-def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    tmp = run_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, run_dir / "report.json")
-
-
-def _run(config: Config, resume: bool, show_progress: bool) -> dict[str, Any]:
-    import ray
-
+def _prepare(config: Config, resume: bool):
+    """The config with absolute paths and a built model, the training and evaluation samples; every check
+    that needs no cluster, before anything is written."""
     from rlad.data.sources import rl_samples
     from rlad.policy import resolve_model_path
 
-    # Everything the user can get wrong fails here, before anything is written or started.
     config = absolute_paths(config)
     run_dir = Path(config.train.run_dir)
     grpo = config.grpo
@@ -402,16 +394,30 @@ def _run(config: Config, resume: bool, show_progress: bool) -> dict[str, Any]:
     if not resume and last_checkpoint(run_dir) is not None:
         raise ConfigError(f"train.run_dir {run_dir} already holds a run: continue it with resume={run_dir}, "
                           "or choose another train.run_dir")  # fmt: skip
-    _check_resources(config)
     if config.model.path == "tiny":  # built once here, not by every actor
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, path=str(resolve_model_path(config.model)))
         )
     resolve_model_path(config.model)
+    if config.train.warm_start and not Path(config.train.warm_start, "config.json").is_file():
+        raise ConfigError(f"train.warm_start {config.train.warm_start!r} is not a checkpoint folder (no config.json)")
     train, held_out = rl_samples(config)
     if len(train) < grpo.prompts_per_step:
         raise ConfigError(f"grpo.prompts_per_step={grpo.prompts_per_step} but only {len(train)} training questions")
     eval_set = random.Random(config.seed).sample(held_out, min(config.train.eval_samples, len(held_out)))
+    return config, train, eval_set
+
+
+def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    tmp = run_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, run_dir / "report.json")
+
+
+def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> dict[str, Any]:
+    import ray
+
+    run_dir, grpo = Path(config.train.run_dir), config.grpo
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
 
@@ -420,7 +426,8 @@ def _run(config: Config, resume: bool, show_progress: bool) -> dict[str, Any]:
     start, version = state["step"], state["version"]
     store = ReplayStore(run_dir / "replay")
     set_aside_replay_parts(store, start)
-    report = json.loads((run_dir / "report.json").read_text()) if checkpoint else {"rows": {}}
+    resumed_report = checkpoint is not None and (run_dir / "report.json").is_file()
+    report = json.loads((run_dir / "report.json").read_text()) if resumed_report else {"rows": {}}
     warm = _warm_start(config, run_dir)
     cluster = Cluster(config, warm)
     try:

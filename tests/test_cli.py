@@ -104,3 +104,21 @@ def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says
     assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
     assert exit_info.value.code == 2
     assert re.search(says, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["resume=/no/such/run"], r"resume=/no/such/run: not a run folder \(no /no/such/run/config.yaml\)"),
+        (["configs/demo.yaml", "train.warm_start=/no/such/ckpt"], r"train.warm_start '/no/such/ckpt' is not a checkp"),
+        (["configs/demo.yaml", "model.path=/no/such/checkpoint"], r"model.path '/no/such/checkpoint' is not a local"),
+        (["configs/demo.yaml", "grpo.group_size=1"], r"group_size >= 2"),
+    ],
+)
+def test_train_bad_input_exits_before_ray_starts(capsys, tmp_path, args, says):
+    import ray
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *args, f"train.run_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2 and re.search(says, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists() and not ray.is_initialized()
