@@ -53,6 +53,7 @@ class Rollout:
     logprobs: list[float]  # the rollout engine's, per generated token
     advantage: float
     fresh: bool = True  # sampled by the current weights; False: replayed from the store (off-policy)
+    padding: bool = False  # a stand-in for a rank with no share of a small batch: runs, counts for nothing
 
 
 def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
@@ -175,7 +176,8 @@ class Learner:
         for epoch in range(grpo.epochs_per_step):
             for i, chunk in enumerate(chunks):
                 engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
-                dummy = not chunk  # this rank ran out of completions: a zero-weight pass keeps collectives aligned
+                # this rank ran out of completions: a zero-weight pass keeps the collectives of the ranks aligned
+                dummy = not chunk or all(r.padding for r in chunk)
                 items = chunk or [rollouts[0]]
                 batch = self.builder.collate([self.builder.encode_completion(r.sample, r.token_ids) for r in items])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -222,7 +224,7 @@ class Learner:
             grad_norm = float(norm) if norm is not None else float("nan")
         self.version += 1
         seconds = time.perf_counter() - start
-        tokens = sum(len(r.token_ids) for r in rollouts)
+        tokens = sum(len(r.token_ids) for r in rollouts if not r.padding)
         metrics = {k: v / max(weight_total, 1.0) for k, v in sums.items()}
         metrics.update(grad_norm=grad_norm, lr=engine.get_lr()[0], learn_tokens=float(tokens), learn_seconds=seconds)
         return metrics

@@ -173,7 +173,9 @@ class Cluster:
         import ray
 
         n = len(self.learners)
-        shards = [rollouts[i::n] for i in range(n)]
+        # every rank takes part in every step (DeepSpeed's collectives); one left without a share gets padding
+        padding = [dataclasses.replace(rollouts[0], padding=True)]
+        shards = [rollouts[i::n] or padding for i in range(n)]
         micro = self.config.learner.micro_batch_size
         micro_batches = max(1, -(-max(len(s) for s in shards) // micro))
         units = loss_units(rollouts, self.config.grpo.aggregation)

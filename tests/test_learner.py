@@ -136,3 +136,14 @@ def test_zero_stages_learn_and_gather_full_weights(small_benchmark, tiny_dir, ro
     reloaded = again.state_dict()
     for name, tensor in after.items():
         torch.testing.assert_close(reloaded[name], tensor, msg=name)
+
+
+def test_a_padding_share_runs_but_counts_for_nothing(small_benchmark, tiny_dir, rollouts, monkeypatch):
+    """A rank left without completions (a batch smaller than the learner count) still runs its passes, so the
+    collectives line up, and adds no gradient."""
+    import dataclasses
+
+    learner = _learner(small_benchmark, tiny_dir, "grpo.kl_coef=0.1")
+    padding = [dataclasses.replace(rollouts[0], padding=True)]
+    grads = _gradients(learner, padding, 1, monkeypatch)
+    assert grads and all(float(g.abs().max()) == 0.0 for g in grads.values())
