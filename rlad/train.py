@@ -1,10 +1,10 @@
 """``rlad train``: SFT warm-start, then GRPO on Ray, then a held-out evaluation — the whole method in one run.
 
     rlad train configs/demo.yaml                          # local Ray, tiny model, generated data, CPU minutes
-    rlad train configs/demo.yaml resume=runs/demo         # continue from the last complete checkpoint
+    rlad train resume=runs/demo/train                   # continue from the last complete checkpoint
     rlad train configs/paper_qwen25vl_7b.yaml --ray-address auto model.path=... data.root=...
 
-One driver (this module) runs the step as named phases over Ray actors, as in docs/DESIGN (OmniAD §3.3):
+One driver (this module) runs each GRPO step (OmniAD §3.3) as named phases over Ray actors:
 
     sample    prompts_per_step questions from the training split (a seeded permutation per epoch)
     generate  group_size completions each, on the rollout workers (rollout/worker.py)
