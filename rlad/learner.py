@@ -233,7 +233,8 @@ class Learner:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The full policy weights on CPU, for the rollout engines (ZeRO-3 gathers the shards; every rank
-        must call, rank 0's copy is the one to send)."""
+        must call, rank 0's copy is the one to send). On a CPU the tensors may be the live weights themselves
+        (no copy): Ray serialises them when sent; clone to keep a snapshot."""
         if self.config.learner.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full only on rank 0
             state = {k: v.cpu() for k, v in (state or {}).items()}
