@@ -307,8 +307,7 @@ class LearnerConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources per worker (e.g. ``{rollout_node: 1}`` to pin workers to nodes started with
-    ``ray start --resources '{"rollout_node": 8}'``)."""
+    """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate over a worker's share of the step's batch."""
     zero_stage: int = 0

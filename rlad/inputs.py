@@ -166,9 +166,12 @@ class InputBuilder:
     def encode_sft(self, sample: VerifiableSample, target: str) -> EncodedSample:
         return self.encode_completion(sample, self.completion_ids(target))
 
-    def encode_completion(self, sample: VerifiableSample, completion_ids: list[int]) -> EncodedSample:
-        """Prompt + given completion token ids (a rollout's, exactly as generated), labels on the completion."""
-        prompt = self.encode_prompt(sample)
+    def encode_completion(
+        self, sample: VerifiableSample, completion_ids: list[int], prompt: EncodedSample | None = None
+    ) -> EncodedSample:
+        """Prompt + given completion token ids (a rollout's, exactly as generated), labels on the completion.
+        ``prompt``: the sample's ``encode_prompt`` when already at hand (a group's completions share it)."""
+        prompt = prompt if prompt is not None else self.encode_prompt(sample)
         answer = torch.tensor(completion_ids, dtype=torch.long)
         input_ids = torch.cat([prompt.input_ids, answer])
         labels = torch.cat([torch.full_like(prompt.input_ids, IGNORE_INDEX), answer])

@@ -39,7 +39,7 @@ from rlad.logprobs import token_logprobs
 from rlad.policy import load_policy, set_threads
 from rlad.sample import VerifiableSample
 
-__all__ = ["Learner", "Rollout", "loss_units"]
+__all__ = ["Learner", "Rollout", "check_config", "loss_units"]
 
 CHECKPOINT_TAG = "learner"
 
@@ -90,6 +90,12 @@ def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, 
     base.pop("scheduler", None)
     base.pop("fp16", None)
     return base
+
+
+def check_config(config: Config) -> None:
+    """What a learner would refuse, checked where it is cheap (the driver, before any actor starts)."""
+    _policy_config(config, config.model.path)
+    _deepspeed_config(config, config.learner.workers, bf16=False)
 
 
 class Learner:
@@ -155,6 +161,24 @@ class Learner:
         size = math.ceil(len(rollouts) / count) if rollouts else 0
         return [list(rollouts[i * size : (i + 1) * size]) for i in range(count)]
 
+    def _encode(self, chunks: list[list[Rollout]], rollouts: Sequence[Rollout]) -> list[tuple[list[Rollout], dict]]:
+        """(completions, model inputs) per micro-batch; an empty one stands in with the share's first completion.
+        Each prompt (images read and processed) is encoded once for the whole group of its completions."""
+        prompts: dict[str, Any] = {}
+        dtype = next(self.engine.module.parameters()).dtype
+        out = []
+        for chunk in chunks:
+            items = chunk or [rollouts[0]]
+            encoded = []
+            for r in items:
+                if r.sample.sample_id not in prompts:
+                    prompts[r.sample.sample_id] = self.builder.encode_prompt(r.sample)
+                encoded.append(self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id]))
+            batch = {k: v.to(self.device) for k, v in self.builder.collate(encoded).items()}
+            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+            out.append((items, batch))
+        return out
+
     def learn(self, rollouts: Sequence[Rollout], global_units: int, micro_batches: int) -> dict[str, float]:
         """One optimizer step per epoch over ``rollouts`` (this rank's share) in ``micro_batches`` pieces (the
         same count on every rank: collectives must line up). ``global_units`` is ``loss_units`` of the whole
@@ -165,6 +189,7 @@ class Learner:
         engine.train()
         start = time.perf_counter()
         chunks = self._micro_batches(rollouts, micro_batches)
+        batches = self._encode(chunks, rollouts)  # once: every epoch reuses them
         old_learner: list[torch.Tensor | None] = [None] * len(chunks)
         sums: dict[str, float] = {}
         weight_total = 0.0
@@ -178,10 +203,7 @@ class Learner:
                 engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
                 # this rank ran out of completions: a zero-weight pass keeps the collectives of the ranks aligned
                 dummy = not chunk or all(r.padding for r in chunk)
-                items = chunk or [rollouts[0]]
-                batch = self.builder.collate([self.builder.encode_completion(r.sample, r.token_ids) for r in items])
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                batch["pixel_values"] = batch["pixel_values"].to(next(engine.module.parameters()).dtype)
+                items, batch = batches[i]
                 logp, mask, entropy = token_logprobs(engine, batch, temperature, entropy=True)
                 engine_logp = torch.zeros_like(logp)
                 for row, r in enumerate(items):  # the engine's numbers sit at the completion's label positions

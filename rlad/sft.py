@@ -44,7 +44,7 @@ from rlad.inputs import InputBuilder
 from rlad.policy import Policy, load_policy, resolve_model_path
 from rlad.sample import VerifiableSample
 
-__all__ = ["last_complete_checkpoint", "run_sft", "save_policy"]
+__all__ = ["check_sft_config", "last_complete_checkpoint", "run_sft", "save_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,13 @@ def _single_process_defaults() -> None:
     os.environ.setdefault("MASTER_PORT", str(port))
 
 
+def check_sft_config(config: Config) -> None:
+    """The paths the SFT stage needs: the checkpoint and ``sft.deepspeed``."""
+    if config.sft.deepspeed and not Path(config.sft.deepspeed).is_file():
+        raise ConfigError(f"sft.deepspeed: {config.sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
+    resolve_model_path(config.model)
+
+
 def run_sft(config: Config) -> dict[str, Any]:
     """Train, evaluate before and after on held-out questions, save ``final``; returns the report."""
     from torch.utils.tensorboard import SummaryWriter
@@ -161,10 +168,7 @@ def run_sft(config: Config) -> dict[str, Any]:
 
     sft = config.sft
     out = Path(sft.output_dir)
-    # Everything the user can get wrong fails here, before anything is written.
-    if sft.deepspeed and not Path(sft.deepspeed).is_file():
-        raise ConfigError(f"sft.deepspeed: {sft.deepspeed!r} is not a file (a DeepSpeed JSON config)")
-    resolve_model_path(config.model)
+    check_sft_config(config)  # everything the user can get wrong fails here, before anything is written
     examples, held_out = sft_examples(config)
     held_out = random.Random(config.seed).sample(held_out, min(sft.eval_samples, len(held_out)))
     world = int(os.environ.get("WORLD_SIZE", "1"))

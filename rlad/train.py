@@ -42,7 +42,7 @@ import torch
 from rlad.config import Config, ConfigError, save_config
 from rlad.evaluate import save_and_summarise
 from rlad.grpo import group_advantages
-from rlad.learner import Learner, Rollout, loss_units
+from rlad.learner import Learner, Rollout, check_config, loss_units
 from rlad.logbook import Logbook
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
@@ -62,10 +62,13 @@ log = logging.getLogger(__name__)
 def step_prompts(n_train: int, step: int, per_step: int, seed: int) -> list[int]:
     """Indices of step ``step``'s prompts: consecutive slices of a fresh seeded permutation per epoch, so the
     data position of any step is known without state."""
-    out = []
-    for position in range(step * per_step, (step + 1) * per_step):
+    out: list[int] = []
+    position = step * per_step
+    while len(out) < per_step:  # one permutation per epoch the step's slice touches (two at a boundary)
         epoch, offset = divmod(position, n_train)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_train)[offset]))
+        take = min(per_step - len(out), n_train - offset)
+        out += np.random.default_rng([seed, epoch]).permutation(n_train)[offset : offset + take].tolist()
+        position += take
     return out
 
 
@@ -210,17 +213,11 @@ class Timer:
         self.seconds: dict[str, float] = {}
         self.start = time.perf_counter()
 
+    @contextlib.contextmanager
     def __call__(self, phase: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[phase] = time.perf_counter() - self.t
-
-        return _Phase()
+        t = time.perf_counter()
+        yield
+        self.seconds[phase] = time.perf_counter() - t
 
 
 def _step_metrics(records, scores, completions, learned, timer: Timer, kept: int, replayed: int, groups):
@@ -387,6 +384,7 @@ def _prepare(config: Config, resume: bool):
     that needs no cluster, before anything is written."""
     from rlad.data.sources import rl_samples
     from rlad.policy import resolve_model_path
+    from rlad.sft import check_sft_config
 
     config = absolute_paths(config)
     run_dir = Path(config.train.run_dir)
@@ -401,6 +399,9 @@ def _prepare(config: Config, resume: bool):
             config, model=dataclasses.replace(config.model, path=str(resolve_model_path(config.model)))
         )
     resolve_model_path(config.model)
+    check_config(config)  # learner settings (LoRA, learner.deepspeed), here rather than inside an actor
+    if not config.train.warm_start:
+        check_sft_config(config)
     if config.train.warm_start and not Path(config.train.warm_start, "config.json").is_file():
         raise ConfigError(f"train.warm_start {config.train.warm_start!r} is not a checkpoint folder (no config.json)")
     train, held_out = rl_samples(config)

@@ -113,6 +113,9 @@ def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says
         (["configs/demo.yaml", "train.warm_start=/no/such/ckpt"], r"train.warm_start '/no/such/ckpt' is not a checkp"),
         (["configs/demo.yaml", "model.path=/no/such/checkpoint"], r"model.path '/no/such/checkpoint' is not a local"),
         (["configs/demo.yaml", "grpo.group_size=1"], r"group_size >= 2"),
+        (["configs/demo.yaml", "learner.deepspeed=/no/ds.json"], r"learner.deepspeed: '/no/ds.json' is not a file"),
+        (["configs/demo.yaml", "sft.deepspeed=/no/ds.json"], r"sft.deepspeed: '/no/ds.json' is not a file"),
+        (["configs/demo.yaml", "model.lora.r=4"], r"model\.lora\.r > 0 is not supported by rlad train"),
     ],
 )
 def test_train_bad_input_exits_before_ray_starts(capsys, tmp_path, args, says):
