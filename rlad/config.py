@@ -29,6 +29,7 @@ __all__ = [
     "LoraConfig",
     "MaskConfig",
     "ModelConfig",
+    "OutputConfig",
     "RolloutConfig",
     "SFTConfig",
     "SynthConfig",
@@ -166,6 +167,24 @@ class DataConfig:
             raise ConfigError(f"data.questions_per_image must be >= 0, got {self.questions_per_image}")
         if self.on_bad not in ("error", "skip"):
             raise ConfigError(f"data.on_bad must be error or skip, got {self.on_bad!r}")
+
+
+@dataclass
+class OutputConfig:
+    """The answer layout the policy is taught (SFT targets, system prompt) and rewarded for (format reward)."""
+
+    blocks: list[str] = field(default_factory=lambda: ["seg", "think", "answer"])
+    """The blocks of a completion, in order: the paper's ``seg, think, answer``; the reasoning ablations
+    (paper Table 6) drop ``seg`` (visual reasoning), ``think`` (textual reasoning) or both."""
+
+    def __post_init__(self) -> None:
+        from rlad.completion import BLOCKS
+
+        blocks = list(self.blocks)
+        if "answer" not in blocks or [b for b in BLOCKS if b in blocks] != blocks:
+            raise ConfigError(
+                f"output.blocks must be an ordered subset of {list(BLOCKS)} that ends with 'answer', got {blocks}"
+            )
 
 
 @dataclass
@@ -356,6 +375,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -412,8 +432,26 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def _check_rewards(config: Config, where: str) -> None:
+    """The mix builds, and agrees with ``output.blocks``: the format reward checks the taught layout (filled
+    in when not given), and no detection reward is trained on without a ``<seg>`` block."""
     from rewards import RewardMix, RewardSpecError, UnknownRewardError
 
+    blocks = list(config.output.blocks)
+    fmt = config.rewards.get("format")
+    if isinstance(fmt, dict):
+        if "blocks" not in fmt:
+            fmt["blocks"] = blocks
+        elif list(fmt["blocks"]) != blocks:
+            raise ConfigError(
+                f"{where}: rewards.format.blocks {list(fmt['blocks'])} differs from output.blocks {blocks}; "
+                "set output.blocks alone (the format reward follows it)"
+            )
+    detection = config.rewards.get("detection")
+    if "seg" not in blocks and isinstance(detection, dict) and detection.get("weight", 1.0) != 0:
+        raise ConfigError(
+            f"{where}: output.blocks {blocks} has no 'seg' block, so rewards.detection.weight must be 0 "
+            f"(got {detection.get('weight', 1.0)})"
+        )
     try:
         RewardMix(config.rewards)
     except (RewardSpecError, UnknownRewardError) as err:

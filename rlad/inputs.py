@@ -17,6 +17,7 @@ this machine lacks) or with a full processor, whose two halves are then used the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,18 @@ from typing import Any
 import torch
 from PIL import Image
 
+from rlad.completion import BLOCKS
 from rlad.sample import VerifiableSample
 
-__all__ = ["IGNORE_INDEX", "REFERENCE_TEXT", "SYSTEM_PROMPT", "EncodedSample", "InputBuilder", "messages_for"]
+__all__ = [
+    "IGNORE_INDEX",
+    "REFERENCE_TEXT",
+    "SYSTEM_PROMPT",
+    "EncodedSample",
+    "InputBuilder",
+    "messages_for",
+    "system_prompt",
+]
 
 SYSTEM_PROMPT = (
     "You are a special assistant for analysis image. The user asks a question, and you answer with the option's "
@@ -41,14 +51,35 @@ IMAGE_PLACEHOLDER = "<|image_pad|>"
 IGNORE_INDEX = -100
 
 
-def messages_for(sample: VerifiableSample, shots: int) -> list[dict[str, Any]]:
+_BLOCK_WORDS = {
+    "seg": ("detect anomalies in patches", "segmentation results here"),
+    "think": ("think about the reasoning process in the mind", " reasoning process here"),
+    "answer": ("provide the user with the answer", " answer letter here"),
+}
+
+
+def system_prompt(blocks: Sequence[str] = BLOCKS) -> str:
+    """OmniAD's system prompt for the paper's layout (wording kept); for the reasoning ablations' layouts
+    (``output.blocks`` without seg and/or think) the same instruction naming only the blocks asked for."""
+    blocks = tuple(blocks)
+    if blocks == BLOCKS:
+        return SYSTEM_PROMPT
+    steps = " Then ".join(f"{_BLOCK_WORDS[b][0]} within <{b}> </{b}> tags." for b in blocks)
+    example = "".join(f"<{b}>{_BLOCK_WORDS[b][1]}</{b}>" for b in blocks)
+    return (
+        "You are a special assistant for analysis image. The user asks a question, and you answer with the "
+        f"option's letter from the given choices directly. Firstly, you should {steps} i.e., {example}"
+    )
+
+
+def messages_for(sample: VerifiableSample, shots: int, blocks: Sequence[str] = BLOCKS) -> list[dict[str, Any]]:
     """Chat messages for one sample; ``shots=1`` puts its normal reference image first (when it has one)."""
     content: list[dict[str, Any]] = []
     if shots and sample.reference:
         content += [{"type": "image"}, {"type": "text", "text": REFERENCE_TEXT}]
     content += [{"type": "image"}, {"type": "text", "text": sample.question}]
     return [
-        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+        {"role": "system", "content": [{"type": "text", "text": system_prompt(blocks)}]},
         {"role": "user", "content": content},
     ]
 
@@ -86,6 +117,7 @@ class InputBuilder:
         image_size: int | None = None,
         shots: int = 1,
         chat_template: str | None = None,
+        blocks: Sequence[str] = BLOCKS,
     ) -> None:
         if processor is not None:
             tokenizer = tokenizer or processor.tokenizer
@@ -100,6 +132,7 @@ class InputBuilder:
             raise ValueError("the tokenizer has no chat template (and no processor chat template was given)")
         self.image_size = image_size
         self.shots = shots
+        self.blocks = tuple(blocks)
         self.merge = int(getattr(image_processor, "merge_size", 2))
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -127,7 +160,7 @@ class InputBuilder:
         """The chat-formatted prompt, ending with the assistant turn's header. With ``image_grid_thw`` each
         image placeholder is expanded to the number of tokens the vision tower will produce for it."""
         text = self.tokenizer.apply_chat_template(
-            messages_for(sample, self.shots), chat_template=self.chat_template, tokenize=False,
+            messages_for(sample, self.shots, self.blocks), chat_template=self.chat_template, tokenize=False,
             add_generation_prompt=True,
         )  # fmt: skip
         if image_grid_thw is None:

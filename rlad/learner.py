@@ -135,11 +135,15 @@ class Learner:
         torch.manual_seed(config.seed + rank)
 
         model_config = _policy_config(config, checkpoint)
-        self.policy = load_policy(model_config, shots=config.data.shots, device=device, trainable=True)
+        self.policy = load_policy(
+            model_config, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True
+        )
         self.builder = self.policy.builder
         self.reference = None
         if config.grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
-            self.reference = load_policy(model_config, shots=config.data.shots, device=device).model
+            self.reference = load_policy(
+                model_config, shots=config.data.shots, blocks=config.output.blocks, device=device
+            ).model
         grpo = config.grpo
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=grpo.lr, weight_decay=grpo.weight_decay)

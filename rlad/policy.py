@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlad.completion import BLOCKS
 from rlad.config import ConfigError, ModelConfig
 from rlad.inputs import InputBuilder
 
@@ -100,6 +102,7 @@ def load_policy(
     shots: int = 1,
     device: str | torch.device = "cpu",
     trainable: bool = False,
+    blocks: Sequence[str] = BLOCKS,
 ) -> Policy:
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
     import transformers
@@ -113,7 +116,12 @@ def load_policy(
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = load_image_processor(path, config)
     builder = InputBuilder(
-        tokenizer, image_processor, image_size=config.image_size, shots=shots, chat_template=processor_template(path)
+        tokenizer,
+        image_processor,
+        image_size=config.image_size,
+        shots=shots,
+        chat_template=processor_template(path),
+        blocks=blocks,
     )
     if trainable:
         model = prepare_for_training(model, config)

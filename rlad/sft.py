@@ -182,7 +182,9 @@ def run_sft(config: Config) -> dict[str, Any]:
     save_config(config, out / "rlad.yaml")
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy = load_policy(config.model, shots=config.data.shots, device=device, trainable=True)
+    policy = load_policy(
+        config.model, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True
+    )
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
     resume = last_complete_checkpoint(out) if sft.resume else None

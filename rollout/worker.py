@@ -27,7 +27,9 @@ def make_engine(config: Config, checkpoint: str) -> RolloutEngine:
 
     use_gpu = config.rollout.num_gpus > 0 and torch.cuda.is_available()
     model_config = dataclasses.replace(config.model, path=checkpoint)
-    policy = load_policy(model_config, shots=config.data.shots, device="cuda" if use_gpu else "cpu")
+    policy = load_policy(
+        model_config, shots=config.data.shots, blocks=config.output.blocks, device="cuda" if use_gpu else "cpu"
+    )
     return TransformersEngine(policy.model, policy.builder, config.generation, batch_size=config.rollout.batch_size)
 
 

@@ -35,9 +35,29 @@ def test_file_merges_over_defaults_and_overrides_over_file(tmp_path):
 
 
 def test_snapshot_round_trip(tmp_path):
-    cfg = load_config(ROOT / "configs/demo.yaml", ["rewards.format.blocks=[think,answer]"])
+    cfg = load_config(ROOT / "configs/demo.yaml", ["output.blocks=[think,answer]", "rewards.detection.weight=0"])
     save_config(cfg, tmp_path / "snap.yaml")
     assert load_config(tmp_path / "snap.yaml") == cfg
+
+
+def test_format_reward_follows_the_output_layout():
+    assert load_config().rewards["format"]["blocks"] == ["seg", "think", "answer"]
+    cfg = load_config(None, ["output.blocks=[think,answer]", "rewards.detection.weight=0"])
+    assert cfg.rewards["format"]["blocks"] == ["think", "answer"]
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["output.blocks=[answer,think]"], r"output.blocks must be an ordered subset"),
+        (["output.blocks=[seg,think]"], r"ends with 'answer'"),
+        (["output.blocks=[think,answer]"], r"no 'seg' block, so rewards.detection.weight must be 0 \(got 1.0\)"),
+        (["rewards.format.blocks=[think,answer]"], r"rewards.format.blocks \['think', 'answer'\] differs from output"),
+    ],
+)
+def test_impossible_output_layouts_are_refused(overrides, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, overrides)
 
 
 @pytest.mark.parametrize(

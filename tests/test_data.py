@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from rewards import RewardMix
+from rlad.completion import parse_completion
 from rlad.config import paper_rewards
 from rlad.data.questions import sft_target
 from rlad.data.readers import DataError, load_pixel_mask, read_loco, read_mmad, read_mvtec, read_visa
@@ -114,6 +115,16 @@ def test_sft_targets_earn_full_reward(synth):
     assert np.array_equal(scores.components["detection"], want)
     anomalous = next(t for t, s in zip(targets, samples, strict=True) if s.anomalous and s.defect == "crack")
     assert "crack" in anomalous and "patches in rows" in anomalous
+
+
+@pytest.mark.parametrize("blocks", [["think", "answer"], ["seg", "answer"], ["answer"]])
+def test_sft_targets_of_the_reasoning_ablations_hold_only_their_blocks(synth, blocks):
+    samples, _ = read_mmad(synth[0] / "mmad.json", grid=24)
+    targets = [sft_target(s, blocks) for s in samples]
+    mix = RewardMix({"format": {"blocks": blocks}, "answer": {}})
+    scores = mix.score(targets, samples)
+    assert scores.components["format"].min() == 1.0 and scores.components["answer"].min() == 1.0
+    assert all(parse_completion(t).layout == tuple(blocks) for t in targets)
 
 
 def test_one_shot_references(synth):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rlad.config import ModelConfig
-from rlad.inputs import IGNORE_INDEX, REFERENCE_TEXT, SYSTEM_PROMPT, InputBuilder
+from rlad.inputs import IGNORE_INDEX, REFERENCE_TEXT, SYSTEM_PROMPT, InputBuilder, system_prompt
 from rlad.policy import load_image_processor
 
 
@@ -70,6 +70,18 @@ def test_prompt_has_system_prompt_reference_and_question(builder, small_benchmar
     assert zero_shot.prompt_text(sample).count("<|image_pad|>") == 1 and REFERENCE_TEXT not in zero_shot.prompt_text(
         sample
     )
+
+
+def test_system_prompt_names_only_the_blocks_of_the_layout(builder, small_benchmark):
+    assert system_prompt(["seg", "think", "answer"]) == SYSTEM_PROMPT  # the paper's wording, unchanged
+    no_seg = system_prompt(["think", "answer"])
+    assert "<seg>" not in no_seg and no_seg.endswith(
+        "<think> reasoning process here</think><answer> answer letter here</answer>"
+    )
+    answer_only = system_prompt(["answer"])
+    assert "<seg>" not in answer_only and "<think>" not in answer_only and "<answer>" in answer_only
+    ablation = InputBuilder(builder.tokenizer, builder.image_processor, image_size=224, blocks=("think", "answer"))
+    assert ablation.prompt_text(small_benchmark[1][0]).startswith(f"<|im_start|>system\n{no_seg}<|im_end|>")
 
 
 def test_sft_labels_mask_the_prompt_and_end_with_end_of_turn(builder, small_benchmark):

@@ -11,11 +11,13 @@ it is a defect, from the same metadata (grounded, never free text).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rlad import mask_text
+from rlad.completion import BLOCKS
 from rlad.sample import VerifiableSample
 
 __all__ = ["NORMAL_DESCRIPTIONS", "make_questions", "region_of", "sft_target", "size_of"]
@@ -134,8 +136,9 @@ def make_questions(
     return qs
 
 
-def sft_target(sample: VerifiableSample) -> str:
-    """The dense warm-start target for a sample, grounded in its metadata and ground-truth mask."""
+def sft_target(sample: VerifiableSample, blocks: Sequence[str] = BLOCKS) -> str:
+    """The dense warm-start target for a sample, grounded in its metadata and ground-truth mask; only the
+    ``blocks`` asked for (``output.blocks``), in order."""
     meta = sample.extra.get("rlad_meta", {})
     cls = sample.class_name or meta.get("class_name", "object")
     normal = NORMAL_DESCRIPTIONS.get(cls, f"a {cls.replace('_', ' ')}, which should look like the normal samples")
@@ -157,4 +160,5 @@ def sft_target(sample: VerifiableSample) -> str:
     think += (
         f" The question asks: {sample.question.splitlines()[0]} The answer is {answer_text}, option {sample.answer}."
     )
-    return f"<seg>{seg}</seg><think>{think}</think><answer>{sample.answer}</answer>"
+    content = {"seg": seg, "think": think, "answer": sample.answer}
+    return "".join(f"<{b}>{content[b]}</{b}>" for b in blocks)

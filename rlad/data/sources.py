@@ -171,7 +171,7 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
         return train, evaluation
     train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
     train = per_image(train, config.data.questions_per_image, config.seed)
-    return [SFTExample(s, sft_target(s)) for s in train], evaluation
+    return [SFTExample(s, sft_target(s, config.output.blocks)) for s in train], evaluation
 
 
 def rl_samples(config: Config) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
