@@ -9,6 +9,11 @@ rlad rescore RUN_DIR [--config C] [key=value ...]
 rlad sft CONFIG [key=value ...]           stage 1: SFT warm-start; writes <sft.output_dir>/final
 rlad train [CONFIG] [key=value ...] [resume=RUN_DIR] [--ray-address ADDR]
                                           SFT warm-start + GRPO on Ray + held-out evaluation
+rlad eval CHECKPOINT DATA [--shots 0|1] [--out DIR] [key=value ...]
+                                          metrics, paper-shaped tables and overlays of a policy on a dataset
+rlad export RUN_DIR|CHECKPOINT --out DIR  a plain Hugging Face folder for serving, with a model card
+rlad predict CHECKPOINT IMAGE [--question Q] [--reference IMG]
+                                          answer one question about one image; mask grid and overlay PNG
 rlad demo [--out DIR]                     the main job on this machine (see README)
 """
 
@@ -127,6 +132,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from rlad.evaluate import run_eval
+    from rlad.policy import policy_config, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    overrides = list(args.overrides) + ([f"data.shots={args.shots}"] if args.shots is not None else [])
+    config = policy_config(checkpoint, args.config, overrides)
+    data_name = "held-out" if args.data == "held-out" else Path(args.data).stem
+    out = Path(args.out or Path("runs/eval") / f"{checkpoint.parent.name}-{checkpoint.name}-{data_name}")
+    result = run_eval(checkpoint, args.data, out, config, fmt=args.format, limit=args.limit, overlays=args.overlays)
+    print((out / "eval.md").read_text())
+    took = result["seconds"]
+    print(f"{result['questions']} questions in {took['generate']} s of generation; "
+          f"results in {out}/eval.json, eval.md, completions.jsonl, overlays/")  # fmt: skip
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> None:
     import time
 
@@ -186,6 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="write per-completion scores to this JSONL")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
     p.set_defaults(fn=_cmd_score)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset: JSON, Markdown tables, PNG overlays")
+    p.add_argument("checkpoint", help="a checkpoint folder, or a run / SFT folder (its final/)")
+    p.add_argument("data", help="a dataset folder or mmad.json (MMAD, MVTec-AD, VisA, MVTec-LOCO, generated), "
+                                "or 'held-out': the held-out split of the checkpoint's own training data")  # fmt: skip
+    p.add_argument("--shots", type=int, choices=(0, 1), default=None, help="default: the checkpoint's training value")
+    p.add_argument("--out", help="output folder (default runs/eval/<checkpoint>-<data>)")
+    p.add_argument("--format", default="auto", choices=("auto", "mmad", "mvtec", "visa", "loco"))
+    p.add_argument("--limit", type=int, default=0, help="score a seeded subset of this many questions")
+    p.add_argument("--overlays", type=int, default=12, help="PNG overlays written, half hits, half misses")
+    p.add_argument("--config", help="a config to use instead of the checkpoint's rlad.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.batch_size=32")
+    p.set_defaults(fn=_cmd_eval)
 
     data = sub.add_parser("data", help="generate or inspect datasets").add_subparsers(
         dest="data_command", required=True

@@ -348,7 +348,8 @@ class TrainConfig:
 
     run_dir: str = "runs/train"
     warm_start: str | None = None
-    """A checkpoint to start GRPO from; null runs the SFT stage first (into ``<run_dir>/sft``)."""
+    """A checkpoint to start GRPO from; null runs the SFT stage first (into ``<run_dir>/sft``); ``base``
+    starts GRPO from ``model.path`` itself, with no SFT (the paper's "GRPO only" ablation)."""
     ray_address: str | None = None
     """Join this Ray cluster (also ``--ray-address`` or RAY_ADDRESS); null starts a local one."""
     save_steps: int = 10

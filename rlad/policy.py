@@ -21,7 +21,14 @@ from rlad.completion import BLOCKS
 from rlad.config import ConfigError, ModelConfig
 from rlad.inputs import InputBuilder
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "Policy", "load_policy", "resolve_model_path"]
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "Policy",
+    "load_policy",
+    "policy_config",
+    "resolve_checkpoint",
+    "resolve_model_path",
+]
 
 SUPPORTED_MODEL_TYPES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -60,6 +67,33 @@ def resolve_model_path(config: ModelConfig) -> Path:
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The policy folder a user means: a checkpoint folder itself (it holds ``config.json``), or a run folder
+    of ``rlad train`` / an output folder of ``rlad sft`` (their ``final/``)."""
+    path = Path(path).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    if (path / "final" / "config.json").is_file():
+        return path / "final"
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    raise ConfigError(
+        f"{path} is not a checkpoint: no config.json in it, and no final/ policy (is the run finished? "
+        "`rlad export RUN_DIR --step N` exports an intermediate checkpoint)"
+    )
+
+
+def policy_config(checkpoint: Path, config_file: str | None = None, overrides: Sequence[str] = ()) -> Any:
+    """The config to use a checkpoint with: the one it was trained with (its ``rlad.yaml``: grid, image size,
+    output layout, generation and rewards), else ``config_file`` or the defaults; then ``overrides``, with
+    ``model.path`` pointing at the checkpoint."""
+    from rlad.config import load_config
+
+    snapshot = checkpoint / "rlad.yaml"
+    base = config_file or (snapshot if snapshot.is_file() else None)
+    return load_config(base, [*overrides, f"model.path={checkpoint}"])
 
 
 def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:

@@ -92,7 +92,9 @@ def absolute_paths(config: Config) -> Config:
                sft_jsonl=resolve(config.data.sft_jsonl)),
         sft=c(config.sft, deepspeed=resolve(config.sft.deepspeed), output_dir=resolve(config.sft.output_dir)),
         learner=c(config.learner, deepspeed=resolve(config.learner.deepspeed)),
-        train=c(config.train, run_dir=resolve(config.train.run_dir), warm_start=resolve(config.train.warm_start)),
+        train=c(config.train, run_dir=resolve(config.train.run_dir),
+                warm_start=config.train.warm_start if config.train.warm_start == "base"
+                else resolve(config.train.warm_start)),
     )  # fmt: skip
 
 
@@ -397,6 +399,10 @@ def _prepare(config: Config, resume: bool):
     if config.model.path == "tiny":  # built once here, not by every actor
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, path=str(resolve_model_path(config.model)))
+        )
+    if config.train.warm_start == "base":  # GRPO alone, from the model itself (paper Table 5, "GRPO")
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, warm_start=str(resolve_model_path(config.model)))
         )
     resolve_model_path(config.model)
     check_config(config)  # learner settings (LoRA, learner.deepspeed), here rather than inside an actor

@@ -36,7 +36,18 @@ from rlad.mask_text import Cover, mask_to_grid
 from rlad.metrics import canonical_subtask
 from rlad.sample import VerifiableSample
 
-__all__ = ["DataError", "ReadReport", "load_pixel_mask", "read_loco", "read_mmad", "read_mvtec", "read_visa"]
+__all__ = [
+    "DATASET_FORMATS",
+    "DataError",
+    "ReadReport",
+    "dataset_format",
+    "load_pixel_mask",
+    "read_dataset",
+    "read_loco",
+    "read_mmad",
+    "read_mvtec",
+    "read_visa",
+]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".JPG", ".PNG")
@@ -375,3 +386,51 @@ def read_mmad(
         what = f"{json_path} entry {key!r}"
         col.add(what, lambda key=key, entry=entry, what=what: _mmad_samples(root, key, entry, g, shots, what))
     return col.finish()
+
+
+DATASET_FORMATS = ("mmad", "mvtec", "visa", "loco")
+
+
+def dataset_format(path: str | Path) -> str:
+    """Which reader a dataset path needs: an ``mmad.json`` (or a folder holding one) is MMAD, a folder with
+    ``split_csv/1cls.csv`` raw VisA, class folders whose ground truth is one folder per image MVTec-LOCO,
+    other class folders MVTec-AD layout (MVTec-AD, converted VisA, the generated benchmark's images)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".json":
+            return "mmad"
+        raise DataError(f"{path}: a dataset is a folder or an mmad.json file")
+    if not path.is_dir():
+        raise DataError(f"dataset {path} does not exist")
+    if (path / "mmad.json").is_file():
+        return "mmad"
+    if (path / "split_csv" / "1cls.csv").is_file():
+        return "visa"
+    for cdir in _class_dirs(path, None):
+        for ddir in sorted((cdir / "ground_truth").glob("*")):
+            if ddir.is_dir() and any(p.is_dir() for p in ddir.iterdir()):
+                return "loco"
+    return "mvtec"
+
+
+def read_dataset(
+    path: str | Path,
+    grid: int = 24,
+    cover: Cover | str = Cover.any,
+    tau: float = 0.5,
+    shots: int = 0,
+    on_bad: str = "error",
+    fmt: str = "auto",
+) -> tuple[list[VerifiableSample], ReadReport]:
+    """Every sample of the dataset at ``path`` through the reader of ``fmt`` (``auto``: :func:`dataset_format`)."""
+    fmt = dataset_format(path) if fmt == "auto" else fmt
+    if fmt not in DATASET_FORMATS:
+        raise DataError(f"dataset format {fmt!r} is not one of auto, {', '.join(DATASET_FORMATS)}")
+    path = Path(path)
+    if fmt == "mmad":
+        json_path = path / "mmad.json" if path.is_dir() else path
+        return read_mmad(json_path, grid=grid, cover=cover, tau=tau, shots=shots, on_bad=on_bad)
+    if shots:
+        raise DataError(f"{path}: 1-shot needs normal references, which only the MMAD format names (use --shots 0)")
+    reader = {"mvtec": read_mvtec, "loco": read_loco, "visa": read_visa}[fmt]
+    return reader(path, grid=grid, cover=cover, tau=tau, on_bad=on_bad)
