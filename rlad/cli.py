@@ -148,6 +148,36 @@ def _cmd_eval(args: argparse.Namespace) -> None:
           f"results in {out}/eval.json, eval.md, completions.jsonl, overlays/")  # fmt: skip
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from rlad.export import export_policy
+
+    out = export_policy(args.source, args.out, step=args.step, overwrite=args.overwrite, evals=args.eval or [])
+    print(f"exported to {out}: safetensors weights, tokenizer, image processor, chat template, generation "
+          f"config, model card (README.md). Serve on a GPU with: vllm serve {out}")  # fmt: skip
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from rlad.data.show import grid_text, prediction_overlay
+    from rlad.policy import policy_config, resolve_checkpoint
+    from rlad.predict import predict
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    config = policy_config(checkpoint, None, args.overrides)
+    question = args.question.replace("\\n", "\n") if args.question else None
+    result = predict(checkpoint, args.image, config, question, args.reference)
+    parsed, sample = result["parsed"], result["sample"]
+    letter = parsed.answer_letter
+    print(f"completion: {result['completion']}\n")
+    print(f"answer: {letter or '(none)'} {sample.options.get(letter, '') if letter else ''}".rstrip())
+    if "seg" in config.output.blocks:
+        n = result["patches"]
+        print(f"anomalous patches ({config.mask.grid}x{config.mask.grid}): "
+              f"{'unparseable' if n is None else int(n.sum())}\n{grid_text(n)}")  # fmt: skip
+    out = Path(args.out or f"{Path(args.image).stem}-prediction.png")
+    prediction_overlay(sample, parsed, result["patches"], None, out, graded=False)
+    print(f"overlay: {out}")
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> None:
     import time
 
@@ -220,6 +250,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", help="a config to use instead of the checkpoint's rlad.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.batch_size=32")
     p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser("export", help="a plain Hugging Face folder for serving (safetensors, template, card)")
+    p.add_argument("source", help="a run folder (rlad train / rlad sft), a checkpoint or a LoRA adapter folder")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--step", type=int, help="export the run's checkpoint of this step instead of its final policy")
+    p.add_argument("--eval", action="append", help="an rlad eval output folder whose numbers go in the model card")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("predict", help="answer one question about one image; mask grid and overlay PNG")
+    p.add_argument("checkpoint", help="an exported or trained policy folder, or a run folder")
+    p.add_argument("image")
+    p.add_argument("--question", help="the question with its options on their own lines (\\n allowed); "
+                                      "default: is there any defect? A. Yes B. No")  # fmt: skip
+    p.add_argument("--reference", help="a normal image of the same part (1-shot prompt)")
+    p.add_argument("--out", help="overlay PNG (default: <image>-prediction.png here)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. generation.max_new_tokens=512")
+    p.set_defaults(fn=_cmd_predict)
 
     data = sub.add_parser("data", help="generate or inspect datasets").add_subparsers(
         dest="data_command", required=True
