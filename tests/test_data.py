@@ -12,7 +12,16 @@ from rewards import RewardMix
 from rlad.completion import parse_completion
 from rlad.config import paper_rewards
 from rlad.data.questions import sft_target
-from rlad.data.readers import DataError, load_pixel_mask, read_loco, read_mmad, read_mvtec, read_visa
+from rlad.data.readers import (
+    DataError,
+    dataset_format,
+    load_pixel_mask,
+    read_dataset,
+    read_loco,
+    read_mmad,
+    read_mvtec,
+    read_visa,
+)
 from rlad.data.render import CLASSES, DEFECTS, inject_defect, render_normal
 from rlad.data.show import contact_sheet
 from rlad.data.synth import SynthSpec, synthesize
@@ -133,6 +142,18 @@ def test_one_shot_references(synth):
     assert all(s.reference.split("/")[-4] == s.class_name for s in samples)
 
 
+def test_dataset_format_is_detected(synth, tmp_path):
+    root = copy_of(synth, tmp_path)
+    assert dataset_format(root) == "mmad" and dataset_format(root / "mmad.json") == "mmad"
+    (root / "mmad.json").unlink()
+    assert dataset_format(root) == "mvtec"
+    assert len(read_dataset(root, grid=8)[0]) == len(read_mvtec(root, grid=8)[0])
+    with pytest.raises(DataError, match=r"1-shot needs normal references"):
+        read_dataset(root, grid=8, shots=1)
+    with pytest.raises(DataError, match=r"dataset .*nowhere does not exist"):
+        read_dataset(tmp_path / "nowhere")
+
+
 def test_mvtec_reader_and_pixel_masks(synth):
     samples, _ = read_mvtec(synth[0], grid=8, classes=["pill"])
     assert {s.class_name for s in samples} == {"pill"} and len(samples) == 14
@@ -158,6 +179,7 @@ def test_loco_reader_ors_several_masks(tmp_path):
     Image.fromarray(a).save(mdir / "000.png")
     Image.fromarray(b).save(mdir / "001.png")
     samples, _ = read_loco(root, grid=8)
+    assert dataset_format(root) == "loco" and len(read_dataset(root, grid=8)[0]) == len(samples)
     ano = next(s for s in samples if s.anomalous)
     assert ano.mask.sum() == 2 and ano.mask[0, 0] and ano.mask[7, 7]
     assert load_pixel_mask(ano).sum() == 128
@@ -185,6 +207,7 @@ def test_visa_raw_reader(tmp_path):
         "candle,train,normal,candle/Data/Images/Normal/0000.JPG,",
     ])  # fmt: skip
     samples, _ = read_visa(root, grid=8)
+    assert dataset_format(root) == "visa" and len(read_dataset(root, grid=8)[0]) == 2
     assert len(samples) == 2 and [s.anomalous for s in samples] == [False, True]
     assert samples[1].mask.sum() == 1 and samples[1].class_name == "candle"
 

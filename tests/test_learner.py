@@ -1,6 +1,8 @@
 """The learner (one DeepSpeed rank, gloo on CPU) on the tiny model: exact batch loss across micro-batches,
 the direction of a GRPO step, the KL and engine-logprob paths, and checkpoint round trips."""
 
+import json
+
 import pytest
 import torch
 
@@ -112,6 +114,32 @@ def test_checkpoint_round_trip_continues_identically(small_benchmark, tiny_dir, 
     assert a.fingerprint() == b.fingerprint()
 
 
+def _exported_from_checkpoint(learner, tiny_dir, tmp_path):
+    """``rlad export RUN --step 1`` of a learner checkpoint laid out as rlad train leaves it; the weights."""
+    from safetensors.torch import load_file
+
+    from rlad.config import save_config
+    from rlad.export import export_policy
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-000001"
+    learner.save(str(step / "learner"))
+    (step / "state.json").write_text(json.dumps({"step": 1, "version": 1}))
+    save_config(learner.config, run / "config.yaml")
+    (run / "report.json").write_text(json.dumps({"warm_start": str(tiny_dir)}))
+    return load_file(export_policy(run, tmp_path / "exported", step=1) / "model.safetensors")
+
+
+def test_export_consolidates_a_learner_checkpoint(small_benchmark, tiny_dir, rollouts, tmp_path):
+    learner = _learner(small_benchmark, tiny_dir)
+    learner.learn(rollouts, loss_units(rollouts, "token_mean"), 2)
+    exported = _exported_from_checkpoint(learner, tiny_dir, tmp_path)
+    for name, tensor in learner.state_dict().items():
+        if name in exported:  # a tied lm_head is stored once
+            torch.testing.assert_close(exported[name], tensor, msg=name)
+    assert len(exported) >= len(learner.state_dict()) - 1
+
+
 def test_lora_is_refused_with_the_key_named(small_benchmark, tiny_dir):
     root, _ = small_benchmark
     with pytest.raises(ConfigError, match=r"model\.lora\.r"):
@@ -136,6 +164,10 @@ def test_zero_stages_learn_and_gather_full_weights(small_benchmark, tiny_dir, ro
     reloaded = again.state_dict()
     for name, tensor in after.items():
         torch.testing.assert_close(reloaded[name], tensor, msg=name)
+    exported = _exported_from_checkpoint(learner, tiny_dir, tmp_path)  # ZeRO shards consolidated to fp32
+    for name, tensor in after.items():
+        if name in exported:
+            torch.testing.assert_close(exported[name], tensor, msg=name)
 
 
 def test_a_padding_share_runs_but_counts_for_nothing(small_benchmark, tiny_dir, rollouts, monkeypatch):
