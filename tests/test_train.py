@@ -40,13 +40,15 @@ def _config(root, run_dir, tiny_dir, *more):
 def full_run(small_benchmark, tiny_dir, tmp_path_factory):
     root, _ = small_benchmark
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    report = run_train(_config(root, run_dir, tiny_dir), show_progress=False)
+    # GRPO alone, from model.path itself (the paper's "GRPO" ablation; no SFT stage in a test)
+    report = run_train(_config(root, run_dir, tiny_dir, "train.warm_start=base"), show_progress=False)
     return run_dir, report, root
 
 
-def test_the_run_folder_holds_everything(full_run):
+def test_the_run_folder_holds_everything(full_run, tiny_dir):
     run_dir, report, _ = full_run
     assert load_config(run_dir / "config.yaml").grpo.steps == 4  # the snapshot reloads
+    assert report["warm_start"] == str(tiny_dir) and not (run_dir / "sft").exists()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     state = json.loads((run_dir / "checkpoints/step-000004/state.json").read_text())
     assert state == {"step": 4, "version": 4, "data_position": 8}
