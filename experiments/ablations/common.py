@@ -53,7 +53,8 @@ def _rlad(*args: str) -> None:
 
 
 def _slug(overrides: Sequence[str]) -> str:
-    text = "-".join(o.split(".")[-1] for o in overrides) or "base"
+    """A folder name for a set of overrides, e.g. ``rewards.answer.weight=0`` -> ``answer_weight=0``."""
+    text = "-".join(o.removeprefix("rewards.").removeprefix("output.").replace(".", "_") for o in overrides) or "base"
     return "".join(ch if ch.isalnum() or ch in "-_=" else "_" for ch in text)
 
 
