@@ -18,6 +18,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,12 @@ def write_completions(records: Sequence[ScoredRecord], scores: Sequence[dict[str
 
 
 class PixelTruth:
-    """Full-resolution ground-truth masks, read once per image (a normal image's is all False at its size)."""
+    """Full-resolution ground-truth masks (a normal image's: all False at its size). Only the last few images
+    are kept: a dataset's questions about one image come together, and real masks are megapixels each."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 8) -> None:
         self._cache: dict[str, np.ndarray] = {}
+        self._keep = keep
 
     def __call__(self, sample: VerifiableSample) -> np.ndarray:
         from PIL import Image
@@ -100,59 +103,80 @@ class PixelTruth:
                         mask = np.zeros((img.height, img.width), bool)
                 else:  # no image on disk (a stored record): the patch mask is the finest truth there is
                     mask = np.asarray(sample.mask, bool)
+            if len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
             self._cache[sample.image] = mask
         return self._cache[sample.image]
 
 
+@dataclass
+class _Judged:
+    """One completion, judged once: what every group it belongs to sums."""
+
+    answer: AnswerRecord
+    well_formed: bool
+    pixel: DetectionMetrics | None  # None when the layout has no <seg>
+    patch: DetectionMetrics | None
+
+
+def _judge(records: Sequence[ScoredRecord], blocks: Sequence[str]) -> list[_Judged]:
+    truth, out = PixelTruth(), []
+    for r in records:
+        parsed = parse_completion(r.completion)
+        answer = AnswerRecord(r.sample.subtask or "all", parsed.answer_letter, r.sample.answer, r.sample.anomalous)
+        pixel = patch = None
+        if "seg" in blocks:
+            pred = mask_text.decode_or_none(parsed.seg, r.sample.grid)
+            pixel, patch = DetectionMetrics(), DetectionMetrics()
+            pixel.add(pred, truth(r.sample), r.sample.anomalous)
+            patch.add(pred, r.sample.mask, r.sample.anomalous)
+        out.append(_Judged(answer, parsed.is_well_formed(tuple(blocks)), pixel, patch))
+    return out
+
+
+def _aggregate(judged: Sequence[_Judged], scores: Sequence[dict[str, float]]) -> dict[str, Any]:
+    n = len(judged)
+    mmad = mmad_accuracy(j.answer for j in judged)
+    out: dict[str, Any] = {
+        "n": n,
+        "subtasks": {k: v["accuracy"] for k, v in mmad.items() if k != "mean"},
+        "mmad_mean": mmad["mean"]["accuracy"] if mmad else float("nan"),
+        "format_rate": float(np.mean([j.well_formed for j in judged])) if n else float("nan"),
+        "answer_unparseable_rate": float(np.mean([j.answer.predicted is None for j in judged])) if n else float("nan"),
+        "rewards": {k: float(np.mean([s[k] for s in scores])) for k in (scores[0] if scores else {})},
+        "detection": None,
+    }
+    if judged and judged[0].pixel is not None:
+        pixel, patch = DetectionMetrics(), DetectionMetrics()
+        for j in judged:
+            pixel += j.pixel
+            patch += j.patch
+        out["detection"] = pixel.summary() | {"patch_f1": patch.summary()["pixel_f1"]}
+    return out
+
+
 def evaluation_metrics(
-    records: Sequence[ScoredRecord],
-    scores: Sequence[dict[str, float]],
-    blocks: Sequence[str],
-    truth: PixelTruth | None = None,
+    records: Sequence[ScoredRecord], scores: Sequence[dict[str, float]], blocks: Sequence[str]
 ) -> dict[str, Any]:
     """The papers' figures for one set of scored completions: MMAD subtask accuracies and their mean, the
     format rate (layout ``blocks``), the unparseable-answer rate, reward means and — when the layout has a
     ``<seg>`` block — image-level, pixel-level and patch-level detection with IoU_ano and IoU_nor."""
-    truth = truth or PixelTruth()
-    pixel, patch, answers, bad_answer = DetectionMetrics(), DetectionMetrics(), [], 0
-    for r in records:
-        parsed = parse_completion(r.completion)
-        letter = parsed.answer_letter
-        bad_answer += letter is None
-        answers.append(AnswerRecord(r.sample.subtask or "all", letter, r.sample.answer, r.sample.anomalous))
-        if "seg" in blocks:
-            pred = mask_text.decode_or_none(parsed.seg, r.sample.grid)
-            pixel.add(pred, truth(r.sample), r.sample.anomalous)
-            patch.add(pred, r.sample.mask, r.sample.anomalous)
-    mmad = mmad_accuracy(answers)
-    well_formed = [parse_completion(r.completion).is_well_formed(tuple(blocks)) for r in records]
-    out: dict[str, Any] = {
-        "n": len(records),
-        "subtasks": {k: v["accuracy"] for k, v in mmad.items() if k != "mean"},
-        "mmad_mean": mmad["mean"]["accuracy"] if mmad else float("nan"),
-        "format_rate": float(np.mean(well_formed)) if records else float("nan"),
-        "answer_unparseable_rate": bad_answer / len(records) if records else float("nan"),
-        "rewards": {k: float(np.mean([s[k] for s in scores])) for k in (scores[0] if scores else {})},
-        "detection": None,
-    }
-    if "seg" in blocks:
-        out["detection"] = pixel.summary() | {"patch_f1": patch.summary()["pixel_f1"]}
-    return out
+    return _aggregate(_judge(records, blocks), scores)
 
 
 def evaluation_report(
     records: Sequence[ScoredRecord], scores: Sequence[dict[str, float]], blocks: Sequence[str]
 ) -> dict[str, Any]:
-    """``{"overall": metrics, "per_class": {class: metrics}}`` (see :func:`evaluation_metrics`)."""
-    truth = PixelTruth()
+    """``{"overall": metrics, "per_class": {class: metrics}}`` (see :func:`evaluation_metrics`); each
+    completion is judged once (ground-truth masks read once) and summed into its groups."""
+    judged = _judge(records, blocks)
     by_class: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_class.setdefault(r.sample.class_name or "(none)", []).append(i)
     per_class = {
-        name: evaluation_metrics([records[i] for i in idx], [scores[i] for i in idx], blocks, truth)
-        for name, idx in sorted(by_class.items())
+        name: _aggregate([judged[i] for i in idx], [scores[i] for i in idx]) for name, idx in sorted(by_class.items())
     }
-    return {"overall": evaluation_metrics(records, scores, blocks, truth), "per_class": per_class}
+    return {"overall": _aggregate(judged, scores), "per_class": per_class}
 
 
 # -- rlad eval ------------------------------------------------------------------------------------------------

@@ -103,6 +103,15 @@ class DetectionMetrics:
     n_images: int = 0
     n_unparseable: int = 0
 
+    def __iadd__(self, other: DetectionMetrics) -> DetectionMetrics:
+        """Merge another accumulator's images into this one (per-image figures summed once, grouped later)."""
+        self.image += other.image
+        self.pixel += other.pixel
+        self.iou_sum += other.iou_sum
+        for name in ("n_with_mask", "n_normal", "n_normal_empty", "n_images", "n_unparseable"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
     def add(self, pred_grid: np.ndarray | None, truth_pixels: np.ndarray, anomalous: bool | None = None) -> None:
         """One image: ``pred_grid`` the decoded (G, G) patch mask or None if unparseable; ``truth_pixels``
         the (H, W) ground-truth mask; ``anomalous`` the image label (default: truth mask non-empty)."""
