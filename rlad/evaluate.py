@@ -271,7 +271,7 @@ def run_eval(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    engine = make_engine(config, str(checkpoint))
+    engine = make_engine(config, str(checkpoint), standalone=True)
     loaded = time.perf_counter()
     completions = generate_all(engine, samples, config.rollout.batch_size, show_progress)
     generated = time.perf_counter()

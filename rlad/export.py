@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rlad.config import Config, ConfigError, load_config, save_config
+from rlad.config import Config, ConfigError, load_config, save_config, to_yaml
 from rlad.inputs import system_prompt
 
 __all__ = ["Source", "export_policy", "find_source", "serving_chat_template"]
@@ -191,7 +191,8 @@ def _model_card(config: Config, source: Source, out_name: str, evals: dict[str, 
         "or answer one image with rlad (prints the mask as a grid, writes an overlay PNG):\n\n"
         f"```\nrlad predict {out_name} part.png  # the default question: is there any defect?\n```\n\n"
         f"System prompt used in training:\n\n> {system_prompt(blocks)}\n\n"
-        "The full training config is `rlad.yaml` beside this card.\n"
+        "The full training config is `rlad.yaml` beside this card:\n\n"
+        f"<details><summary>rlad.yaml</summary>\n\n```yaml\n{to_yaml(config)}```\n</details>\n"
     )
     return "\n".join(parts)
 

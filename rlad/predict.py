@@ -60,7 +60,7 @@ def predict(
         reference=str(reference) if reference else None,
     )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, shots=1 if reference else 0))
-    completion = make_engine(config, str(checkpoint)).generate([sample], n=1, greedy=True)[0]
+    completion = make_engine(config, str(checkpoint), standalone=True).generate([sample], n=1, greedy=True)[0]
     parsed = parse_completion(completion.text)
     patches = mask_text.decode_or_none(parsed.seg, config.mask.grid) if "seg" in config.output.blocks else None
     return {"sample": sample, "completion": completion.text, "parsed": parsed, "patches": patches}

@@ -21,11 +21,13 @@ from rollout.engine import Completion, RolloutEngine
 __all__ = ["RolloutWorker", "make_engine"]
 
 
-def make_engine(config: Config, checkpoint: str) -> RolloutEngine:
-    """The engine of ``rollout.backend`` for the policy at ``checkpoint``."""
+def make_engine(config: Config, checkpoint: str, standalone: bool = False) -> RolloutEngine:
+    """The engine of ``rollout.backend`` for the policy at ``checkpoint``. In a Ray actor it takes a GPU when
+    ``rollout.num_gpus`` gives it one; ``standalone`` (``rlad eval``, ``rlad predict``: the process has the
+    machine to itself) takes one whenever there is one."""
     from rollout.transformers_engine import TransformersEngine
 
-    use_gpu = config.rollout.num_gpus > 0 and torch.cuda.is_available()
+    use_gpu = (config.rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
     model_config = dataclasses.replace(config.model, path=checkpoint)
     policy = load_policy(
         model_config, shots=config.data.shots, blocks=config.output.blocks, device="cuda" if use_gpu else "cpu"
