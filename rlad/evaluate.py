@@ -15,7 +15,9 @@ Pixel-level figures compare the patch mask upsampled to the ground-truth mask's 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,18 +227,27 @@ def write_overlays(records: Sequence[ScoredRecord], blocks: Sequence[str], folde
     return paths
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def load_eval_samples(data: str, config: Config, fmt: str = "auto") -> tuple[list[VerifiableSample], str]:
     """The samples ``rlad eval`` scores, and a name for them: ``held-out`` is the held-out split of the
     config's own dataset (what a run never trained on); anything else is a dataset path for the readers."""
-    from rlad.data.readers import read_dataset
+    from rlad.data.readers import DataError, read_dataset
 
     if data == "held-out":
         from rlad.data.sources import rl_samples
 
         held = rl_samples(config)[1]
         if not held:
-            from rlad.data.readers import DataError
-
             raise DataError(
                 f"the config's dataset has no held-out questions (data.eval_fraction={config.data.eval_fraction})"
             )
@@ -280,6 +291,7 @@ def run_eval(
     write_completions(records, scores, out / "completions.jsonl")
     blocks = tuple(config.output.blocks)
     report = evaluation_report(records, scores, blocks)
+    shutil.rmtree(out / "overlays", ignore_errors=True)  # a re-run's pictures never mix with an older run's
     pictures = write_overlays(records, blocks, out / "overlays", overlays, config.seed) if overlays else []
     result = {
         "checkpoint": str(checkpoint),
@@ -293,7 +305,9 @@ def run_eval(
         **report,
         "overlays": [str(p) for p in pictures],
     }  # fmt: skip
-    (out / "eval.json").write_text(json.dumps(result, indent=2, default=float))
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(_finite(result), indent=2))  # strict JSON: a figure with no data is null
+    os.replace(tmp, out / "eval.json")
     rows = {"**all**": report["overall"], **report["per_class"]}
     (out / "eval.md").write_text(
         f"# {Path(checkpoint).name} on {name} ({len(samples)} questions, {config.data.shots}-shot)\n\n"
