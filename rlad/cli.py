@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rlad.config import ConfigError, load_config, to_yaml
 from rlad.data.readers import DataError
+from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.scoring import CompletionFileError
 
 
@@ -324,7 +325,15 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides = [*args.overrides, *extra]
     try:
         args.fn(args)
-    except (ConfigError, CompletionFileError, DataError, FileNotFoundError, IsADirectoryError) as err:
+    except (
+        ConfigError,
+        CompletionFileError,
+        DataError,
+        FileNotFoundError,
+        IsADirectoryError,
+        LearnerLostError,
+        NonFiniteError,
+    ) as err:
         # User mistakes (bad config, bad input file) end with the message that names them, not a traceback.
         print(f"rlad {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

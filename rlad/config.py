@@ -252,6 +252,9 @@ class GRPOConfig:
     warmup_steps: int = 0
     """Linear warm-up, then a constant rate (so extending ``steps`` on resume keeps the schedule)."""
     max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 3
+    """An optimizer step whose loss or gradients hold a NaN or an infinity is skipped (weights and optimizer
+    state untouched), counted and logged; this many in a row stop the run (NonFiniteError)."""
     epochs_per_step: int = 1
     """mu: passes over each step's batch (> 1 makes the importance ratio and clipping matter)."""
     clip_eps_low: float = 0.2
@@ -288,6 +291,8 @@ class GRPOConfig:
                 raise ConfigError(f"grpo.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
         if not 0.0 <= self.replay_share < 1.0:
             raise ConfigError(f"grpo.replay_share must be in [0, 1), got {self.replay_share}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"grpo.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.kl_coef < 0 or self.reward_chunk < 1:
             raise ConfigError("grpo.kl_coef must be >= 0 and grpo.reward_chunk >= 1")
 
@@ -310,8 +315,14 @@ class RolloutConfig:
     threads: int = 0
     """torch threads per worker; 0: every core of its node (the sync loop never runs rollout and learner
     at once)."""
+    max_restarts: int = 3
+    """Times a dead rollout worker (node lost, OOM-killed) is restarted by Ray during a run; it gets the current
+    weights (verified) before it generates again, and its share of the step is generated anew. 0: a dead
+    worker stops the run."""
 
     def __post_init__(self) -> None:
+        if self.max_restarts < 0:
+            raise ConfigError(f"rollout.max_restarts must be >= 0, got {self.max_restarts}")
         if self.backend not in ("transformers",):
             raise ConfigError(f"rollout.backend must be transformers, got {self.backend!r}")
         if self.workers < 1 or self.batch_size < 1:
@@ -361,8 +372,14 @@ class TrainConfig:
     eval_sampled: int = 4
     """Also this many sampled completions per held-out question at the rollout temperature (what GRPO
     optimises: the policy's expected reward); 0 evaluates greedy only."""
+    max_learner_restarts: int = 0
+    """A learner that dies (node lost, OOM-killed) takes the step down with it. 0: the run stops, naming the
+    checkpoint ``resume=`` continues from; n > 0: rlad rebuilds the actors and resumes from the last complete
+    checkpoint itself, up to n times per run."""
 
     def __post_init__(self) -> None:
+        if self.max_learner_restarts < 0:
+            raise ConfigError(f"train.max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
         if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:
             raise ConfigError("train.save_steps and save_total_limit must be >= 1, eval_steps/eval_samples >= 0")
         if self.eval_sampled < 0:

@@ -202,7 +202,9 @@ class Learner:
             sums[name] = sums.get(name, 0.0) + value * weight
 
         grad_norm = 0.0
+        skipped = 0
         for epoch in range(grpo.epochs_per_step):
+            nonfinite = False
             for i, chunk in enumerate(chunks):
                 engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
                 # this rank ran out of completions: a zero-weight pass keeps the collectives of the ranks aligned
@@ -228,6 +230,7 @@ class Learner:
                     kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
                     max_completion_length=self.config.generation.max_new_tokens,
                 )  # fmt: skip
+                nonfinite |= not bool(torch.isfinite(out.loss.detach()))
                 units = 0 if dummy else loss_units(items, grpo.aggregation)
                 # DeepSpeed averages gradients over ranks: x world_size undoes that, units/global makes the
                 # micro-batch's mean one share of the batch's mean.
@@ -245,6 +248,13 @@ class Learner:
             if self.config.learner.zero_stage == 0:  # DeepSpeed reports a norm only for ZeRO; here grads are whole
                 grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
                 norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if self._nonfinite(nonfinite, norm):  # every rank decides alike: the step is skipped everywhere
+                skipped += 1
+                if self.config.learner.zero_stage:
+                    engine.optimizer.zero_grad()
+                else:
+                    engine.zero_grad()
+                continue
             engine.step()
             norm = engine.get_global_grad_norm() if norm is None else norm
             grad_norm = float(norm) if norm is not None else float("nan")
@@ -253,7 +263,23 @@ class Learner:
         tokens = sum(len(r.token_ids) for r in rollouts if not r.padding)
         metrics = {k: v / max(weight_total, 1.0) for k, v in sums.items()}
         metrics.update(grad_norm=grad_norm, lr=engine.get_lr()[0], learn_tokens=float(tokens), learn_seconds=seconds)
+        metrics["skipped_steps"] = float(skipped)  # non-finite loss or gradients: weights and optimizer untouched
         return metrics
+
+    def _nonfinite(self, loss_nonfinite: bool, norm: torch.Tensor | None) -> bool:
+        """Whether this optimizer step must be skipped: a non-finite loss on any rank, or a non-finite gradient
+        (the whole gradient under ZeRO-0, the partitions DeepSpeed holds under ZeRO 1-3; both agreed by
+        all-reduce)."""
+        flag = torch.tensor([float(loss_nonfinite)], device=self.device)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            return True
+        if norm is not None:  # ZeRO-0: gradients were all-reduced in backward, every rank sees the same norm
+            return not bool(torch.isfinite(norm))
+        return bool(self.engine.optimizer.has_overflow(partition_gradients=True))
 
     # -- weights out, checkpoints ----------------------------------------------------------------------
 

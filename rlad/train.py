@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import torch
 
 from rlad.config import Config, ConfigError, save_config
 from rlad.evaluate import save_and_summarise
+from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
 from rlad.learner import Learner, Rollout, check_config, loss_units
 from rlad.logbook import Logbook
@@ -137,45 +139,123 @@ def set_aside_replay_parts(store: ReplayStore, completed_steps: int) -> None:
 # -- the run --------------------------------------------------------------------------------------------------
 
 
+def actor_name(run_dir: str | Path, role: str, index: int) -> str:
+    """The Ray name of a run's actor (``ray list actors`` shows it): unique per run folder, so runs can share
+    a cluster."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
+    return f"rlad-{digest}-{role}-{index}"
+
+
 class Cluster:
-    """The Ray actors of a run: rollout workers and data-parallel learners, placed by their config sections."""
+    """The Ray actors of a run: rollout workers and data-parallel learners, placed by their config sections.
+
+    A rollout worker that dies is restarted by Ray (``rollout.max_restarts``); before it generates again it is
+    given the current weights through the verified sync, and its share of the step is generated anew with the
+    same seed — nothing is stored before generation finishes, so no group is lost or stored twice. A learner
+    that dies raises :class:`LearnerLostError` (``run_train`` resumes from the last checkpoint when
+    ``train.max_learner_restarts`` allows)."""
 
     def __init__(self, config: Config, checkpoint: str):
         import ray
 
         self.config = config
         r, lc = config.rollout, config.learner
-        worker_cls = ray.remote(RolloutWorker).options(
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=r.resources or None
-        )
-        self.workers = [worker_cls.remote(config, checkpoint) for _ in range(r.workers)]
-        learner_cls = ray.remote(Learner).options(
-            num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=lc.resources or None
-        )
-        self.learners = [learner_cls.remote(config, checkpoint, i, lc.workers) for i in range(lc.workers)]
+        run_dir = config.train.run_dir
+        self.workers = [
+            ray.remote(RolloutWorker).options(
+                num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=r.resources or None,
+                max_restarts=r.max_restarts, name=actor_name(run_dir, "rollout", i),
+            ).remote(config, checkpoint)
+            for i in range(r.workers)
+        ]  # fmt: skip
+        self.learners = [
+            ray.remote(Learner).options(
+                num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=lc.resources or None,
+                name=actor_name(run_dir, "learner", i),
+            ).remote(config, checkpoint, i, lc.workers)
+            for i in range(lc.workers)
+        ]  # fmt: skip
         address = ray.get(self.learners[0].address.remote())  # the process group meets on learner 0's node
         ray.get([learner.setup.remote(*address) for learner in self.learners])
         self.sync = ObjectStoreSync()
+        self.version = 0
+        self.worker_restarts = 0
 
     def shutdown(self) -> None:
         """Stop the actors now (a session that outlives the run, a test's or a notebook's, gets its CPUs back)."""
         import ray
 
         for actor in self.workers + self.learners:
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
+
+    def sync_weights(self, version: int, workers: list[Any] | None = None) -> float:
+        """The learner's weights into every (or the given) rollout worker, verified; megabytes sent. A worker
+        that died meanwhile is revived (and synced); a dead learner is :class:`LearnerLostError`."""
+        import ray
+
+        targets = self.workers if workers is None else workers
+        try:
+            report = self.sync.sync(self.learners, targets, version)
+        except ray.exceptions.RayActorError as err:
+            self.check_learners(err, "sending weights")
+            dead = [k for k, w in enumerate(self.workers) if w in targets and not _alive(w)]
+            if not dead:
+                raise
+            self.version = version
+            for k in dead:
+                self._revive(k, err)  # waits for the restart, then syncs that worker
+            return self.sync_weights(version, targets)  # the others may have missed this version too
+        self.version = version
+        return report.bytes / 2**20
+
+    def check_learners(self, err: Exception, what: str) -> None:
+        """Raise :class:`LearnerLostError` if a learner is dead (``err`` was about it), else return."""
+        if not all(_alive(learner) for learner in self.learners):
+            raise LearnerLostError(f"a learner died while {what} ({type(err).__name__}: {str(err)[:300]})") from err
 
     def generate(self, samples: Sequence[VerifiableSample], n: int, greedy: bool, seed: int) -> list[Completion]:
         """Prompts split evenly over the workers; completions back in prompt order."""
         import ray
 
         parts = np.array_split(np.arange(len(samples)), len(self.workers))
-        refs = [w.generate.remote([samples[i] for i in idx], n, greedy, seed + k)
-                for k, (w, idx) in enumerate(zip(self.workers, parts, strict=True)) if len(idx)]  # fmt: skip
-        return [c for part in ray.get(refs) for c in part]
+        calls = {k: ([samples[i] for i in idx], n, greedy, seed + k) for k, idx in enumerate(parts) if len(idx)}
+        pending = {k: self.workers[k].generate.remote(*args) for k, args in calls.items()}
+        done: dict[int, list[Completion]] = {}
+        while pending:
+            k, ref = next(iter(pending.items()))
+            try:
+                done[k] = ray.get(ref)
+                del pending[k]
+            except ray.exceptions.RayActorError as err:
+                self._revive(k, err)
+                pending[k] = self.workers[k].generate.remote(*calls[k])
+        return [c for k in sorted(done) for c in done[k]]
+
+    def _revive(self, k: int, err: Exception) -> None:
+        """Wait for Ray to restart rollout worker ``k``, then give it the current weights (verified)."""
+        import ray
+
+        self.worker_restarts += 1
+        limit = self.config.rollout.max_restarts
+        if self.worker_restarts > limit:
+            raise RuntimeError(
+                f"rollout worker {k} died and rollout.max_restarts={limit} restarts are used up: {err}"
+            ) from err
+        print(f"rollout worker {k} died ({type(err).__name__}); Ray restarts it ({self.worker_restarts}/{limit}), "
+              f"then it reloads weights version {self.version}", flush=True)  # fmt: skip
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                ray.get(self.workers[k].policy_version.remote(), timeout=60)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as again:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"rollout worker {k} did not come back within 10 minutes") from again
+                time.sleep(1.0)
+        self.sync_weights(self.version, [self.workers[k]])
 
     def learn(self, rollouts: list[Rollout]) -> dict[str, float]:
         """The batch split over the learners; their metrics averaged."""
-        import ray
 
         n = len(self.learners)
         # every rank takes part in every step (DeepSpeed's collectives); one left without a share gets padding
@@ -184,13 +264,32 @@ class Cluster:
         micro = self.config.learner.micro_batch_size
         micro_batches = max(1, -(-max(len(s) for s in shards) // micro))
         units = loss_units(rollouts, self.config.grpo.aggregation)
-        results = ray.get(
-            [lr.learn.remote(s, units, micro_batches) for lr, s in zip(self.learners, shards, strict=True)]
-        )
+        refs = [lr.learn.remote(s, units, micro_batches) for lr, s in zip(self.learners, shards, strict=True)]
+        results = self._learners_call(refs, "learning")
         merged = {k: float(np.mean([m[k] for m in results])) for k in results[0]}
         merged["learn_tokens"] = float(sum(m["learn_tokens"] for m in results))  # the whole batch's
         merged["learn_seconds"] = max(m["learn_seconds"] for m in results)  # the slowest rank sets the pace
         return merged
+
+    def _learners_call(self, refs: list[Any], what: str) -> list[Any]:
+        """``ray.get`` of calls on the learners; a dead learner becomes :class:`LearnerLostError`."""
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as err:
+            raise LearnerLostError(f"a learner died while {what} ({type(err).__name__}: {str(err)[:300]})") from err
+
+
+def _alive(actor: Any, timeout: float = 30.0) -> bool:
+    """Whether an actor answers (a restarting one is waited for up to ``timeout`` seconds)."""
+    import ray
+
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=timeout)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 def _check_resources(config: Config) -> None:
@@ -376,9 +475,24 @@ def run_train(
 ) -> dict[str, Any]:
     """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report."""
     config, train, eval_set = _prepare(config, resume)  # user mistakes fail here, before Ray starts
+    run_dir, restarts = Path(config.train.run_dir), config.train.max_learner_restarts
     with ray_session(ray_address):
         _check_resources(config)
-        return _run(config, train, eval_set, resume, show_progress)
+        for attempt in range(restarts + 1):
+            try:
+                return _run(config, train, eval_set, resume or attempt > 0, show_progress)
+            except LearnerLostError as err:
+                checkpoint = last_checkpoint(run_dir)
+                where = (
+                    f"its last complete checkpoint is {checkpoint.name}" if checkpoint else "it has no checkpoint yet"
+                )
+                if attempt == restarts:
+                    raise LearnerLostError(
+                        f"{err}. The run stopped; {where}: continue it with `rlad train resume={run_dir}` "
+                        "(or set train.max_learner_restarts to let rlad do that itself)"
+                    ) from err
+                print(f"{err}; restarting the actors, {where} ({attempt + 1}/{restarts})", flush=True)
+    raise AssertionError("unreachable")
 
 
 def _prepare(config: Config, resume: bool):
@@ -424,17 +538,16 @@ def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> dict[str, Any]:
+    """Start the actors and run from step 0, or from the last complete checkpoint with ``resume``."""
     import ray
 
-    run_dir, grpo = Path(config.train.run_dir), config.grpo
+    run_dir = Path(config.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
-
     checkpoint = last_checkpoint(run_dir) if resume else None
     state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else {"step": 0, "version": 0}
-    start, version = state["step"], state["version"]
     store = ReplayStore(run_dir / "replay")
-    set_aside_replay_parts(store, start)
+    set_aside_replay_parts(store, state["step"])
     resumed_report = checkpoint is not None and (run_dir / "report.json").is_file()
     report = json.loads((run_dir / "report.json").read_text()) if resumed_report else {"rows": {}}
     warm = _warm_start(config, run_dir)
@@ -442,27 +555,36 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
     try:
         if checkpoint is not None:
             ray.get([learner.load.remote(str(checkpoint / "learner")) for learner in cluster.learners])
-            print(f"resumed {run_dir} at step {start} from {checkpoint.name}", flush=True)
-        cluster.sync.sync(cluster.learners, cluster.workers, version)  # engines start on the learner's weights
-        if "warm_start" not in report["rows"] and eval_set:
-            report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start"))
-            _write_report(run_dir, report)
-        logbook = Logbook(run_dir, grpo.steps, start, show_progress)
-        if start == 0 and eval_set:
-            logbook.log_eval(0, report["rows"], "warm_start")
+            print(f"resumed {run_dir} at step {state['step']} from {checkpoint.name}", flush=True)
         started = time.perf_counter()
-        _loop(config, cluster, train, eval_set, store, logbook, start, version)
-        if eval_set:
-            report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo"))
-            logbook.log_eval(grpo.steps, report["rows"], "grpo")
-        logbook.close()
+        _stages(cluster, config, train, eval_set, store, report, state["step"], state["version"], show_progress)
         export(cluster.learners, warm, run_dir / "final", config)
+    except ray.exceptions.RayActorError as err:
+        cluster.check_learners(err, "running the step")  # a dead learner: LearnerLostError
+        raise
     finally:
         cluster.shutdown()
-    report.update(run_dir=str(run_dir), steps=grpo.steps, final=str(run_dir / "final"), warm_start=warm,
+    report.update(run_dir=str(run_dir), steps=config.grpo.steps, final=str(run_dir / "final"), warm_start=warm,
                   grpo_seconds_this_session=round(time.perf_counter() - started, 1))  # fmt: skip
     _write_report(run_dir, report)
     return report
+
+
+def _stages(cluster, config, train, eval_set, store, report, start: int, version: int, show_progress: bool) -> None:
+    """Engines onto the learner's weights, the warm start's evaluation, the GRPO steps, the final evaluation."""
+    run_dir, grpo = Path(config.train.run_dir), config.grpo
+    cluster.sync_weights(version)
+    if "warm_start" not in report["rows"] and eval_set:
+        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start"))
+        _write_report(run_dir, report)
+    logbook = Logbook(run_dir, grpo.steps, start, show_progress)
+    if start == 0 and eval_set:
+        logbook.log_eval(0, report["rows"], "warm_start")
+    _loop(config, cluster, train, eval_set, store, logbook, start, version)
+    if eval_set:
+        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo"))
+        logbook.log_eval(grpo.steps, report["rows"], "grpo")
+    logbook.close()
 
 
 def _loop(
@@ -471,6 +593,7 @@ def _loop(
     """The GRPO steps from ``start`` on: sample -> generate -> score -> store -> learn -> sync -> log."""
     grpo, run_dir = config.grpo, Path(config.train.run_dir)
     past = store.groups(min_step=max(0, start - grpo.max_staleness)) if grpo.replay_share else []
+    nonfinite: list[int] = []  # the current run of steps whose update was skipped
     for step in range(start, grpo.steps):
         timer = Timer()
         samples = [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
@@ -484,11 +607,26 @@ def _loop(
         with timer("learn"):
             rollouts, kept, replayed = _learner_batch(config, groups, past, version, step)
             learned = cluster.learn(rollouts) if rollouts else {}
+        if learned.get("skipped_steps", 0) >= grpo.epochs_per_step:  # no update at all this step
+            nonfinite.append(step)
+            limit = grpo.max_nonfinite_steps
+            print(f"step {step}: non-finite loss or gradients, the update was skipped ({len(nonfinite)} in a row; "
+                  f"grpo.max_nonfinite_steps={limit})", flush=True)  # fmt: skip
+            if len(nonfinite) >= limit:
+                last = last_checkpoint(run_dir)
+                raise NonFiniteError(
+                    f"steps {nonfinite} all had a non-finite loss or gradient (see metrics.jsonl: train/skipped_steps)"
+                    f"; the run stopped. Last complete checkpoint: {last.name if last else 'none'}; check the reward "
+                    "functions and the learning rate before resuming"
+                )
+        else:
+            nonfinite = []
         metrics = {}
         if rollouts:
             version += 1
             with timer("sync"):
-                metrics["sync/megabytes"] = cluster.sync.sync(cluster.learners, cluster.workers, version).bytes / 2**20
+                metrics["sync/megabytes"] = cluster.sync_weights(version)
+        metrics["faults/rollout_restarts"] = float(cluster.worker_restarts)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
         logbook.log(step, {**_step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),

@@ -1,6 +1,7 @@
 """The learner (one DeepSpeed rank, gloo on CPU) on the tiny model: exact batch loss across micro-batches,
 the direction of a GRPO step, the KL and engine-logprob paths, and checkpoint round trips."""
 
+import dataclasses
 import json
 
 import pytest
@@ -140,6 +141,27 @@ def test_export_consolidates_a_learner_checkpoint(small_benchmark, tiny_dir, rol
     assert len(exported) >= len(learner.state_dict()) - 1
 
 
+def _skips_a_poisoned_step_without_a_trace(small_benchmark, tiny_dir, rollouts, *more):
+    """A NaN advantage (a broken reward) poisons loss and gradients: the step is skipped, and the next good step
+    lands exactly where it lands for a learner that never saw the poisoned one (weights, Adam moments, lr)."""
+    units = loss_units(rollouts, "token_mean")
+    poisoned = [dataclasses.replace(r, advantage=float("nan")) for r in rollouts]
+    a = _learner(small_benchmark, tiny_dir, *more)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    assert a.learn(poisoned, units, 2)["skipped_steps"] == 1
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert a.learn(rollouts, units, 2)["skipped_steps"] == 0
+    b = _learner(small_benchmark, tiny_dir, *more)
+    b.learn(rollouts, units, 2)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_a_nonfinite_step_is_skipped_without_a_trace(small_benchmark, tiny_dir, rollouts):
+    _skips_a_poisoned_step_without_a_trace(small_benchmark, tiny_dir, rollouts)
+
+
 def test_lora_is_refused_with_the_key_named(small_benchmark, tiny_dir):
     root, _ = small_benchmark
     with pytest.raises(ConfigError, match=r"model\.lora\.r"):
@@ -164,6 +186,7 @@ def test_zero_stages_learn_and_gather_full_weights(small_benchmark, tiny_dir, ro
     reloaded = again.state_dict()
     for name, tensor in after.items():
         torch.testing.assert_close(reloaded[name], tensor, msg=name)
+    _skips_a_poisoned_step_without_a_trace(small_benchmark, tiny_dir, rollouts, f"learner.zero_stage={stage}")
     exported = _exported_from_checkpoint(learner, tiny_dir, tmp_path)  # ZeRO shards consolidated to fp32
     for name, tensor in after.items():
         if name in exported:
