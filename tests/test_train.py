@@ -3,6 +3,8 @@ weight sync and its freshness check, resume after a crash matching an uninterrup
 learners, and the SFT stage inside the run."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,10 +13,11 @@ import ray
 import torch
 
 from rlad.config import ConfigError, load_config
+from rlad.faults import LearnerLostError
 from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
-from rlad.train import Cluster, _learner_batch, last_checkpoint, run_train, step_prompts
+from rlad.train import Cluster, _learner_batch, actor_name, last_checkpoint, run_train, step_prompts
 from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
 
 
@@ -123,6 +126,68 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, tiny_dir, 
     # the store holds each step once; the crashed attempt's step-2 part was set aside, not deleted
     assert len(pq.read_table(run_dir / "replay")) == 4 * 6
     assert len(list((run_dir / "replay-superseded").iterdir())) == 1
+
+
+def _same_as_uninterrupted(full_run, run_dir):
+    """The run's per-step numbers equal the uninterrupted run's, and its store holds each step's groups once."""
+    reference = read_metrics(full_run[0] / "metrics.jsonl")
+    got = read_metrics(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in got] == [0, 1, 2, 3]
+    for a, b in zip(reference, got, strict=True):
+        for key in ("reward/total", "train/loss", "train/grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    table = pq.read_table(run_dir / "replay").to_pandas()
+    assert len(table) == 4 * 6 and len(set(zip(table["step"], table["group_id"], strict=True))) == 4 * 2
+    return got
+
+
+def _kill_when(ready, name, restart):
+    """A thread that kills the named actor of this Ray session once ``ready()`` holds (fault injection)."""
+
+    def run():
+        deadline = time.monotonic() + 300
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ray.kill(ray.get_actor(name), no_restart=not restart)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _steps_logged(run_dir, n):
+    return lambda: len(read_metrics(run_dir / "metrics.jsonl")) >= n if (run_dir / "metrics.jsonl").is_file() else False
+
+
+def test_a_rollout_worker_killed_mid_run_is_restarted_on_current_weights(full_run, tiny_dir, tmp_path):
+    """Ray restarts the worker, it gets the current weights (verified) before generating again, and the run
+    ends exactly as the uninterrupted one: no group lost, none stored twice."""
+    _, _, root = full_run
+    run_dir = tmp_path / "run"
+    killer = _kill_when(_steps_logged(run_dir, 1), actor_name(run_dir, "rollout", 0), restart=True)
+    run_train(_config(root, run_dir, tiny_dir, "train.warm_start=base"), show_progress=False)
+    killer.join()
+    metrics = _same_as_uninterrupted(full_run, run_dir)
+    assert metrics[-1]["faults/rollout_restarts"] == 1
+    assert all(m["train/logprob_mismatch"] < 1e-3 for m in metrics)  # the restarted engine sampled fresh weights
+
+
+def test_a_dead_learner_stops_the_run_or_rlad_resumes_from_the_checkpoint(full_run, tiny_dir, tmp_path):
+    _, _, root = full_run
+    stopped = tmp_path / "stopped"
+    killer = _kill_when(lambda: last_checkpoint(stopped) is not None, actor_name(stopped, "learner", 0), False)
+    with pytest.raises(LearnerLostError, match=rf"last complete checkpoint is step-000002.*resume={stopped}"):
+        run_train(_config(root, stopped, tiny_dir, "train.warm_start=base"), show_progress=False)
+    killer.join()
+    assert (stopped / "checkpoints/step-000002/state.json").is_file() and not (stopped / "final").exists()
+
+    healed = tmp_path / "healed"
+    config = _config(root, healed, tiny_dir, "train.warm_start=base", "train.max_learner_restarts=1")
+    killer = _kill_when(lambda: last_checkpoint(healed) is not None, actor_name(healed, "learner", 0), False)
+    run_train(config, show_progress=False)
+    killer.join()
+    _same_as_uninterrupted(full_run, healed)
+    assert (healed / "final/model.safetensors").is_file()
 
 
 def test_stale_weights_fail_the_sync():
