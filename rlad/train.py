@@ -118,8 +118,16 @@ def save_checkpoint(run_dir: Path, learners: list[Any], state: dict[str, Any], k
     tmp = final.with_name(f".{final.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ray.get([learner.save.remote(str(tmp / "learner")) for learner in learners])
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    try:
+        ray.get([learner.save.remote(str(tmp / "learner")) for learner in learners])
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    except (OSError, ray.exceptions.RayTaskError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = last_checkpoint(run_dir)
+        raise OSError(
+            f"checkpoint {final} could not be written ({str(err).strip().splitlines()[-1][:300]}); "
+            f"the previous one, {previous.name if previous else 'none'}, is intact"
+        ) from err
     os.replace(tmp, final)
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old)
@@ -524,11 +532,49 @@ def _prepare(config: Config, resume: bool):
         check_sft_config(config)
     if config.train.warm_start and not Path(config.train.warm_start, "config.json").is_file():
         raise ConfigError(f"train.warm_start {config.train.warm_start!r} is not a checkpoint folder (no config.json)")
+    check_run_dir(config)
     train, held_out = rl_samples(config)
     if len(train) < grpo.prompts_per_step:
         raise ConfigError(f"grpo.prompts_per_step={grpo.prompts_per_step} but only {len(train)} training questions")
     eval_set = random.Random(config.seed).sample(held_out, min(config.train.eval_samples, len(held_out)))
     return config, train, eval_set
+
+
+def checkpoint_bytes(model_dir: str | Path) -> int:
+    """Disk a run needs for one learner checkpoint plus the exported policy: fp32 weights and Adam's two
+    moments (3 x 4 bytes per parameter) and one copy of the weights, read from the safetensors headers."""
+    from safetensors import safe_open
+
+    params = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                params += int(np.prod(f.get_slice(name).get_shape()))
+    return params * (12 + 4)
+
+
+def check_run_dir(config: Config) -> None:
+    """The run folder can be written and its disk holds a checkpoint (``train.save_total_limit`` of them, plus
+    the export): ConfigError naming the folder now, not an OSError hours into the run."""
+    run_dir = Path(config.train.run_dir)
+    existed = run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".rlad-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        free = shutil.disk_usage(run_dir).free
+        if not existed:
+            run_dir.rmdir()  # nothing is left behind by a run that a later check refuses
+    except OSError as err:
+        raise ConfigError(f"train.run_dir {run_dir} cannot be written: {err}") from err
+    model_dir = config.train.warm_start or config.model.path
+    need = checkpoint_bytes(model_dir) * (config.train.save_total_limit + 1)
+    if need > free:
+        raise ConfigError(
+            f"train.run_dir {run_dir}: {free / 2**30:.2f} GiB free, but {config.train.save_total_limit} checkpoints "
+            f"and the exported policy of {model_dir} need about {need / 2**30:.2f} GiB (train.save_total_limit)"
+        )
 
 
 def _write_report(run_dir: Path, report: dict[str, Any]) -> None:

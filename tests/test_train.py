@@ -3,8 +3,10 @@ weight sync and its freshness check, resume after a crash matching an uninterrup
 learners, and the SFT stage inside the run."""
 
 import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,7 +19,15 @@ from rlad.faults import LearnerLostError
 from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
-from rlad.train import Cluster, _learner_batch, actor_name, last_checkpoint, run_train, step_prompts
+from rlad.train import (
+    Cluster,
+    _learner_batch,
+    actor_name,
+    last_checkpoint,
+    run_train,
+    save_checkpoint,
+    step_prompts,
+)
 from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
 
 
@@ -188,6 +198,38 @@ def test_a_dead_learner_stops_the_run_or_rlad_resumes_from_the_checkpoint(full_r
     killer.join()
     _same_as_uninterrupted(full_run, healed)
     assert (healed / "final/model.safetensors").is_file()
+
+
+def test_an_unwritable_or_full_run_folder_is_refused_before_anything_starts(full_run, tiny_dir, tmp_path, monkeypatch):
+    _, _, root = full_run
+    (tmp_path / "a-file").write_text("in the way")
+    with pytest.raises(ConfigError, match=r"train.run_dir .*a-file/run cannot be written"):
+        run_train(_config(root, tmp_path / "a-file" / "run", tiny_dir), show_progress=False)
+    import rlad.train
+
+    monkeypatch.setattr(rlad.train.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 10**3))
+    with pytest.raises(ConfigError, match=r"0.00 GiB free, but 2 checkpoints and the exported policy .* need about"):
+        run_train(_config(root, tmp_path / "run", tiny_dir), show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_that_fails_to_write_keeps_the_previous_one(tmp_path):
+    @ray.remote(num_cpus=0)
+    class FullDisk:
+        def save(self, folder):
+            raise OSError(28, "No space left on device")
+
+    @ray.remote(num_cpus=0)
+    class Fine:
+        def save(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "weights").write_text("w")
+
+    save_checkpoint(tmp_path, [Fine.remote()], {"step": 2}, keep=2)
+    with pytest.raises(OSError, match=r"step-000004 could not be written .*No space left.*step-000002, is intact"):
+        save_checkpoint(tmp_path, [FullDisk.remote()], {"step": 4}, keep=2)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]  # no partial left either
+    assert last_checkpoint(tmp_path).name == "step-000002"
 
 
 def test_stale_weights_fail_the_sync():
