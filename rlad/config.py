@@ -63,6 +63,16 @@ class MaskConfig:
             raise ConfigError(f"mask.tau must be in (0, 1], got {self.tau}")
 
 
+def check_output_path(key: str, path: str) -> None:
+    """A relative output folder must stay inside the working directory once resolved (``runs/../../x`` is a
+    typo or a trick, refused); an absolute one is the user's explicit choice and taken as given."""
+    if Path(path).is_absolute():
+        return
+    resolved = (Path.cwd() / path).resolve()
+    if not resolved.is_relative_to(Path.cwd().resolve()):
+        raise ConfigError(f"{key} {path!r} leaves the working directory ({resolved}); give an absolute path instead")
+
+
 def paper_rewards() -> dict[str, Any]:
     """OmniAD's reward mix: format + detection (alpha 2) + answer (1 right, 0.1 wrong), equal weights."""
     return {
@@ -229,6 +239,7 @@ class SFTConfig:
     """DataLoader processes that load and preprocess images."""
 
     def __post_init__(self) -> None:
+        check_output_path("sft.output_dir", self.output_dir)
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("sft.lr must be > 0, sft.batch_size and sft.grad_accum >= 1")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -378,6 +389,7 @@ class TrainConfig:
     checkpoint itself, up to n times per run."""
 
     def __post_init__(self) -> None:
+        check_output_path("train.run_dir", self.run_dir)
         if self.max_learner_restarts < 0:
             raise ConfigError(f"train.max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
         if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:

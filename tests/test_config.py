@@ -46,6 +46,13 @@ def test_format_reward_follows_the_output_layout():
     assert cfg.rewards["format"]["blocks"] == ["think", "answer"]
 
 
+@pytest.mark.parametrize("key", ["train.run_dir", "sft.output_dir"])
+def test_output_folders_cannot_escape_the_working_directory(key):
+    with pytest.raises(ConfigError, match=rf"{key} 'runs/../../elsewhere' leaves the working directory"):
+        load_config(None, [f"{key}=runs/../../elsewhere"])
+    assert load_config(None, [f"{key}=/tmp/rlad-run"])  # an absolute path is explicit: taken as given
+
+
 @pytest.mark.parametrize(
     "overrides, says",
     [
