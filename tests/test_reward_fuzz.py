@@ -1,4 +1,5 @@
-"""Every reward, and the mix, returns a finite float for any string and never raises."""
+"""Every reward, and the mix, returns a finite float for any string and never raises; the metrics of an
+evaluation and of a training step are computed for any string too, in bounded time."""
 
 import math
 import random
@@ -10,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards import RewardMix
+from rlad.completion import BLOCKS
 from rlad.config import paper_rewards
+from rlad.evaluate import evaluation_metrics
+from rlad.scoring import ScoredRecord, summarise
 
 MIX = RewardMix(paper_rewards())
 SAMPLES = [make_sample([(1, 1), (1, 2)], grid=24, answer="B", options="ABCD"), make_sample([], grid=24)]
@@ -41,10 +45,17 @@ ADVERSARIAL = [
 
 
 def check(texts):
+    """Every reward finite, and the metrics of ``rlad eval`` and of a training step computed, for each sample."""
     for sample in SAMPLES:
         scores = MIX.score(texts, [sample] * len(texts))
         for name, values in [("total", scores.total), *scores.components.items()]:
             assert all(isinstance(v, float) and math.isfinite(v) for v in values.tolist()), name
+        records = [ScoredRecord(t, sample, "fuzz") for t in texts]
+        rows = [{"total": float(scores.total[i])} for i in range(len(texts))]
+        for blocks in (BLOCKS, ("think", "answer")):
+            metrics = evaluation_metrics(records, rows, blocks)
+            assert 0.0 <= metrics["format_rate"] <= 1.0 and metrics["n"] == len(texts)
+        assert summarise(records, rows)["fuzz"]["n"] == len(texts)
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
