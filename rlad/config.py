@@ -437,6 +437,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             from_file = OmegaConf.load(path)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        except OmegaConfBaseException as err:  # e.g. a malformed ${...} interpolation
+            raise ConfigError(f"{path}: {_describe_omegaconf_error(err)}") from err
         if not isinstance(from_file, DictConfig):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got a list")
         try:
