@@ -645,7 +645,15 @@ def _loop(
         samples = [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
         with timer("generate"):
             seed = sampling_seed(config.seed, step)
-            completions = cluster.generate(samples, grpo.group_size, greedy=False, seed=seed)
+            try:
+                completions = cluster.generate(samples, grpo.group_size, greedy=False, seed=seed)
+            except NonFiniteError as err:
+                kept = [p.parent.name for p in sorted((run_dir / "checkpoints").glob("step-*/state.json"))]
+                raise NonFiniteError(
+                    f"step {step}: the policy diverged (version {version} samples from non-finite probabilities); the "
+                    f"run stopped. Checkpoints on disk: {', '.join(kept) or 'none'} (the newest may already hold "
+                    "diverged weights: move it aside and `rlad train resume=RUN_DIR grpo.lr=...` continues from the one before)"
+                ) from err
         with timer("reward"):
             records, scores, groups = _score_groups(config, samples, completions, step)
         with timer("store"):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlad.config import GenerationConfig
+from rlad.faults import NonFiniteError
 from rlad.inputs import InputBuilder
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion
@@ -84,7 +85,15 @@ class TransformersEngine:
             inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-            result = self.model.generate(**inputs, generation_config=config)
+            try:
+                result = self.model.generate(**inputs, generation_config=config)
+            except RuntimeError as err:
+                if "probability tensor contains" not in str(err):
+                    raise
+                raise NonFiniteError(
+                    f"policy version {self.policy_version} produces non-finite probabilities ({err}): its weights "
+                    "diverged"
+                ) from err
             new = result.sequences[:, inputs["input_ids"].shape[1] :]  # (len(chunk) * n, new tokens)
             # raw logits per step -> log-probs of the sampled tokens at the sampling temperature: (rows, new tokens)
             temperature = 1.0 if greedy else self.generation.temperature

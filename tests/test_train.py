@@ -15,7 +15,7 @@ import ray
 import torch
 
 from rlad.config import ConfigError, load_config
-from rlad.faults import LearnerLostError
+from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
@@ -230,6 +230,17 @@ def test_a_checkpoint_that_fails_to_write_keeps_the_previous_one(tmp_path):
         save_checkpoint(tmp_path, [FullDisk.remote()], {"step": 4}, keep=2)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]  # no partial left either
     assert last_checkpoint(tmp_path).name == "step-000002"
+
+
+def test_a_diverged_policy_stops_the_run_by_name(full_run, tiny_dir, tmp_path):
+    """lr 1e30 blows the weights up at the first step: the next generation would sample from NaN probabilities.
+    The run stops with that said, naming the checkpoint to resume from, not with a sampler's stack trace."""
+    _, _, root = full_run
+    run_dir = tmp_path / "run"
+    config = _config(root, run_dir, tiny_dir, "grpo.lr=1e30", "grpo.steps=3", "train.save_steps=1",
+                     "train.eval_samples=0")  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"step \d: the policy diverged .* Checkpoints on disk: step-000001"):
+        run_train(config, show_progress=False)
 
 
 def test_stale_weights_fail_the_sync():
