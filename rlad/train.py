@@ -652,7 +652,8 @@ def _loop(
                 raise NonFiniteError(
                     f"step {step}: the policy diverged (version {version} samples from non-finite probabilities); the "
                     f"run stopped. Checkpoints on disk: {', '.join(kept) or 'none'} (the newest may already hold "
-                    "diverged weights: move it aside and `rlad train resume=RUN_DIR grpo.lr=...` continues from the one before)"
+                    "diverged weights: move it aside and `rlad train resume=RUN_DIR grpo.lr=...` continues from the "
+                    "one before)"
                 ) from err
         with timer("reward"):
             records, scores, groups = _score_groups(config, samples, completions, step)
