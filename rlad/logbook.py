@@ -18,10 +18,19 @@ __all__ = ["Logbook", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.jsonl``. A last line cut short (the process was killed while appending it) is
+    left out: its step is after the last checkpoint, so a resume redoes and logs it again."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            rows.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 class Logbook:

@@ -350,3 +350,12 @@ def test_rewards_in_ray_tasks_match_the_driver_even_with_every_cpu_reserved(smal
     ray.kill(hog)
     assert parallel == score_records(records, RewardMix(paper_rewards()))
     assert len({s["total"] for s in parallel}) > 1
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_left_out(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "reward/total": 1.0}\n{"step": 1, "reward/total": 2.0}\n{"step": 2, "rew')
+    assert [m["step"] for m in read_metrics(path)] == [0, 1]
+    path.write_text('{"step": 0}\n{"ste\n{"step": 2}\n')  # damage anywhere else is not a kill: it is an error
+    with pytest.raises(json.JSONDecodeError):
+        read_metrics(path)
