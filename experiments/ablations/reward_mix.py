@@ -5,21 +5,68 @@ policy (the mix only matters to GRPO).
     python experiments/ablations/reward_mix.py [--config configs/demo.yaml] [--out runs/ablations] [key=value ...]
 
 Writes ``<out>/reward_mix.md`` and ``<out>/reward_mix_rewards.png``, then the cheap form of the same ablation:
-the "All" run's replay store re-scored under each mix (``rlad rescore``, nothing generated), in
+the "All" run's replay store re-scored under each mix (nothing generated: the learning signal each mix
+would have given the same samples), in
 ``<out>/reward_mix_rescored.md``.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
-from common import ROOT, Variant, parse_args, run_table, train
+from common import Variant, parse_args, run_table, train
 
 VARIANTS = [
     Variant("w/o AAR", overrides=("rewards.answer.weight=0",)),
     Variant("w/o DAR", overrides=("rewards.detection.weight=0",)),
     Variant("All"),
 ]
+
+
+def rescored_table(run: Path, args) -> str:
+    """The "All" run's replay store re-scored under each mix (nothing generated): the mean total each mix gives
+    early and late in the run, and how the learning signal differs — the share of groups with no signal at all
+    (every completion scored alike) and the share of completions whose advantage has the opposite sign to the
+    one the run trained with."""
+    import numpy as np
+    import torch
+
+    from rewards import RewardMix
+    from rlad.config import load_config
+    from rlad.grpo import group_advantages
+    from rlad.replay import ReplayStore
+    from rlad.tables import markdown_table
+
+    groups = ReplayStore(run / "replay").groups()
+    steps = sorted({g.step for g in groups})
+    quarter = max(1, len(steps) // 4)
+    early, late = set(steps[:quarter]), set(steps[-quarter:])
+    signal = {}
+    for v in VARIANTS:
+        mix = RewardMix(load_config(args.config, [*args.overrides, *v.overrides]).rewards)
+        totals = [mix.score(g.completions, [g.sample] * len(g.completions)).total for g in groups]
+        advantages = [group_advantages(torch.tensor(t), len(t), "none").numpy() for t in totals]
+        signal[v.name] = (totals, advantages)
+    trained = signal[VARIANTS[-1].name][1]
+    rows = []
+    for name, (totals, advantages) in signal.items():
+        flat = np.concatenate(advantages)
+        flipped = np.mean(np.sign(flat) * np.sign(np.concatenate(trained)) < 0)
+        rows.append([
+            name,
+            f"{np.mean([t.mean() for t, g in zip(totals, groups, strict=True) if g.step in early]):.3f}",
+            f"{np.mean([t.mean() for t, g in zip(totals, groups, strict=True) if g.step in late]):.3f}",
+            f"{np.mean([np.ptp(t) < 1e-9 for t in totals]):.3f}",
+            f"{flipped:.3f}",
+        ])  # fmt: skip
+    header = ["mix", f"mean total, steps {min(early)}-{max(early)}", f"mean total, steps {min(late)}-{max(late)}",
+              "groups without signal", "advantages of opposite sign"]  # fmt: skip
+    return (
+        '# The reward mixes by re-scoring the replay store of the "All" run\n\n'
+        f"{len(groups)} stored groups of `{run.name}`, scored again under each mix (nothing generated). The policy "
+        "is the one trained with all rewards: this shows how each mix would have rated the same samples and how "
+        "different a learning signal it would have given (advantages centred per group, as the run's).\n\n"
+        + markdown_table(header, rows)
+    )
+
 
 if __name__ == "__main__":
     args = parse_args(__doc__)
@@ -31,15 +78,6 @@ if __name__ == "__main__":
         "reward_mix",
     )
     run = train(VARIANTS[-1], args).parent  # already trained above: its run folder
-    parts = [
-        '# The same reward mixes by re-scoring the replay store of the "All" run\n',
-        "Every stored completion of the run, scored again under each mix: the policy is the one trained with "
-        "all rewards, so this shows how each mix would have *rated* the same samples, per step.\n",
-    ]
-    for v in VARIANTS:
-        command = [sys.executable, "-m", "rlad.cli", "rescore", str(run), "--config", args.config, *v.overrides]
-        table = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True).stdout
-        parts.append(f"## {v.name}\n\n```\n{table.rstrip()}\n```\n")
     path = Path(args.out) / "reward_mix_rescored.md"
-    path.write_text("\n".join(parts))
-    print("\n".join(parts) + f"\nwritten to {path}")
+    path.write_text(rescored_table(run, args))
+    print(path.read_text() + f"\nwritten to {path}")
