@@ -359,3 +359,21 @@ def test_a_metrics_line_cut_short_by_a_kill_is_left_out(tmp_path):
     path.write_text('{"step": 0}\n{"ste\n{"step": 2}\n')  # damage anywhere else is not a kill: it is an error
     with pytest.raises(json.JSONDecodeError):
         read_metrics(path)
+
+
+def test_ablation_helpers_rescore_a_run_and_draw_its_curves(full_run, tmp_path):
+    """experiments/ablations: the cheap reward-mix form on a real replay store, and the reward-curve PNG."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "ablations"))
+    from common import _slug, reward_curves
+    from reward_mix import rescored_table
+
+    run_dir = full_run[0]
+    table = rescored_table(run_dir, SimpleNamespace(config=None, overrides=[]))
+    rows = [line for line in table.splitlines() if line.startswith("| w/o") or line.startswith("| All")]
+    assert len(rows) == 3 and rows[-1].endswith("| 0.000 |")  # the trained mix never disagrees with itself
+    png = reward_curves({"run": run_dir / "metrics.jsonl"}, tmp_path / "curves.png", "t", smooth=2)
+    assert png.stat().st_size > 1000
+    assert _slug(["rewards.answer.weight=0"]) != _slug(["rewards.detection.weight=0"])
