@@ -186,6 +186,11 @@ def test_predict_prints_answer_and_grid_and_writes_an_overlay(checkpoint, small_
     out = capsys.readouterr().out
     assert "completion:" in out and "answer:" in out and "anomalous patches (8x8)" in out
     assert (tmp_path / "p.png").is_file()
+    reference = small_benchmark[1][0].reference  # a normal image of the same class: the 1-shot prompt
+    question = "Where is the defect?\\nA. Top left\\nB. Bottom right\\nC. None"
+    main(["predict", str(checkpoint), image, "--reference", reference, "--question", question,
+          "--out", str(tmp_path / "q.png")])  # fmt: skip
+    assert "answer:" in capsys.readouterr().out and (tmp_path / "q.png").is_file()
     with pytest.raises(SystemExit):
         main(["predict", str(checkpoint), image, "--question", "Which colour? red or white"])
     assert "lists no options" in capsys.readouterr().err
