@@ -25,11 +25,13 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,9 +41,24 @@ from rlad.logprobs import token_logprobs
 from rlad.policy import load_policy, set_threads
 from rlad.sample import VerifiableSample
 
-__all__ = ["Learner", "Rollout", "check_config", "loss_units"]
+__all__ = ["Learner", "NodeAddress", "Rollout", "check_config", "loss_units", "rendezvous_url"]
 
 CHECKPOINT_TAG = "learner"
+
+
+class NodeAddress(NamedTuple):
+    node_id: str
+    ip: str
+    port: int  # free when asked
+    tmp: str  # the node's temporary folder
+
+
+def rendezvous_url(addresses: Sequence[NodeAddress], token: str) -> str:
+    """Where the learners' process group meets. All on one node: a file in its temporary folder, so rlad opens no
+    network port for it; across nodes: rank 0's address and port (``tcp://``), which the nodes must reach."""
+    if len({a.node_id for a in addresses}) == 1:
+        return f"file://{Path(addresses[0].tmp) / f'rlad-rendezvous-{token}'}"
+    return f"tcp://{addresses[0].ip}:{addresses[0].port}"
 
 
 @dataclass
@@ -108,8 +125,8 @@ class Learner:
         self.world_size = world_size
         set_threads(config.learner.threads)
 
-    def address(self) -> tuple[str, int]:
-        """This node's address and a free port: where the other ranks meet rank 0."""
+    def address(self) -> NodeAddress:
+        """Where this learner runs, and a free port on its node: what :func:`rendezvous_url` needs."""
         import socket
 
         import ray
@@ -117,21 +134,24 @@ class Learner:
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-        return ip, port
+        if not ray.is_initialized():
+            return NodeAddress("local", "127.0.0.1", port, tempfile.gettempdir())
+        return NodeAddress(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), port,
+                           tempfile.gettempdir())  # fmt: skip
 
-    def setup(self, master_addr: str | None = None, master_port: int | None = None) -> None:
+    def setup(self, rendezvous: str | None = None) -> None:
+        """Join the learners' process group at ``rendezvous`` (:func:`rendezvous_url`; default: this learner
+        alone, through a fresh file), build the policy, the optimizer and the DeepSpeed engine."""
         import deepspeed
 
         config, rank, world_size, checkpoint = self.config, self.rank, self.world_size, self.checkpoint
-        if master_addr is None:
-            master_addr, master_port = self.address()
+        if rendezvous is None:
+            rendezvous = rendezvous_url([self.address()], uuid.uuid4().hex)
         use_gpu = config.learner.num_gpus > 0 and torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
-        env = {"RANK": rank, "LOCAL_RANK": 0, "WORLD_SIZE": world_size, "MASTER_ADDR": master_addr,
-               "MASTER_PORT": master_port}  # fmt: skip
-        os.environ.update({k: str(v) for k, v in env.items()})
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size)})
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False,
+                                   init_method=rendezvous, rank=rank, world_size=world_size)  # fmt: skip
         torch.manual_seed(config.seed + rank)
 
         model_config = _policy_config(config, checkpoint)

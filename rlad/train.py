@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from rlad.config import Config, ConfigError, save_config
 from rlad.evaluate import save_and_summarise
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
-from rlad.learner import Learner, Rollout, check_config, loss_units
+from rlad.learner import Learner, Rollout, check_config, loss_units, rendezvous_url
 from rlad.logbook import Logbook
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
@@ -183,8 +184,9 @@ class Cluster:
             ).remote(config, checkpoint, i, lc.workers)
             for i in range(lc.workers)
         ]  # fmt: skip
-        address = ray.get(self.learners[0].address.remote())  # the process group meets on learner 0's node
-        ray.get([learner.setup.remote(*address) for learner in self.learners])
+        addresses = ray.get([learner.address.remote() for learner in self.learners])
+        rendezvous = rendezvous_url(addresses, uuid.uuid4().hex)  # one node: a file, no port opened
+        ray.get([learner.setup.remote(rendezvous) for learner in self.learners])
         self.sync = ObjectStoreSync()
         self.version = 0
         self.worker_restarts = 0

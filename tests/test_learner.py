@@ -202,3 +202,12 @@ def test_a_padding_share_runs_but_counts_for_nothing(small_benchmark, tiny_dir, 
     padding = [dataclasses.replace(rollouts[0], padding=True)]
     grads = _gradients(learner, padding, 1, monkeypatch)
     assert grads and all(float(g.abs().max()) == 0.0 for g in grads.values())
+
+
+def test_learners_on_one_node_meet_through_a_file_and_across_nodes_over_tcp():
+    from rlad.learner import NodeAddress, rendezvous_url
+
+    one = [NodeAddress("n1", "10.0.0.5", 4000, "/tmp"), NodeAddress("n1", "10.0.0.5", 4001, "/tmp")]
+    assert rendezvous_url(one, "abc") == "file:///tmp/rlad-rendezvous-abc"  # no network port opened by rlad
+    two = [NodeAddress("n1", "10.0.0.5", 4000, "/tmp"), NodeAddress("n2", "10.0.0.6", 4001, "/tmp")]
+    assert rendezvous_url(two, "abc") == "tcp://10.0.0.5:4000"  # rank 0's node

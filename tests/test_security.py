@@ -1,7 +1,10 @@
 """What rlad reads from files it did not write: never a pickle, never code. Checked on the source itself and on
 the paths a hostile config or dataset could try."""
 
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,3 +57,17 @@ def test_config_interpolations_never_run_code(value, says, tmp_path):
     path.write_text(f"train:\n  run_dir: {value}\n")
     with pytest.raises(ConfigError, match=says):
         load_config(path)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to list listening sockets")
+def test_a_learner_listens_on_loopback_only(small_benchmark, tiny_dir):
+    """On one node the learners' process group meets through a file, and gloo's sockets bind to loopback: a
+    learner opens no port on the network."""
+    from rlad.learner import Learner
+
+    root, _ = small_benchmark
+    config = load_config(None, [f"data.root={root}", "mask.grid=8", "model.image_size=224", f"model.path={tiny_dir}"])
+    Learner(config, str(tiny_dir)).setup()
+    listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
+    mine = [line.split()[3] for line in listening if f"pid={os.getpid()}," in line]
+    assert all(address.startswith(("127.0.0.1:", "[::1]:")) for address in mine), mine
