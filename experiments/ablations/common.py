@@ -66,9 +66,8 @@ def train(variant: Variant, args: argparse.Namespace) -> Path:
         # The reward mix is GRPO's business: variants that differ only in it share one SFT run.
         layout = [o for o in variant.overrides if not o.startswith("rewards.")]
         sft_dir = out / f"sft-{_slug(layout)}"
-        if not (sft_dir / "report.json").is_file():
-            sft_overrides = [o for o in base if not o.startswith("rewards.")]
-            _rlad("sft", args.config, *sft_overrides, f"sft.output_dir={sft_dir}")
+        if not (sft_dir / "report.json").is_file():  # the mix rides along: a layout without <seg> needs it valid
+            _rlad("sft", args.config, *base, f"sft.output_dir={sft_dir}")
         warm = str(sft_dir / "final")
         if not variant.grpo:
             return sft_dir / "final"
