@@ -111,12 +111,9 @@ def _deepspeed_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_model(source: Source) -> Any:
-    import transformers
+    from rlad.policy import model_class
 
-    from rlad.policy import SUPPORTED_MODEL_TYPES
-
-    model_type = json.loads((source.base / "config.json").read_text())["model_type"]
-    cls = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    cls = model_class(source.base)
     if source.kind == "checkpoint":
         return cls.from_pretrained(source.weights, dtype="auto", local_files_only=True)
     model = cls.from_pretrained(source.base, dtype="auto", local_files_only=True)

@@ -96,6 +96,14 @@ def policy_config(checkpoint: Path, config_file: str | None = None, overrides: S
     return load_config(base, [*overrides, f"model.path={checkpoint}"])
 
 
+def model_class(path: Path) -> Any:
+    """The transformers class of the (supported) checkpoint at ``path``, from its config.json."""
+    import transformers
+
+    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+
+
 def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
     if config.dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -139,13 +147,10 @@ def load_policy(
     blocks: Sequence[str] = BLOCKS,
 ) -> Policy:
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
-    import transformers
     from transformers import AutoTokenizer
 
     path = resolve_model_path(config)
-    model_type = json.loads((path / "config.json").read_text())["model_type"]
-    model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
-    model = model_class.from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
+    model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
     model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = load_image_processor(path, config)

@@ -221,7 +221,7 @@ class Cluster:
     def check_learners(self, err: Exception, what: str) -> None:
         """Raise :class:`LearnerLostError` if a learner is dead (``err`` was about it), else return."""
         if not all(_alive(learner) for learner in self.learners):
-            raise LearnerLostError(f"a learner died while {what} ({type(err).__name__}: {str(err)[:300]})") from err
+            raise _learner_lost(err, what) from err
 
     def generate(self, samples: Sequence[VerifiableSample], n: int, greedy: bool, seed: int) -> list[Completion]:
         """Prompts split evenly over the workers; completions back in prompt order."""
@@ -288,7 +288,11 @@ class Cluster:
         try:
             return ray.get(refs)
         except ray.exceptions.RayActorError as err:
-            raise LearnerLostError(f"a learner died while {what} ({type(err).__name__}: {str(err)[:300]})") from err
+            raise _learner_lost(err, what) from err
+
+
+def _learner_lost(err: Exception, what: str) -> LearnerLostError:
+    return LearnerLostError(f"a learner died while {what} ({type(err).__name__}: {str(err)[:300]})")
 
 
 def _alive(actor: Any, timeout: float = 30.0) -> bool:
@@ -542,9 +546,8 @@ def _prepare(config: Config, resume: bool):
     return config, train, eval_set
 
 
-def checkpoint_bytes(model_dir: str | Path) -> int:
-    """Disk a run needs for one learner checkpoint plus the exported policy: fp32 weights and Adam's two
-    moments (3 x 4 bytes per parameter) and one copy of the weights, read from the safetensors headers."""
+def parameter_count(model_dir: str | Path) -> int:
+    """Parameters of the checkpoint at ``model_dir``, read from its safetensors headers (no weights loaded)."""
     from safetensors import safe_open
 
     params = 0
@@ -552,7 +555,7 @@ def checkpoint_bytes(model_dir: str | Path) -> int:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 params += int(np.prod(f.get_slice(name).get_shape()))
-    return params * (12 + 4)
+    return params
 
 
 def check_run_dir(config: Config) -> None:
@@ -571,11 +574,14 @@ def check_run_dir(config: Config) -> None:
     except OSError as err:
         raise ConfigError(f"train.run_dir {run_dir} cannot be written: {err}") from err
     model_dir = config.train.warm_start or config.model.path
-    need = checkpoint_bytes(model_dir) * (config.train.save_total_limit + 1)
+    keep = config.train.save_total_limit
+    # a learner checkpoint is fp32 weights + Adam's two moments (12 bytes a parameter); a new one is written
+    # before the oldest kept is deleted; the export is one fp32 copy
+    need = parameter_count(model_dir) * (12 * (keep + 1) + 4)
     if need > free:
         raise ConfigError(
-            f"train.run_dir {run_dir}: {free / 2**30:.2f} GiB free, but {config.train.save_total_limit} checkpoints "
-            f"and the exported policy of {model_dir} need about {need / 2**30:.2f} GiB (train.save_total_limit)"
+            f"train.run_dir {run_dir}: {free / 2**30:.2f} GiB free, but {keep} checkpoints (+1 being written) and "
+            f"the exported policy of {model_dir} need about {need / 2**30:.2f} GiB (train.save_total_limit)"
         )
 
 

@@ -208,7 +208,10 @@ def test_an_unwritable_or_full_run_folder_is_refused_before_anything_starts(full
     import rlad.train
 
     monkeypatch.setattr(rlad.train.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 10**3))
-    with pytest.raises(ConfigError, match=r"0.00 GiB free, but 2 checkpoints and the exported policy .* need about"):
+    with pytest.raises(
+        ConfigError,
+        match=r"0.00 GiB free, but 2 checkpoints \(\+1 being written\) and the exported policy .* need about",
+    ):
         run_train(_config(root, tmp_path / "run", tiny_dir), show_progress=False)
     assert not (tmp_path / "run").exists()
 
