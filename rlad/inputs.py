@@ -36,6 +36,7 @@ __all__ = [
     "InputBuilder",
     "messages_for",
     "system_prompt",
+    "to_model",
 ]
 
 SYSTEM_PROMPT = (
@@ -75,9 +76,11 @@ def system_prompt(blocks: Sequence[str] = BLOCKS) -> str:
 def messages_for(sample: VerifiableSample, shots: int, blocks: Sequence[str] = BLOCKS) -> list[dict[str, Any]]:
     """Chat messages for one sample; ``shots=1`` puts its normal reference image first (when it has one)."""
     content: list[dict[str, Any]] = []
-    if shots and sample.reference:
+    if shots and sample.reference and sample.image:
         content += [{"type": "image"}, {"type": "text", "text": REFERENCE_TEXT}]
-    content += [{"type": "image"}, {"type": "text", "text": sample.question}]
+    if sample.image:  # an image-free sample (a text-only question) asks the question alone
+        content.append({"type": "image"})
+    content.append({"type": "text", "text": sample.question})
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt(blocks)}]},
         {"role": "user", "content": content},
@@ -89,7 +92,7 @@ class EncodedSample:
     """One sample's tensors. ``labels`` is None for a prompt (rollout); image rows are in prompt order."""
 
     input_ids: torch.Tensor  # (L,) long
-    pixel_values: torch.Tensor  # (sum over images of t*h*w, C * temporal_patch * patch**2) float
+    pixel_values: torch.Tensor | None  # (sum over images of t*h*w, C * temporal_patch * patch**2); None: no image
     image_grid_thw: torch.Tensor  # (n_images, 3) long
     labels: torch.Tensor | None = None  # (L,) long, IGNORE_INDEX over the prompt
     prompt_length: int = 0
@@ -118,7 +121,10 @@ class InputBuilder:
         shots: int = 1,
         chat_template: str | None = None,
         blocks: Sequence[str] = BLOCKS,
+        vision: bool = True,
     ) -> None:
+        """``vision=False``: the policy is a text-only language model (e.g. for side-by-side benchmarks with
+        text-only trainers); it takes image-free samples only."""
         if processor is not None:
             tokenizer = tokenizer or processor.tokenizer
             image_processor = image_processor or processor.image_processor
@@ -133,6 +139,7 @@ class InputBuilder:
         self.image_size = image_size
         self.shots = shots
         self.blocks = tuple(blocks)
+        self.vision = vision
         self.merge = int(getattr(image_processor, "merge_size", 2))
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -144,6 +151,13 @@ class InputBuilder:
     # -- pieces ------------------------------------------------------------------------------------------
 
     def image_paths(self, sample: VerifiableSample) -> list[str]:
+        """The sample's images in prompt order: none for an image-free sample."""
+        if not sample.image:
+            return []
+        if not self.vision:
+            raise ValueError(
+                f"sample {sample.sample_id!r} has an image ({sample.image}) but the policy is a text-only model"
+            )
         refs = [sample.reference] if self.shots and sample.reference else []
         return [*refs, sample.image]
 
@@ -181,16 +195,23 @@ class InputBuilder:
 
     # -- whole samples -----------------------------------------------------------------------------------
 
+    def images(self, sample: VerifiableSample) -> list[Image.Image]:
+        """The sample's images, loaded and resized, in prompt order."""
+        return [self.load_image(p) for p in self.image_paths(sample)]
+
     def encode_prompt(self, sample: VerifiableSample) -> EncodedSample:
-        images = [self.load_image(p) for p in self.image_paths(sample)]
-        vision = self.image_processor(images=images, return_tensors="pt")
-        grid_thw = vision["image_grid_thw"]
+        images = self.images(sample)
+        if images:
+            vision = self.image_processor(images=images, return_tensors="pt")
+            pixel_values, grid_thw = vision["pixel_values"], vision["image_grid_thw"]
+        else:
+            pixel_values, grid_thw = None, torch.zeros((0, 3), dtype=torch.long)
         ids = self.tokenizer(self.prompt_text(sample, grid_thw), add_special_tokens=False)["input_ids"]
         input_ids = torch.tensor(ids, dtype=torch.long)
         expected = sum(self.tokens_per_image(thw) for thw in grid_thw)
         found = int((input_ids == self.image_token_id).sum())
         assert found == expected, f"{sample.sample_id}: {found} image tokens for {expected} vision features"
-        return EncodedSample(input_ids, vision["pixel_values"], grid_thw, None, len(ids))
+        return EncodedSample(input_ids, pixel_values, grid_thw, None, len(ids))
 
     def completion_ids(self, completion: str) -> list[int]:
         """Token ids of a target completion, closed by the end-of-turn token the policy must learn to emit."""
@@ -225,14 +246,21 @@ class InputBuilder:
             attention[i, span] = 1
             if e.labels is not None:
                 labels[i, span] = e.labels
-        out = {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "pixel_values": torch.cat([e.pixel_values for e in batch]),
-            "image_grid_thw": torch.cat([e.image_grid_thw for e in batch]),
-        }
-        if self.token_types:  # 1 at image tokens: where M-RoPE puts 2-D (height, width) positions
+        out = {"input_ids": input_ids, "attention_mask": attention}
+        pixels = [e.pixel_values for e in batch if e.pixel_values is not None]
+        if pixels:  # a batch of image-free samples has no vision inputs at all
+            out["pixel_values"] = torch.cat(pixels)
+            out["image_grid_thw"] = torch.cat([e.image_grid_thw for e in batch])
+        if self.token_types and self.vision:  # 1 at image tokens: where M-RoPE puts 2-D (height, width) positions
             out["mm_token_type_ids"] = (input_ids == self.image_token_id).long() * attention
         if any(e.labels is not None for e in batch):
             out["labels"] = labels
         return out
+
+
+def to_model(batch: dict[str, torch.Tensor], device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A collated batch on ``device``, its pixels in the model's ``dtype`` (ids and masks stay integers)."""
+    out = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in out:
+        out["pixel_values"] = out["pixel_values"].to(dtype)
+    return out

@@ -21,6 +21,7 @@ sync that left the rollout engine on stale weights shows up there at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -37,11 +38,13 @@ import torch
 
 from rlad.config import Config, ConfigError
 from rlad.grpo import grpo_loss, logprob_mismatch
-from rlad.logprobs import token_logprobs
+from rlad.inputs import to_model
+from rlad.logprobs import completion_logprobs, token_logprobs
 from rlad.policy import load_policy, set_threads
 from rlad.sample import VerifiableSample
+from rollout.weight_sync import TensorMeta, fingerprint, weight_group
 
-__all__ = ["Learner", "NodeAddress", "Rollout", "check_config", "loss_units", "rendezvous_url"]
+__all__ = ["Learner", "NodeAddress", "Rollout", "check_config", "loss_units", "node_address", "rendezvous_url"]
 
 CHECKPOINT_TAG = "learner"
 
@@ -51,6 +54,23 @@ class NodeAddress(NamedTuple):
     ip: str
     port: int  # free when asked
     tmp: str  # the node's temporary folder
+
+
+def node_address() -> NodeAddress:
+    """Where this process runs, and a free port on its node: what :func:`rendezvous_url` needs."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    try:
+        import ray
+    except ImportError:  # a learner used without Ray (experiments/gpu/check_gpu_path.py)
+        ray = None
+    if ray is None or not ray.is_initialized():
+        return NodeAddress("local", "127.0.0.1", port, tempfile.gettempdir())
+    return NodeAddress(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), port,
+                       tempfile.gettempdir())  # fmt: skip
 
 
 def rendezvous_url(addresses: Sequence[NodeAddress], token: str) -> str:
@@ -94,6 +114,12 @@ def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, 
     # "auto" values are the Trainer's convention; here every batch and clipping number is set from rlad's config.
     zero = {k: v for k, v in base.get("zero_optimization", {}).items() if v != "auto"}
     zero["stage"] = learner.zero_stage
+    if learner.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        # rlad's torch AdamW steps on the CPU copy (DeepSpeed's compiled CPU Adam is faster where it builds)
+        base["zero_force_ds_cpu_optimizer"] = False
+    if learner.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     base.update(
         train_micro_batch_size_per_gpu=learner.micro_batch_size,
         gradient_accumulation_steps=1,  # rlad marks the accumulation boundary itself (batches vary in size)
@@ -126,18 +152,7 @@ class Learner:
         set_threads(config.learner.threads)
 
     def address(self) -> NodeAddress:
-        """Where this learner runs, and a free port on its node: what :func:`rendezvous_url` needs."""
-        import socket
-
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        if not ray.is_initialized():
-            return NodeAddress("local", "127.0.0.1", port, tempfile.gettempdir())
-        return NodeAddress(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), port,
-                           tempfile.gettempdir())  # fmt: skip
+        return node_address()
 
     def setup(self, rendezvous: str | None = None) -> None:
         """Join the learners' process group at ``rendezvous`` (:func:`rendezvous_url`; default: this learner
@@ -198,8 +213,7 @@ class Learner:
                 if r.sample.sample_id not in prompts:
                     prompts[r.sample.sample_id] = self.builder.encode_prompt(r.sample)
                 encoded.append(self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id]))
-            batch = {k: v.to(self.device) for k, v in self.builder.collate(encoded).items()}
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+            batch = to_model(self.builder.collate(encoded), self.device, dtype)
             out.append((items, batch))
         return out
 
@@ -312,8 +326,53 @@ class Learner:
             state = {k: v.cpu() for k, v in (state or {}).items()}
         else:
             state = {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
-        self._fingerprint = float(sum(t.double().sum() for t in state.values()))
+        self._fingerprint = fingerprint(state.values())
         return state
+
+    def score(self, samples: Sequence[VerifiableSample], token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-probs (temperature 1) of given completions under the current weights: the freshness check's
+        reference (every rank calls under ZeRO-3; the forward gathers the shards)."""
+        self.engine.eval()
+        try:
+            return completion_logprobs(self.engine.module, self.builder, samples, token_ids)
+        finally:
+            self.engine.train()
+
+    # the broadcast transport (rollout.weight_sync: broadcast; rollout/weight_sync.py)
+
+    def weight_meta(self) -> list[TensorMeta]:
+        """Name, dtype and full shape of every parameter, in the order :meth:`broadcast_weights` sends them. A tied
+        weight is listed under each of its names (``lm_head`` and ``embed_tokens``): vLLM's CPU build keeps a
+        processed copy per layer, and an ``lm_head`` not sent stays stale there (found by the freshness test)."""
+        return [
+            TensorMeta(name, str(p.dtype).removeprefix("torch."), tuple(getattr(p, "ds_shape", p.shape)))
+            for name, p in self.engine.module.named_parameters(remove_duplicate=False)
+        ]
+
+    def join_weight_group(self, init_method: str, world_size: int, backend: str) -> None:
+        """Rank 0 only: become rank 0 (the sender) of the weight-broadcast group."""
+        self._weight_group = weight_group(init_method, 0, world_size, backend)
+        self._weight_backend = backend
+
+    def broadcast_weights(self, plan: list[list[int]]) -> float:
+        """Send every parameter, bucket by bucket (every learner rank calls: under ZeRO-3 each bucket is gathered
+        from the shards first). Returns the fingerprint of what rank 0 sent (0.0 on the other ranks)."""
+        import deepspeed
+
+        params = [p for _, p in self.engine.module.named_parameters(remove_duplicate=False)]
+        total = 0.0
+        for bucket in plan:
+            chosen = [params[i] for i in bucket]
+            unique = list({id(p): p for p in chosen}.values())  # a tied weight is gathered once
+            gathered = deepspeed.zero.GatheredParameters(unique) if self.config.learner.zero_stage == 3 else None
+            with gathered or contextlib.nullcontext():
+                if self.rank != 0:
+                    continue
+                for p in chosen:
+                    tensor = p.data if self._weight_backend == "nccl" else p.data.cpu()
+                    self._weight_group.broadcast(tensor, 0).wait()
+                    total += fingerprint([tensor])
+        return total
 
     def fingerprint(self) -> float:
         """Sum of every weight of the last ``state_dict`` sent, in float64: a rollout engine holding these

@@ -9,13 +9,15 @@ numbers usable as old log-probs and their gap a measure of stale weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from rlad.inputs import IGNORE_INDEX
+from rlad.inputs import IGNORE_INDEX, InputBuilder, to_model
+from rlad.sample import VerifiableSample
 
-__all__ = ["token_logprobs"]
+__all__ = ["completion_logprobs", "token_logprobs"]
 
 
 def token_logprobs(
@@ -38,3 +40,15 @@ def token_logprobs(
     with torch.no_grad():
         h = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, L-1)
     return (*out, torch.cat([pad, h], dim=1))
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: Any, builder: InputBuilder, samples: Sequence[VerifiableSample], token_ids: Sequence[Sequence[int]]
+) -> list[list[float]]:
+    """Per-token log-probs (temperature 1) of each given completion under ``model``: the freshness check's
+    probe, computed alike by the learner and the transformers engine (vLLM reports its own)."""
+    param = next(model.parameters())
+    encoded = [builder.encode_completion(s, list(ids)) for s, ids in zip(samples, token_ids, strict=True)]
+    logp, mask = token_logprobs(model, to_model(builder.collate(encoded), param.device, param.dtype))
+    return [row[m].tolist() for row, m in zip(logp, mask, strict=True)]

@@ -24,6 +24,7 @@ from rlad.inputs import InputBuilder
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "Policy",
+    "load_builder",
     "load_policy",
     "policy_config",
     "resolve_checkpoint",
@@ -33,6 +34,7 @@ __all__ = [
 SUPPORTED_MODEL_TYPES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2": "Qwen2ForCausalLM",  # text-only: image-free samples (benchmarks beside text-only trainers)
 }
 
 
@@ -100,8 +102,11 @@ def model_class(path: Path) -> Any:
     """The transformers class of the (supported) checkpoint at ``path``, from its config.json."""
     import transformers
 
-    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
-    return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type_of(path)])
+
+
+def model_type_of(path: str | Path) -> str:
+    return json.loads((Path(path) / "config.json").read_text())["model_type"]
 
 
 def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
@@ -147,21 +152,11 @@ def load_policy(
     blocks: Sequence[str] = BLOCKS,
 ) -> Policy:
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
-    from transformers import AutoTokenizer
-
     path = resolve_model_path(config)
     model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
     model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    image_processor = load_image_processor(path, config)
-    builder = InputBuilder(
-        tokenizer,
-        image_processor,
-        image_size=config.image_size,
-        shots=shots,
-        chat_template=processor_template(path),
-        blocks=blocks,
-    )
+    builder = load_builder(config, shots=shots, blocks=blocks)
+    tokenizer, image_processor = builder.tokenizer, builder.image_processor
     if trainable:
         model = prepare_for_training(model, config)
     else:
@@ -169,9 +164,27 @@ def load_policy(
     return Policy(model, tokenizer, image_processor, builder, path)
 
 
+def load_builder(config: ModelConfig, *, shots: int = 1, blocks: Sequence[str] = BLOCKS) -> InputBuilder:
+    """The input builder of the checkpoint ``config`` names (tokenizer, image processor, chat template), with
+    no model loaded: what an engine that holds its own copy of the weights (vLLM) needs."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(config)
+    return InputBuilder(
+        AutoTokenizer.from_pretrained(path, local_files_only=True),
+        load_image_processor(path, config),
+        image_size=config.image_size,
+        shots=shots,
+        chat_template=processor_template(path),
+        blocks=blocks,
+        vision=model_type_of(path) != "qwen2",
+    )
+
+
 def prepare_for_training(model: Any, config: ModelConfig) -> Any:
     """Freeze what the config keeps fixed, switch on gradient checkpointing, wrap LoRA adapters."""
-    if config.freeze_vision:
+    vision = getattr(model.model, "visual", None)  # None: a text-only model
+    if config.freeze_vision and vision is not None:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
     if config.gradient_checkpointing:
@@ -187,8 +200,8 @@ def prepare_for_training(model: Any, config: ModelConfig) -> Any:
             r=config.lora.r,
             lora_alpha=config.lora.alpha,
             lora_dropout=config.lora.dropout,
-            target_modules=rf".*language_model.*\.({names})",
-            modules_to_save=None if config.freeze_vision else ["visual"],
+            target_modules=rf".*language_model.*\.({names})" if vision is not None else rf".*\.({names})",
+            modules_to_save=None if config.freeze_vision or vision is None else ["visual"],
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)

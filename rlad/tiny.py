@@ -74,16 +74,28 @@ class TinySpec:
     vision_heads: int = 4
     image_size: int = 224  # pixels the image processor is pinned to: 16x16 patches -> 8x8 image tokens
     seed: int = 0
+    text_only: bool = False
+    """A text-only Qwen2 language model (``Qwen2ForCausalLM``) with the same tokenizer: for image-free
+    benchmarks side by side with text-only trainers, and for vLLM's CPU build (whose Qwen2.5-VL needs
+    torchvision)."""
+    head_dim: int = 0
+    """Attention head size; 0: hidden_size / num_heads. vLLM's CPU attention needs 64 (or another size it
+    supports)."""
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "factory": FACTORY_VERSION}, sort_keys=True)
+        fields = asdict(self)
+        for name in ("text_only", "head_dim"):  # added later: left out at their defaults, so cached models stay
+            if fields[name] == TinySpec.__dataclass_fields__[name].default:
+                del fields[name]
+        blob = json.dumps({**fields, "factory": FACTORY_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def tiny_model_dir(spec: TinySpec | None = None) -> Path:
     """The cached tiny model for ``spec``, built on first use."""
     spec = spec or TinySpec()
-    return built_once(f"tiny-qwen2.5-vl-{spec.key()}", "config.json", lambda folder: build_tiny(spec, folder))
+    kind = "qwen2" if spec.text_only else "qwen2.5-vl"
+    return built_once(f"tiny-{kind}-{spec.key()}", "config.json", lambda folder: build_tiny(spec, folder))
 
 
 def _corpus(spec: TinySpec) -> list[str]:
@@ -147,7 +159,31 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
     out.mkdir(parents=True)
     tok = _train_tokenizer(spec, out)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = spec.hidden_size // spec.num_heads
+    head_dim = spec.head_dim or spec.hidden_size // spec.num_heads
+    pixels = spec.image_size * spec.image_size
+    # the image processor is saved for text-only models too: the input builder loads one (and never uses it)
+    Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
+    generation = GenerationConfig(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+    )
+    if spec.text_only:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        text = Qwen2Config(
+            vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_kv_heads, head_dim=head_dim, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
+        )  # fmt: skip
+        torch.manual_seed(spec.seed)
+        model = Qwen2ForCausalLM(text)
+        model.generation_config = generation
+        model.save_pretrained(out)
+        (out / "rlad_tiny.json").write_text(json.dumps({**asdict(spec), "factory": FACTORY_VERSION}, indent=2))
+        return out
     half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     config = Qwen2_5_VLConfig(
@@ -158,6 +194,7 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
             "num_hidden_layers": spec.num_layers,
             "num_attention_heads": spec.num_heads,
             "num_key_value_heads": spec.num_kv_heads,
+            **({"head_dim": spec.head_dim} if spec.head_dim else {}),
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             "bos_token_id": ids["<|endoftext|>"],
@@ -185,13 +222,7 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"],
-    )
+    model.generation_config = generation
     model.save_pretrained(out)
-    pixels = spec.image_size * spec.image_size
-    Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels).save_pretrained(out)
     (out / "rlad_tiny.json").write_text(json.dumps({**asdict(spec), "factory": FACTORY_VERSION}, indent=2))
     return out

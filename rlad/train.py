@@ -47,11 +47,12 @@ from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
 from rlad.learner import Learner, Rollout, check_config, loss_units, rendezvous_url
 from rlad.logbook import Logbook
+from rlad.placement import plan_placement
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
 from rollout.engine import Completion
-from rollout.weight_sync import ObjectStoreSync
+from rollout.weight_sync import BroadcastSync, ObjectStoreSync, StaleWeightsError
 from rollout.worker import RolloutWorker
 
 __all__ = ["run_train", "step_prompts"]
@@ -166,28 +167,50 @@ class Cluster:
 
     def __init__(self, config: Config, checkpoint: str):
         import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config = config
         r, lc = config.rollout, config.learner
         run_dir = config.train.run_dir
+        plan = plan_placement(config)
+        self.placement_group = placement_group(plan.bundles, strategy=plan.strategy, name=actor_name(run_dir, "pg", 0))
+        try:
+            ray.get(self.placement_group.ready(), timeout=600)
+        except ray.exceptions.GetTimeoutError as err:
+            ray.util.remove_placement_group(self.placement_group)
+            raise ConfigError(
+                f"the Ray cluster could not place the run's bundles {plan.bundles} (strategy "
+                f"{plan.strategy}, train.placement {config.train.placement}) within 10 minutes"
+            ) from err
+
+        def where(bundle: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=bundle)
+
         self.workers = [
             ray.remote(RolloutWorker).options(
                 num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=r.resources or None,
                 max_restarts=r.max_restarts, name=actor_name(run_dir, "rollout", i),
+                scheduling_strategy=where(plan.rollout[i]),
             ).remote(config, checkpoint)
             for i in range(r.workers)
         ]  # fmt: skip
         self.learners = [
             ray.remote(Learner).options(
                 num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=lc.resources or None,
-                name=actor_name(run_dir, "learner", i),
+                name=actor_name(run_dir, "learner", i), scheduling_strategy=where(plan.learner[i]),
             ).remote(config, checkpoint, i, lc.workers)
             for i in range(lc.workers)
         ]  # fmt: skip
         addresses = ray.get([learner.address.remote() for learner in self.learners])
         rendezvous = rendezvous_url(addresses, uuid.uuid4().hex)  # one node: a file, no port opened
         ray.get([learner.setup.remote(rendezvous) for learner in self.learners])
-        self.sync = ObjectStoreSync()
+        if r.weight_sync == "broadcast":
+            self.sync: ObjectStoreSync | BroadcastSync = BroadcastSync(
+                "nccl" if lc.num_gpus > 0 else "gloo", r.sync_bucket_mb
+            )
+        else:
+            self.sync = ObjectStoreSync()
         self.version = 0
         self.worker_restarts = 0
 
@@ -197,6 +220,7 @@ class Cluster:
 
         for actor in self.workers + self.learners:
             ray.kill(actor, no_restart=True)
+        ray.util.remove_placement_group(self.placement_group)
 
     def sync_weights(self, version: int, workers: list[Any] | None = None) -> float:
         """The learner's weights into every (or the given) rollout worker, verified; megabytes sent. A worker
@@ -217,6 +241,29 @@ class Cluster:
             return self.sync_weights(version, targets)  # the others may have missed this version too
         self.version = version
         return report.bytes / 2**20
+
+    def check_freshness(self, sample: VerifiableSample, token_ids: list[int]) -> dict[str, float]:
+        """Each engine's per-token log-probs of one completion against the learner's, under the weights just
+        synced: weights that arrived but are not the ones sampling (a missed name, a sleep/wake that restored an
+        old copy) show up here. Raises :class:`StaleWeightsError` beyond ``rollout.freshness_tolerance``."""
+        import ray
+
+        tolerance = self.config.rollout.freshness_tolerance
+        ref = self._learners_call([lr.score.remote([sample], [token_ids]) for lr in self.learners], "scoring")[0][0]
+        got = ray.get([w.score.remote([sample], [token_ids]) for w in self.workers])
+        means, peaks = [], []
+        for k, (row,) in enumerate(got):
+            diff = np.abs(np.array(row) - np.array(ref))
+            means.append(float(diff.mean()) if diff.size else 0.0)
+            peaks.append(float(diff.max()) if diff.size else 0.0)
+            if means[-1] > tolerance:
+                raise StaleWeightsError(
+                    f"rollout worker {k} after syncing version {self.version}: its log-probs of a fixed completion "
+                    f"differ from the learner's by {means[-1]:.3g} per token on average (max {peaks[-1]:.3g}); "
+                    f"rollout.freshness_tolerance is {tolerance:g}. The engine is not sampling with the learner's "
+                    "weights"
+                )
+        return {"sync/freshness_mean_abs": max(means), "sync/freshness_max_abs": max(peaks)}
 
     def check_learners(self, err: Exception, what: str) -> None:
         """Raise :class:`LearnerLostError` if a learner is dead (``err`` was about it), else return."""
@@ -689,6 +736,10 @@ def _loop(
             version += 1
             with timer("sync"):
                 metrics["sync/megabytes"] = cluster.sync_weights(version)
+            every = config.rollout.freshness_steps
+            if every and (step == start or (step + 1) % every == 0):
+                with timer("freshness"):  # a completion just sampled, scored under the new weights by both sides
+                    metrics.update(cluster.check_freshness(samples[0], completions[0].token_ids))
         metrics["faults/rollout_restarts"] = float(cluster.worker_restarts)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]

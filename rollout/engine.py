@@ -16,13 +16,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from rlad.sample import VerifiableSample
 
-__all__ = ["Completion", "RolloutEngine"]
+__all__ = ["VISION_TOKENS", "Completion", "RolloutEngine", "banned_tokens", "stop_tokens"]
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
+
+
+def stop_tokens(builder: Any) -> list[int]:
+    """Ids that end a completion: the end-of-turn token, and the tokenizer's end-of-text when different."""
+    stop = [builder.end_of_turn_id]
+    eos = builder.tokenizer.eos_token_id
+    return stop + ([eos] if eos is not None and eos not in stop else [])
+
+
+def banned_tokens(tokenizer: Any) -> list[int]:
+    """Ids never sampled: a generated ``<|image_pad|>`` (or another vision marker) would have the learner look
+    for an image that is not there ("image features and image tokens do not match")."""
+    vocab = tokenizer.get_vocab()
+    return [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS if t in vocab]
 
 
 @dataclass

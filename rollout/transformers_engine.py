@@ -16,11 +16,11 @@ import torch
 
 from rlad.config import GenerationConfig
 from rlad.faults import NonFiniteError
-from rlad.inputs import InputBuilder
+from rlad.inputs import InputBuilder, to_model
+from rlad.logprobs import completion_logprobs
 from rlad.sample import VerifiableSample
-from rollout.engine import Completion
-
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
+from rollout.engine import Completion, banned_tokens, stop_tokens
+from rollout.weight_sync import TensorMeta, fingerprint, receive_tensors, weight_group
 
 __all__ = ["TransformersEngine"]
 
@@ -38,22 +38,15 @@ class TransformersEngine:
     def _generation_config(self, n: int, greedy: bool):
         from transformers import GenerationConfig as HFGenerationConfig
 
-        tok = self.builder.tokenizer
-        stop = [self.builder.end_of_turn_id]
-        if tok.eos_token_id is not None and tok.eos_token_id not in stop:
-            stop.append(tok.eos_token_id)
         g = self.generation
         sampling = {} if greedy else {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or None}
-        # A generated <|image_pad|> (or another vision marker) would have the learner look for an image that
-        # is not there ("image features and image tokens do not match"): they are never sampled.
-        vision = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS if t in tok.get_vocab()]
         return HFGenerationConfig(
-            suppress_tokens=vision or None,
+            suppress_tokens=banned_tokens(self.builder.tokenizer) or None,
             max_new_tokens=g.max_new_tokens,
             do_sample=not greedy,
             num_return_sequences=n,
-            eos_token_id=stop,
-            pad_token_id=tok.pad_token_id,
+            eos_token_id=stop_tokens(self.builder),
+            pad_token_id=self.builder.tokenizer.pad_token_id,
             return_dict_in_generate=True,
             output_logits=True,  # raw logits per step: the sampled tokens' log-probs come from them
             **sampling,
@@ -66,7 +59,38 @@ class TransformersEngine:
         self.policy_version = version
 
     def fingerprint(self) -> float:
-        return float(sum(t.double().sum() for t in self.model.state_dict().values()))
+        return fingerprint(self.model.state_dict().values())
+
+    # -- the broadcast transport (rollout/weight_sync.py) ----------------------------------------------
+
+    def weight_ranks(self) -> int:
+        return 1
+
+    def join_weight_group(self, init_method: str, first_rank: int, world_size: int, backend: str) -> None:
+        self._weight_group = weight_group(init_method, first_rank, world_size, backend)
+
+    def receive_weights(self, meta: Sequence[TensorMeta], version: int) -> float:
+        """Every parameter from the broadcast (names checked both ways: none missing, none unknown), then
+        ``version``; returns the fingerprint of the parameters the engine now samples with."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under each name
+        names = {m.name for m in meta}
+        if names != set(params):
+            raise ValueError(
+                f"weight broadcast names differ from the engine's parameters: missing {sorted(set(params) - names)[:5]}"
+                f", unknown {sorted(names - set(params))[:5]}"
+            )
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for name, tensor in receive_tensors(self._weight_group, meta, device, [0.0]):
+                params[name].copy_(tensor)
+        self.policy_version = version
+        return fingerprint(params[m.name] for m in meta)
+
+    # -- the freshness check ----------------------------------------------------------------------------
+
+    def score(self, samples: Sequence[VerifiableSample], token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-probs (temperature 1) of the given completion tokens under the engine's weights, per token."""
+        return completion_logprobs(self.model, self.builder, samples, token_ids)
 
     @torch.no_grad()
     def generate(
@@ -83,8 +107,7 @@ class TransformersEngine:
         for start in range(0, len(samples), per_batch):
             chunk = samples[start : start + per_batch]
             inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs = to_model(inputs, device, self.model.dtype)
             try:
                 result = self.model.generate(**inputs, generation_config=config)
             except RuntimeError as err:

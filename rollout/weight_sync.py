@@ -1,22 +1,44 @@
-"""Weight sync, learner -> rollout workers, after every optimizer step; versioned, timed and verified.
+"""Weight sync, learner -> rollout engines, after every optimizer step; versioned, timed and verified.
 
-On CPU (and the default everywhere) the weights travel through Ray's object store: learner rank 0's state
-dict is put once and every worker reads the same object (zero-copy on one node). On GPUs an NCCL broadcast
-from learner rank 0 to the engines is the faster path; it fits the same ``WeightSync`` contract and comes
-with the vLLM backend.
+Two transports, chosen by ``rollout.weight_sync``:
 
-Every sync ends with a freshness check: each worker returns the fingerprint (float64 sum of every weight) of
-the weights it now samples with, and it must equal the learner's. A worker left on stale weights fails the
-run with ``StaleWeightsError`` instead of training on the wrong policy's samples.
+- ``object_store`` (default; CPU and small models): learner rank 0's state dict is put into Ray's object
+  store once and every worker reads the same object (zero-copy on one node).
+- ``broadcast`` (GPU clusters): learner rank 0 and every rollout engine (each tensor-parallel rank of a vLLM
+  engine) form one extra process group, NCCL on GPUs, gloo on CPUs, and the parameters are broadcast from
+  rank 0 in buckets of ``rollout.sync_bucket_mb``. Under ZeRO-3 the learners gather each bucket's shards
+  first (every learner rank takes part; only rank 0 sends). The group is its own ``ProcessGroup`` built on a
+  rendezvous store, so it lives beside the learners' DeepSpeed group (and vLLM's) without touching them.
+
+Every sync ends with the fingerprint check: each engine returns the float64 sum of the weights it received
+(:func:`fingerprint`) and it must equal what the learner sent; a worker left on stale weights fails the run
+with :class:`StaleWeightsError` instead of training on the wrong policy's samples. The stronger check — the
+engine's log-probs of a fixed completion equal the learner's — runs every ``rollout.freshness_steps`` steps
+(``rlad.train.Cluster.check_freshness``).
 """
 
 from __future__ import annotations
 
+import datetime
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["ObjectStoreSync", "StaleWeightsError", "SyncReport", "WeightSync"]
+import torch
+
+__all__ = [
+    "BroadcastSync",
+    "ObjectStoreSync",
+    "StaleWeightsError",
+    "SyncReport",
+    "TensorMeta",
+    "WeightSync",
+    "buckets",
+    "fingerprint",
+    "receive_tensors",
+    "weight_group",
+]
 
 
 class StaleWeightsError(RuntimeError):
@@ -30,8 +52,76 @@ class SyncReport:
     bytes: int
 
 
+class TensorMeta(NamedTuple):
+    """What a receiver allocates before a broadcast: one parameter's name, dtype (``torch.float32`` as
+    ``"float32"``) and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(torch.Size(self.shape).numel()) * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+def fingerprint(tensors: Iterable[torch.Tensor]) -> float:
+    """The float64 sum of every element: equal on both sides of a good sync, whatever the tensors' order."""
+    return float(sum(t.detach().double().sum() for t in tensors))
+
+
+def buckets(meta: Sequence[TensorMeta], bucket_bytes: int) -> list[list[int]]:
+    """Consecutive index ranges of ``meta`` holding at most ``bucket_bytes`` each (a larger tensor alone)."""
+    out: list[list[int]] = []
+    size = bucket_bytes + 1
+    for i, m in enumerate(meta):
+        if size + m.nbytes > bucket_bytes and (not out or out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += m.nbytes
+    return out
+
+
+def weight_group(init_method: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0) -> Any:
+    """A process group of its own (``file://`` or ``tcp://`` rendezvous) for the weight broadcast: not the
+    default group, so the learners' DeepSpeed group and vLLM's stay as they are."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, _, _ = next(dist.rendezvous(init_method, rank, world_size, timeout=timeout))
+    store = dist.PrefixStore("rlad-weights", store)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world_size)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size)
+    raise ValueError(f"weight sync backend must be nccl or gloo, got {backend!r}")
+
+
+def receive_tensors(
+    group: Any, meta: Sequence[TensorMeta], device: torch.device | str, sums: list[float]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The receiving side of a broadcast, one parameter at a time in ``meta``'s order (the sender's buckets only
+    bound what it gathers at once): allocate, receive from rank 0, yield ``(name, tensor)`` to the loader
+    (vLLM's ``load_weights``, or ``copy_`` into a transformers model). ``sums[0]`` accumulates the fingerprint."""
+    for m in meta:
+        tensor = torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=device)
+        group.broadcast(tensor, 0).wait()
+        sums[0] += fingerprint([tensor])
+        yield m.name, tensor
+
+
 class WeightSync(Protocol):
     def sync(self, learners: list[Any], workers: list[Any], version: int) -> SyncReport: ...
+
+
+def _check(loaded: Sequence[tuple[float, int]], expected: float, version: int, tolerance: float) -> None:
+    for i, (got, _) in enumerate(loaded):
+        if abs(got - expected) > tolerance * max(1.0, abs(expected)):
+            raise StaleWeightsError(
+                f"rollout worker {i} holds weights with fingerprint {got!r} after syncing version {version}; "
+                f"the learner's is {expected!r}"
+            )
 
 
 class ObjectStoreSync:
@@ -48,11 +138,51 @@ class ObjectStoreSync:
         fingerprint = learners[0].fingerprint.remote()
         loaded = ray.get([w.load_weights.remote(states[0], version) for w in workers])
         ray.get(states[1:])
-        expected = ray.get(fingerprint)
-        for i, (got, _) in enumerate(loaded):
-            if abs(got - expected) > self.tolerance * max(1.0, abs(expected)):
-                raise StaleWeightsError(
-                    f"rollout worker {i} holds weights with fingerprint {got!r} after syncing version {version}; "
-                    f"the learner's is {expected!r}"
-                )
+        _check(loaded, ray.get(fingerprint), version, self.tolerance)
         return SyncReport(version, time.perf_counter() - start, loaded[0][1])
+
+
+class BroadcastSync:
+    """One process group of learner rank 0 (rank 0) and every engine rank; see the module docstring.
+
+    ``connect`` forms the group (at the start, and again after a rollout worker was restarted: a new process
+    must join a new group); ``sync`` broadcasts one version."""
+
+    def __init__(self, backend: str, bucket_mb: float, tolerance: float = 1e-6):
+        self.backend = backend
+        self.bucket_bytes = int(bucket_mb * 2**20)
+        self.tolerance = tolerance
+        self.connected: list[Any] = []
+
+    def connect(self, learners: list[Any], workers: list[Any]) -> None:
+        import uuid
+
+        import ray
+
+        from rlad.learner import rendezvous_url
+
+        ranks = ray.get([w.weight_ranks.remote() for w in workers])
+        world = 1 + sum(ranks)
+        addresses = ray.get([learners[0].address.remote(), *[w.address.remote() for w in workers]])
+        url = rendezvous_url(addresses, uuid.uuid4().hex)
+        firsts = [1 + sum(ranks[:k]) for k in range(len(workers))]
+        calls = [learners[0].join_weight_group.remote(url, world, self.backend)]
+        calls += [w.join_weight_group.remote(url, first, world, self.backend)
+                  for w, first in zip(workers, firsts, strict=True)]  # fmt: skip
+        ray.get(calls)
+        self.connected = list(workers)
+
+    def sync(self, learners: list[Any], workers: list[Any], version: int) -> SyncReport:
+        import ray
+
+        start = time.perf_counter()
+        if self.connected != list(workers):
+            # the group holds exactly its members: a sync to a subset (a revived worker) re-forms it around them
+            self.connect(learners, workers)
+        meta = ray.get(learners[0].weight_meta.remote())
+        plan = buckets(meta, self.bucket_bytes)
+        sent = [learner.broadcast_weights.remote(plan) for learner in learners]  # all ranks: ZeRO-3 gathers
+        loaded = ray.get([w.receive_weights.remote(meta, version) for w in workers])
+        expected = ray.get(sent)[0]
+        _check(loaded, expected, version, self.tolerance)
+        return SyncReport(version, time.perf_counter() - start, sum(m.nbytes for m in meta))

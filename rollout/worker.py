@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from rlad.config import Config
-from rlad.policy import load_policy, set_threads
+from rlad.learner import NodeAddress, node_address
+from rlad.policy import load_builder, load_policy, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
+from rollout.weight_sync import TensorMeta
 
 __all__ = ["RolloutWorker", "make_engine"]
 
@@ -27,8 +29,13 @@ def make_engine(config: Config, checkpoint: str, standalone: bool = False) -> Ro
     machine to itself) takes one whenever there is one."""
     from rollout.transformers_engine import TransformersEngine
 
-    use_gpu = (config.rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
     model_config = dataclasses.replace(config.model, path=checkpoint)
+    if config.rollout.backend == "vllm":
+        from rollout.vllm_engine import VLLMEngine
+
+        builder = load_builder(model_config, shots=config.data.shots, blocks=config.output.blocks)
+        return VLLMEngine.start(config, checkpoint, builder)
+    use_gpu = (config.rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
     policy = load_policy(
         model_config, shots=config.data.shots, blocks=config.output.blocks, device="cuda" if use_gpu else "cpu"
     )
@@ -53,3 +60,22 @@ class RolloutWorker:
 
     def policy_version(self) -> int:
         return self.engine.policy_version
+
+    def score(self, samples: Sequence[VerifiableSample], token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The engine's per-token log-probs of given completions (the freshness check)."""
+        return self.engine.score(samples, token_ids)
+
+    # the broadcast transport (rollout/weight_sync.py)
+
+    def address(self) -> NodeAddress:
+        return node_address()
+
+    def weight_ranks(self) -> int:
+        return self.engine.weight_ranks()
+
+    def join_weight_group(self, init_method: str, first_rank: int, world_size: int, backend: str) -> None:
+        self.engine.join_weight_group(init_method, first_rank, world_size, backend)
+
+    def receive_weights(self, meta: Sequence[TensorMeta], version: int) -> tuple[float, int]:
+        """Weights by broadcast; returns the engine's fingerprint and the bytes received."""
+        return self.engine.receive_weights(meta, version), sum(m.nbytes for m in meta)

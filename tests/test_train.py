@@ -96,6 +96,9 @@ def test_metrics_cover_rewards_losses_and_phases(full_run):
               "time/reward", "time/learn", "time/sync", "train/logprob_mismatch", "sync/megabytes"}  # fmt: skip
     assert wanted <= set(metrics[0])
     assert all(m["train/logprob_mismatch"] < 1e-3 for m in metrics)  # engines never sampled with stale weights
+    # the freshness check ran after the first sync (and every rollout.freshness_steps): engine == learner
+    assert metrics[0]["sync/freshness_mean_abs"] < 1e-5 and "time/freshness" in metrics[0]
+    assert "sync/freshness_mean_abs" not in metrics[1]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"))

@@ -1,0 +1,145 @@
+"""The GPU path, checked in one process on one GPU: a Qwen2.5-VL of realistic size (random init, built here) as
+the learner (DeepSpeed ZeRO-2/3, bf16, gradient checkpointing) and the transformers rollout engine on the
+same GPU; one GRPO step, the weight update into the engine, and the freshness check.
+
+No Ray and no vLLM: the GPU image here lacks them and their wheels exceed what travels to it. What it prints:
+generation and learner tokens/s, peak memory, and the freshness gap (mean |engine - learner| log-prob per
+token, before and after the update: the update must close it).
+
+    python experiments/gpu/check_gpu_path.py [--size 1.5b|3b|tiny] [--zero 2|3] [--group 8] [--tokens 128]
+
+Needs torch with CUDA, transformers, deepspeed and omegaconf (on a machine without network, install their
+wheels from a folder: see README "Unverified on real hardware here").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SIZES = {  # language model of Qwen2.5-VL-3B / a 1.5B-class one, Qwen2.5-VL's vision tower; the tiny tokenizer
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,
+               vision_depth=32, vision_hidden_size=1280, vision_heads=16),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2,
+                 vision_depth=32, vision_hidden_size=1280, vision_heads=16),
+    "tiny": {},
+}  # fmt: skip
+
+
+class _NoCuda:
+    """``torch.cuda``'s timing and memory calls, as no-ops for a CPU smoke run."""
+
+    def synchronize(self) -> None: ...
+
+    def reset_peak_memory_stats(self) -> None: ...
+
+    def max_memory_allocated(self) -> int:
+        return 0
+
+
+def build(size: str, out: Path) -> Path:
+    from rlad.tiny import TinySpec, build_tiny
+
+    spec = TinySpec(**SIZES[size])
+    if not (out / "config.json").is_file():
+        build_tiny(spec, out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="1.5b", choices=sorted(SIZES))
+    parser.add_argument("--zero", type=int, default=3, choices=[0, 2, 3])
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
+    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
+    args = parser.parse_args()
+    if not args.cpu and not torch.cuda.is_available():
+        raise SystemExit("this check needs a CUDA GPU (--cpu runs it as a smoke test on a CPU)")
+    gpus, dtype = (0, "float32") if args.cpu else (1, "bfloat16")
+    cuda = _NoCuda() if args.cpu else torch.cuda
+
+    from rlad.config import load_config
+    from rlad.data.readers import read_mmad
+    from rlad.data.synth import SynthSpec, synthesize
+    from rlad.grpo import group_advantages
+    from rlad.learner import Learner, Rollout, loss_units
+    from rollout.worker import make_engine
+
+    work = Path(tempfile.mkdtemp(prefix="rlad-gpu-"))
+    checkpoint = str(build(args.size, work / f"model-{args.size}"))
+    synthesize(
+        SynthSpec(classes=("pill", "wood"), images_per_class=8, references_per_class=1, size=448), work / "data", 1
+    )
+    config = load_config(None, [
+        f"model.path={checkpoint}", f"model.dtype={dtype}", "model.image_size=448", "model.gradient_checkpointing=true",
+        "data.shots=1", "mask.grid=16", f"generation.max_new_tokens={args.tokens}", f"grpo.group_size={args.group}",
+        "grpo.lr=1e-6", f"learner.zero_stage={args.zero}", f"learner.num_gpus={gpus}", f"rollout.num_gpus={gpus}",
+        "learner.micro_batch_size=8", f"rollout.batch_size={args.group * args.prompts}",
+    ])  # fmt: skip
+    samples = read_mmad(work / "data" / "mmad.json", work / "data", grid=16, shots=1)[0][: args.prompts]
+    learner = Learner(config, checkpoint)
+    learner.setup()
+    engine = make_engine(config, checkpoint)
+    params = sum(p.numel() for p in engine.model.parameters())
+    print(f"model {args.size}: {params / 1e9:.2f} B parameters; ZeRO-{args.zero}, {dtype}, gradient checkpointing")
+    cuda.reset_peak_memory_stats()
+
+    cuda.synchronize()
+    start = time.perf_counter()
+    completions = engine.generate(samples, n=args.group, seed=0)
+    cuda.synchronize()
+    gen_s = time.perf_counter() - start
+    gen_tokens = sum(len(c.token_ids) for c in completions)
+
+    # fake rewards (random): the step's cost does not depend on them
+    totals = torch.tensor(np.random.default_rng(0).random(len(completions)))
+    adv = group_advantages(totals, args.group, "group").tolist()
+    rollouts = [Rollout(samples[i // args.group], c.token_ids, c.logprobs, adv[i]) for i, c in enumerate(completions)]
+    micro = -(-len(rollouts) // config.learner.micro_batch_size)
+    cuda.synchronize()
+    start = time.perf_counter()
+    metrics = learner.learn(rollouts, loss_units(rollouts, "token_mean"), micro)
+    cuda.synchronize()
+    learn_s = time.perf_counter() - start
+
+    probe = (samples[0], completions[0].token_ids)
+
+    def gap() -> float:
+        ref = np.array(learner.score([probe[0]], [probe[1]])[0])
+        got = np.array(engine.score([probe[0]], [probe[1]])[0])
+        return float(np.abs(ref - got).mean())
+
+    before = gap()  # the engine still holds version 0, the learner version 1
+    start = time.perf_counter()
+    state = learner.state_dict()
+    engine.load_weights(state, 1)
+    cuda.synchronize()
+    sync_s = time.perf_counter() - start
+    after = gap()
+    figures = {
+        "size": args.size, "parameters_billion": round(params / 1e9, 3), "zero_stage": args.zero,
+        "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
+        "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
+        "grad_norm": metrics["grad_norm"], "logprob_mismatch": metrics.get("logprob_mismatch"),
+        "sync_seconds": round(sync_s, 2), "sync_gib": round(sum(t.nbytes for t in state.values()) / 2**30, 2),
+        "freshness_gap_before_update": before, "freshness_gap_after_update": after,
+        "peak_memory_gib": round(cuda.max_memory_allocated() / 2**30, 1),
+    }  # fmt: skip
+    print(json.dumps(figures, indent=2))
+    print("freshness:", "OK (the update closed the gap)" if after < min(before, config.rollout.freshness_tolerance)
+          else "FAILED: the engine does not hold the learner's weights")  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
