@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 SIZES = {  # language model of Qwen2.5-VL-3B / a 1.5B-class one, Qwen2.5-VL's vision tower; the tiny tokenizer
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,
+    "3b": dict(image_size=448, hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,
                vision_depth=32, vision_hidden_size=1280, vision_heads=16),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2,
+    "1.5b": dict(image_size=448, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12, num_kv_heads=2,
                  vision_depth=32, vision_hidden_size=1280, vision_heads=16),
     "tiny": {},
 }  # fmt: skip
