@@ -278,6 +278,11 @@ class GRPOConfig:
     """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
     aggregation: str = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
+    tis_cap: float = 2.0
+    """Truncated importance sampling against the rollout engine's log-probs (``rlad.grpo.tis_weights``): each
+    token's surrogate is weighted by min(pi_old / pi_engine, tis_cap). It corrects for the one-version lag of
+    ``train.async_rollout`` and for engine/learner numeric gaps (bf16 vLLM vs the learner); with the engine on
+    the learner's exact weights (fp32 CPU, sync) the weights are 1. 0 turns it off."""
     old_logprobs: str = "learner"
     """Where the ratio's denominator comes from: ``learner`` (recomputed under the weights that sampled) or
     ``engine`` (the rollout engine's numbers). Their gap is logged either way (``logprob_mismatch``)."""
@@ -305,6 +310,8 @@ class GRPOConfig:
             raise ConfigError(f"grpo.replay_share must be in [0, 1), got {self.replay_share}")
         if self.max_nonfinite_steps < 1:
             raise ConfigError(f"grpo.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.tis_cap < 0:
+            raise ConfigError(f"grpo.tis_cap must be >= 0 (0 turns TIS off), got {self.tis_cap}")
         if self.kl_coef < 0 or self.reward_chunk < 1:
             raise ConfigError("grpo.kl_coef must be >= 0 and grpo.reward_chunk >= 1")
 
@@ -440,6 +447,13 @@ class TrainConfig:
     eval_sampled: int = 4
     """Also this many sampled completions per held-out question at the rollout temperature (what GRPO
     optimises: the policy's expected reward); 0 evaluates greedy only."""
+    async_rollout: bool = False
+    """Overlap rollout with learning: while the learners train on step t, the engines generate step t+1 with the
+    weights of step t-1 (staleness exactly 1 policy version, logged per step as ``async/staleness``); the
+    GRPO ratio starts from the learner's recomputed log-probs and ``grpo.tis_cap`` corrects for the lag. Pays
+    when rollout and learners have separate devices (split placement) — on one CPU they share the cores.
+    A resumed async run regenerates its first step with the checkpoint's weights (no lag), so it is not
+    bit-identical to the uninterrupted one (the synchronous loop is)."""
     placement: str = "split"
     """Where actors go (one Ray placement group per run): ``split`` gives every rollout worker and learner a
     bundle of its own; ``colocate`` puts rollout worker k and learner k in one bundle (one GPU shared: set

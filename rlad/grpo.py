@@ -7,6 +7,11 @@ them in. Shapes: B = completions in the batch (prompts x group_size), T = comple
   (``scale="group"``); ``"batch"`` divides by the batch's std instead, ``"none"`` only centres (Dr.GRPO).
 - Surrogate: ratio = exp(logp - old_logp) per token; loss = -min(ratio * A, clip(ratio, 1 - eps_low,
   1 + eps_high) * A), the decoupled clip of DAPO (eps_low = eps_high gives PPO's).
+- Truncated importance sampling (TIS) against the rollout engine: when the policy that sampled (the engine's
+  ``behaviour_logp``: an older version in async mode, or the same weights in another numeric path) is not
+  the one the ratio starts from (``old_logp``, recomputed by the learner), each token's surrogate is weighted
+  by w = min(exp(old_logp - behaviour_logp), tis_cap), detached (Yao et al., "Your efficient RL framework
+  secretly brings you off-policy RL training"; verl's and OpenRLHF's TIS).
 - KL to a frozen reference, added per token with ``kl_coef``: k3 = exp(ref - logp) - (ref - logp) - 1
   (unbiased, always >= 0; what GRPO uses) or k1 = logp - ref.
 - Aggregation over tokens: ``token_mean`` (every completion token of the batch counts once; DAPO, TRL's
@@ -23,7 +28,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["LossOutput", "group_advantages", "grpo_loss", "kl_estimate", "logprob_mismatch"]
+__all__ = ["LossOutput", "group_advantages", "grpo_loss", "kl_estimate", "logprob_mismatch", "tis_weights"]
 
 Scale = Literal["group", "batch", "none"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "dr_grpo"]
@@ -63,6 +68,13 @@ class LossOutput:
     kl: torch.Tensor  # () mean per-token KL over completion tokens (detached; 0 without a reference)
     clip_fraction: torch.Tensor  # () share of completion tokens whose ratio was clipped against the advantage
     ratio_mean: torch.Tensor  # () mean importance ratio over completion tokens
+    tis_mean: torch.Tensor | None = None  # () mean TIS weight over completion tokens (None: TIS off)
+    tis_truncated: torch.Tensor | None = None  # () share of completion tokens whose TIS weight hit the cap
+
+
+def tis_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token truncated importance weights min(pi_old / pi_behaviour, cap), detached (any shape)."""
+    return torch.exp(old_logp - behaviour_logp).clamp(max=cap).detach()
 
 
 def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_len: int | None) -> torch.Tensor:
@@ -90,12 +102,15 @@ def grpo_loss(
     kl_kind: Literal["k1", "k3"] = "k3",
     aggregation: Aggregation = "token_mean",
     max_completion_length: int | None = None,
+    behaviour_logp: torch.Tensor | None = None,
+    tis_cap: float = 0.0,
 ) -> LossOutput:
     """The GRPO objective for one batch (module docstring).
 
     logp (B, T): current policy's log-prob of each sampled token (with grad); old_logp (B, T): the same under
     the policy that sampled (detached); advantages (B,); mask (B, T): 1 on completion tokens, 0 on padding;
-    ref_logp (B, T): the frozen reference's, needed when ``kl_coef > 0``.
+    ref_logp (B, T): the frozen reference's, needed when ``kl_coef > 0``; behaviour_logp (B, T): the rollout
+    engine's, weighting each token's surrogate by :func:`tis_weights` when ``tis_cap > 0``.
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # (B, T)
@@ -103,6 +118,12 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv
     per_token = -torch.min(unclipped, clipped)  # (B, T)
+    tis = None
+    if tis_cap > 0:
+        if behaviour_logp is None:
+            raise ValueError("tis_cap > 0 needs behaviour_logp")
+        tis = tis_weights(old_logp, behaviour_logp, tis_cap)
+        per_token = per_token * tis
     policy_loss = _aggregate(per_token, mask, aggregation, max_completion_length)
     kl_mean = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if kl_coef:
@@ -121,6 +142,8 @@ def grpo_loss(
         kl=kl_mean.detach(),
         clip_fraction=((was_clipped * mask).sum() / tokens).detach(),
         ratio_mean=((ratio * mask).sum() / tokens).detach(),
+        tis_mean=None if tis is None else (tis * mask).sum() / tokens,
+        tis_truncated=None if tis is None else ((tis >= tis_cap) * mask).sum() / tokens,
     )
 
 

@@ -263,6 +263,7 @@ class Learner:
                     mask, clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
                     kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
                     max_completion_length=self.config.generation.max_new_tokens,
+                    behaviour_logp=engine_logp, tis_cap=grpo.tis_cap,
                 )  # fmt: skip
                 nonfinite |= not bool(torch.isfinite(out.loss.detach()))
                 units = 0 if dummy else loss_units(items, grpo.aggregation)
@@ -272,8 +273,10 @@ class Learner:
                 if epoch == 0 and not dummy:
                     w = float(mask.sum())
                     weight_total += w
-                    for name in ("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean"):
-                        add(name, float(getattr(out, name).detach()), w)
+                    for name in ("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean", "tis_mean",
+                                 "tis_truncated"):  # fmt: skip
+                        if getattr(out, name) is not None:
+                            add(name, float(getattr(out, name).detach()), w)
                     add("entropy", float((entropy * mask).sum() / mask.sum().clamp(min=1)), w)
                     fresh_mask = mask & fresh
                     if fresh_mask.any():

@@ -14,7 +14,8 @@ One driver (this module) runs each GRPO step (OmniAD §3.3) as named phases over
     sync      new weights to the rollout workers, versioned and verified (rollout/weight_sync.py)
     log       TensorBoard, metrics.jsonl, progress bar (rlad/logbook.py); checkpoint; evaluate
 
-Departures from the paper: the loop is synchronous (rollout of step t+1 waits for step t's update); the
+Departures from the paper: ``train.async_rollout`` overlaps the rollout of step t+1 with learning on step t
+(one policy version of lag, corrected by TIS, ``grpo.tis_cap``); the
 answer reward gives 0 to a missing answer (rewards/builtin.py); KL is off by default (``grpo.kl_coef``).
 
 Reproducibility: the prompts of step s and the sampling seed of step s are functions of (seed, s), and the
@@ -272,21 +273,35 @@ class Cluster:
 
     def generate(self, samples: Sequence[VerifiableSample], n: int, greedy: bool, seed: int) -> list[Completion]:
         """Prompts split evenly over the workers; completions back in prompt order."""
-        import ray
+        return self.collect(self.start_generate(samples, n, greedy, seed))
 
+    def start_generate(self, samples: Sequence[VerifiableSample], n: int, greedy: bool, seed: int) -> Pending:
+        """Send the prompts to the workers and return at once (async mode overlaps this with learning)."""
         parts = np.array_split(np.arange(len(samples)), len(self.workers))
         calls = {k: ([samples[i] for i in idx], n, greedy, seed + k) for k, idx in enumerate(parts) if len(idx)}
-        pending = {k: self.workers[k].generate.remote(*args) for k, args in calls.items()}
+        refs = {k: self.workers[k].generate.remote(*args) for k, args in calls.items()}
+        return Pending(calls, refs, time.perf_counter())
+
+    def collect(self, pending: Pending) -> list[Completion]:
+        """Wait for a generation; a worker that died meanwhile is revived and its share generated anew (same
+        seed). Sets ``pending.seconds``: from sending to the last share back."""
+        import ray
+
+        if pending.result is not None:
+            return pending.result
+        waiting = dict(pending.refs)
         done: dict[int, list[Completion]] = {}
-        while pending:
-            k, ref = next(iter(pending.items()))
+        while waiting:
+            k, ref = next(iter(waiting.items()))
             try:
                 done[k] = ray.get(ref)
-                del pending[k]
+                del waiting[k]
             except ray.exceptions.RayActorError as err:
                 self._revive(k, err)
-                pending[k] = self.workers[k].generate.remote(*calls[k])
-        return [c for k in sorted(done) for c in done[k]]
+                waiting[k] = self.workers[k].generate.remote(*pending.calls[k])
+        pending.seconds = time.perf_counter() - pending.started
+        pending.result = [c for k in sorted(done) for c in done[k]]
+        return pending.result
 
     def _revive(self, k: int, err: Exception) -> None:
         """Wait for Ray to restart rollout worker ``k``, then give it the current weights (verified)."""
@@ -336,6 +351,17 @@ class Cluster:
             return ray.get(refs)
         except ray.exceptions.RayActorError as err:
             raise _learner_lost(err, what) from err
+
+
+@dataclasses.dataclass
+class Pending:
+    """A generation sent to the rollout workers and not yet collected."""
+
+    calls: dict[int, tuple]  # worker -> its generate arguments (kept to regenerate a dead worker's share)
+    refs: dict[int, Any]  # worker -> Ray object ref of its completions
+    started: float
+    seconds: float = 0.0
+    result: list[Completion] | None = None  # once collected
 
 
 def _learner_lost(err: Exception, what: str) -> LearnerLostError:
@@ -394,7 +420,6 @@ def _step_metrics(records, scores, completions, learned, timer: Timer, kept: int
     lengths = [len(c.token_ids) for c in completions]
     m["rollout/response_length"] = float(np.mean(lengths))
     m["rollout/finished"] = float(np.mean([c.finished for c in completions]))
-    m["rollout/tokens_per_s"] = sum(lengths) / max(timer.seconds["generate"], 1e-9)
     for k, v in learned.items():
         if k not in ("learn_tokens", "learn_seconds"):
             m[f"train/{k}"] = v
@@ -688,6 +713,20 @@ def _stages(cluster, config, train, eval_set, store, report, start: int, version
     logbook.close()
 
 
+def _collect(cluster: Cluster, pending: Pending, step: int, version: int, run_dir: Path) -> list[Completion]:
+    """A step's completions; a policy that samples from non-finite probabilities stops the run, naming what to do."""
+    try:
+        return cluster.collect(pending)
+    except NonFiniteError as err:
+        kept = [p.parent.name for p in sorted((run_dir / "checkpoints").glob("step-*/state.json"))]
+        raise NonFiniteError(
+            f"step {step}: the policy diverged (version {version} samples from non-finite probabilities); the "
+            f"run stopped. Checkpoints on disk: {', '.join(kept) or 'none'} (the newest may already hold "
+            "diverged weights: move it aside and `rlad train resume=RUN_DIR grpo.lr=...` continues from the "
+            "one before)"
+        ) from err
+
+
 def _loop(
     config: Config, cluster: Cluster, train, eval_set, store: ReplayStore, logbook: Logbook, start: int, version: int
 ):
@@ -695,21 +734,22 @@ def _loop(
     grpo, run_dir = config.grpo, Path(config.train.run_dir)
     past = store.groups(min_step=max(0, start - grpo.max_staleness)) if grpo.replay_share else []
     nonfinite: list[int] = []  # the current run of steps whose update was skipped
+    ahead: Pending | None = None  # async: the next step's generation, sent before this step learns
+
+    def prompts(step: int) -> list[VerifiableSample]:
+        return [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
+
     for step in range(start, grpo.steps):
         timer = Timer()
-        samples = [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
-        with timer("generate"):
-            seed = sampling_seed(config.seed, step)
-            try:
-                completions = cluster.generate(samples, grpo.group_size, greedy=False, seed=seed)
-            except NonFiniteError as err:
-                kept = [p.parent.name for p in sorted((run_dir / "checkpoints").glob("step-*/state.json"))]
-                raise NonFiniteError(
-                    f"step {step}: the policy diverged (version {version} samples from non-finite probabilities); the "
-                    f"run stopped. Checkpoints on disk: {', '.join(kept) or 'none'} (the newest may already hold "
-                    "diverged weights: move it aside and `rlad train resume=RUN_DIR grpo.lr=...` continues from the "
-                    "one before)"
-                ) from err
+        samples = prompts(step)
+        with timer("generate"):  # async: only the part of this step's rollout that learning did not hide
+            pending = ahead or cluster.start_generate(samples, grpo.group_size, False, sampling_seed(config.seed, step))
+            completions = _collect(cluster, pending, step, version, run_dir)
+        ahead = None
+        if config.train.async_rollout and step + 1 < grpo.steps:  # overlaps score, store and learn below
+            ahead = cluster.start_generate(
+                prompts(step + 1), grpo.group_size, False, sampling_seed(config.seed, step + 1)
+            )
         with timer("reward"):
             records, scores, groups = _score_groups(config, samples, completions, step)
         with timer("store"):
@@ -717,6 +757,10 @@ def _loop(
         with timer("learn"):
             rollouts, kept, replayed = _learner_batch(config, groups, past, version, step)
             learned = cluster.learn(rollouts) if rollouts else {}
+        staleness = [version - g.policy_version for g in groups]  # versions between sampling and learning
+        if ahead is not None:
+            with timer("generate_ahead"):  # the next step's rollout, finishing after learning: engines idle for sync
+                _collect(cluster, ahead, step + 1, version, run_dir)
         if learned.get("skipped_steps", 0) >= grpo.epochs_per_step:  # no update at all this step
             nonfinite.append(step)
             limit = grpo.max_nonfinite_steps
@@ -741,6 +785,9 @@ def _loop(
                 with timer("freshness"):  # a completion just sampled, scored under the new weights by both sides
                     metrics.update(cluster.check_freshness(samples[0], completions[0].token_ids))
         metrics["faults/rollout_restarts"] = float(cluster.worker_restarts)
+        metrics["async/staleness_mean"] = float(np.mean(staleness))
+        metrics["async/staleness_max"] = float(max(staleness))
+        metrics["rollout/tokens_per_s"] = sum(len(c.token_ids) for c in completions) / max(pending.seconds, 1e-9)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
         logbook.log(step, {**_step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),

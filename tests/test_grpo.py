@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlad.grpo import group_advantages, grpo_loss, kl_estimate, logprob_mismatch
+from rlad.grpo import group_advantages, grpo_loss, kl_estimate, logprob_mismatch, tis_weights
 
 
 def test_group_advantages_by_hand():
@@ -44,6 +44,26 @@ def test_clipped_surrogate_by_hand():
     # symmetric PPO clip: eps_high 0.2 -> 1.5 clipped to 1.2
     out = grpo_loss(logp, old, torch.tensor([1.0]), mask, clip_eps_high=0.2)
     assert out.loss.item() == pytest.approx(-(1.2 + 0.5 + 1.1) / 3)
+
+
+def test_truncated_importance_weights_by_hand():
+    old = torch.tensor([[0.0, -1.0, -0.5]])
+    engine = torch.tensor([[-1.0, 0.0, -0.5]])  # pi_old / pi_engine = e, 1/e, 1
+    assert tis_weights(old, engine, 2.0).tolist()[0] == pytest.approx([2.0, math.exp(-1), 1.0])  # e capped at 2
+    logp = old + torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 against old
+    mask = torch.ones(1, 3)
+    # A = +1: min(r, clip(r)) = [1.28, 0.5, 1.1] (test above), weighted by [2, 1/e, 1]: loss = -(2.56 + 0.5/e + 1.1) / 3
+    out = grpo_loss(logp, old, torch.tensor([1.0]), mask, behaviour_logp=engine, tis_cap=2.0)
+    assert out.loss.item() == pytest.approx(-(2.56 + 0.5 / math.e + 1.1) / 3)
+    assert out.tis_mean.item() == pytest.approx((2 + 1 / math.e + 1) / 3)
+    assert out.tis_truncated.item() == pytest.approx(1 / 3)
+    # the weight carries no gradient: d loss / d logp is the unweighted one times w
+    logp = logp.clone().requires_grad_(True)
+    grpo_loss(logp, old, torch.tensor([1.0]), mask, behaviour_logp=engine, tis_cap=2.0).loss.backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0, -0.5 / math.e / 3, -1.1 * 1.0 / 3])
+    assert grpo_loss(logp, old, torch.tensor([1.0]), mask).tis_mean is None  # off by default in the pure function
+    with pytest.raises(ValueError, match="behaviour_logp"):
+        grpo_loss(logp, old, torch.tensor([1.0]), mask, tis_cap=2.0)
 
 
 def test_aggregations_by_hand():

@@ -99,6 +99,8 @@ def test_metrics_cover_rewards_losses_and_phases(full_run):
     # the freshness check ran after the first sync (and every rollout.freshness_steps): engine == learner
     assert metrics[0]["sync/freshness_mean_abs"] < 1e-5 and "time/freshness" in metrics[0]
     assert "sync/freshness_mean_abs" not in metrics[1]
+    assert all(m["async/staleness_max"] == 0 for m in metrics)  # the synchronous loop learns on-policy
+    assert all(m["train/tis_mean"] == pytest.approx(1.0, abs=1e-4) for m in metrics)  # engine == learner: w = 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -247,6 +249,20 @@ def test_a_diverged_policy_stops_the_run_by_name(full_run, tiny_dir, tmp_path):
                      "train.eval_samples=0")  # fmt: skip
     with pytest.raises(NonFiniteError, match=r"step \d: the policy diverged .* Checkpoints on disk: step-000001"):
         run_train(config, show_progress=False)
+
+
+def test_async_rollout_learns_one_version_behind_with_tis(full_run, tiny_dir, tmp_path):
+    """Async mode: step t+1 is generated (by version t) while step t learns, so every group after the first is
+    exactly one version stale, logged, stored with the version that sampled it, and corrected by TIS."""
+    _, _, root = full_run
+    run_dir = tmp_path / "async"
+    run_train(_config(root, run_dir, tiny_dir, "train.async_rollout=true", "train.eval_samples=0"), show_progress=False)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    assert [m["async/staleness_max"] for m in metrics] == [0, 1, 1, 1]
+    assert all(0.5 < m["train/tis_mean"] <= 2.0 for m in metrics) and "time/generate_ahead" in metrics[0]
+    versions = {row["step"]: row["policy_version"] for row in pq.read_table(run_dir / "replay").to_pylist()}
+    assert versions == {0: 0, 1: 0, 2: 1, 3: 2}
+    assert (run_dir / "final" / "config.json").is_file()
 
 
 def test_stale_weights_fail_the_sync():
