@@ -165,6 +165,9 @@ class DataConfig:
     questions_per_image: int = 0
     """Training questions kept per image (seeded choice); 0 keeps all. The generated benchmark asks 6
     questions about a defective image and 3 about a normal one: 3 balances what <seg> is trained on."""
+    text_only: bool = False
+    """Ask the questions without their images (a text-only model, e.g. ``model.tiny: {text_only: true}``;
+    side-by-side benchmarks with text-only trainers). The rewards still check the answer and the mask."""
     on_bad: str = "error"
     """A sample that cannot be read: ``error`` stops naming it; ``skip`` leaves it out, counted and logged."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -377,7 +380,7 @@ class RolloutConfig:
     """Sequences generated together (prompts x completions)."""
     threads: int = 0
     """torch threads per worker; 0: every core of its node (the sync loop never runs rollout and learner
-    at once)."""
+    at once; with ``train.async_rollout`` on CPUs, half of the driver's cores each)."""
     max_restarts: int = 3
     """Times a dead rollout worker (node lost, OOM-killed) is restarted by Ray during a run; it gets the current
     weights (verified) before it generates again, and its share of the step is generated anew. 0: a dead

@@ -42,7 +42,7 @@ from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
 from rlad.policy import load_policy, set_threads
 from rlad.sample import VerifiableSample
-from rollout.weight_sync import TensorMeta, fingerprint, weight_group
+from rollout.weight_sync import TensorMeta, fingerprint, flatten, to_shared, weight_group
 
 __all__ = ["Learner", "NodeAddress", "Rollout", "check_config", "loss_units", "node_address", "rendezvous_url"]
 
@@ -213,7 +213,8 @@ class Learner:
                 if r.sample.sample_id not in prompts:
                     prompts[r.sample.sample_id] = self.builder.encode_prompt(r.sample)
                 encoded.append(self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id]))
-            batch = to_model(self.builder.collate(encoded), self.device, dtype)
+            # left padding: completions end together, so only their logits are computed (rlad.logprobs)
+            batch = to_model(self.builder.collate(encoded, padding_side="left"), self.device, dtype)
             out.append((items, batch))
         return out
 
@@ -371,11 +372,15 @@ class Learner:
             with gathered or contextlib.nullcontext():
                 if self.rank != 0:
                     continue
-                for p in chosen:
-                    tensor = p.data if self._weight_backend == "nccl" else p.data.cpu()
-                    self._weight_group.broadcast(tensor, 0).wait()
-                    total += fingerprint([tensor])
+                flat = flatten([p.data for p in chosen])  # one collective per bucket
+                flat = flat if self._weight_backend == "nccl" else flat.cpu()
+                self._weight_group.broadcast(flat, 0).wait()
+                total += fingerprint([flat])
         return total
+
+    def shared_state(self) -> dict:
+        """:meth:`state_dict` as numpy arrays, for Ray's object store (read without a copy on the node)."""
+        return to_shared(self.state_dict())
 
     def fingerprint(self) -> float:
         """Sum of every weight of the last ``state_dict`` sent, in float64: a rollout engine holding these

@@ -9,6 +9,8 @@ numbers usable as old log-probs and their gap a measure of stale weights.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,25 +22,46 @@ from rlad.sample import VerifiableSample
 __all__ = ["completion_logprobs", "token_logprobs"]
 
 
+def _takes_logits_to_keep(model: Any) -> bool:
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    return _forward_takes_logits_to_keep(type(module))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
 def token_logprobs(
     model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, entropy: bool = False
 ) -> tuple[torch.Tensor, ...]:
     """(logprobs (B, L), mask (B, L)[, entropy (B, L)]): log-prob of ``batch["labels"]`` at each labelled
-    position, 0 elsewhere; with ``entropy`` also the policy's entropy there (no gradient; a collapse monitor)."""
+    position, 0 elsewhere; with ``entropy`` also the policy's entropy there (no gradient; a collapse monitor).
+
+    A left-padded batch (``collate(..., padding_side="left")``: every sequence ends in the last column) has all its
+    completion tokens in the last K columns, so only K + 1 positions of logits are computed (``logits_to_keep``):
+    the output layer and the softmax skip the prompt, which is most of a VLM's sequence."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits[:, :-1].float() / temperature  # (B, L-1, V): position t predicts token t+1
-    targets = labels[:, 1:]  # (B, L-1)
+    labelled = labels != IGNORE_INDEX
+    keep = int(labelled.sum(1).max()) + 1 if labels.numel() else 0
+    left_aligned = bool((labelled.any(1) <= labelled[:, -1]).all()) if labels.numel() else False
+    start = 0  # the first position whose logits are computed
+    if left_aligned and keep < labels.shape[1] and _takes_logits_to_keep(model):
+        inputs["logits_to_keep"] = keep
+        start = labels.shape[1] - keep
+    logits = model(**inputs).logits[:, :-1].float() / temperature  # position start + t predicts token start + t + 1
+    targets = labels[:, start + 1 :]  # (B, L - start - 1)
     mask = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(logits, dim=-1)
     picked = torch.gather(log_probs, 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    pad = torch.zeros_like(labels[:, :1], dtype=picked.dtype)
+    pad = torch.zeros_like(labels[:, : start + 1], dtype=picked.dtype)
     # back to (B, L) aligned with labels: entry t is log p(labels[t] | tokens < t)
     out = (torch.cat([pad, picked * mask], dim=1), torch.cat([pad.bool(), mask], dim=1))
     if not entropy:
         return out
     with torch.no_grad():
-        h = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, L-1)
+        h = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, L - start - 1)
     return (*out, torch.cat([pad, h], dim=1))
 
 
@@ -50,5 +73,6 @@ def completion_logprobs(
     probe, computed alike by the learner and the transformers engine (vLLM reports its own)."""
     param = next(model.parameters())
     encoded = [builder.encode_completion(s, list(ids)) for s, ids in zip(samples, token_ids, strict=True)]
-    logp, mask = token_logprobs(model, to_model(builder.collate(encoded), param.device, param.dtype))
+    batch = to_model(builder.collate(encoded, padding_side="left"), param.device, param.dtype)
+    logp, mask = token_logprobs(model, batch)
     return [row[m].tolist() for row, m in zip(logp, mask, strict=True)]

@@ -300,6 +300,7 @@ class Cluster:
                 self._revive(k, err)
                 waiting[k] = self.workers[k].generate.remote(*pending.calls[k])
         pending.seconds = time.perf_counter() - pending.started
+        pending.engine_seconds = max(ray.get([self.workers[k].last_seconds.remote() for k in done]))
         pending.result = [c for k in sorted(done) for c in done[k]]
         return pending.result
 
@@ -361,6 +362,7 @@ class Pending:
     refs: dict[int, Any]  # worker -> Ray object ref of its completions
     started: float
     seconds: float = 0.0
+    engine_seconds: float = 0.0  # inside the slowest worker's engine (the rest is Ray's: calls, serialisation)
     result: list[Completion] | None = None  # once collected
 
 
@@ -605,6 +607,7 @@ def _prepare(config: Config, resume: bool):
             config, train=dataclasses.replace(config.train, warm_start=str(resolve_model_path(config.model)))
         )
     resolve_model_path(config.model)
+    config = _async_threads(config)
     check_config(config)  # learner settings (LoRA, learner.deepspeed), here rather than inside an actor
     if not config.train.warm_start:
         check_sft_config(config)
@@ -616,6 +619,17 @@ def _prepare(config: Config, resume: bool):
         raise ConfigError(f"grpo.prompts_per_step={grpo.prompts_per_step} but only {len(train)} training questions")
     eval_set = random.Random(config.seed).sample(held_out, min(config.train.eval_samples, len(held_out)))
     return config, train, eval_set
+
+
+def _async_threads(config: Config) -> Config:
+    """Async on CPUs: rollout and learners run at once, so by default each takes half the cores (both taking
+    all of them oversubscribes torch's threads: 4-5x slower steps, measured on 2 cores)."""
+    r, lc = config.rollout, config.learner
+    if not config.train.async_rollout or r.num_gpus or lc.num_gpus or r.threads or lc.threads:
+        return config
+    half = max(1, (os.cpu_count() or 2) // 2)
+    return dataclasses.replace(config, rollout=dataclasses.replace(r, threads=half),
+                               learner=dataclasses.replace(lc, threads=half))  # fmt: skip
 
 
 def parameter_count(model_dir: str | Path) -> int:
@@ -788,6 +802,8 @@ def _loop(
         metrics["async/staleness_mean"] = float(np.mean(staleness))
         metrics["async/staleness_max"] = float(max(staleness))
         metrics["rollout/tokens_per_s"] = sum(len(c.token_ids) for c in completions) / max(pending.seconds, 1e-9)
+        metrics["time/engine_generate"] = pending.engine_seconds
+        metrics["time/engine_learn"] = learned.get("learn_seconds", 0.0)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
         logbook.log(step, {**_step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),

@@ -69,7 +69,7 @@ class TransformersEngine:
     def join_weight_group(self, init_method: str, first_rank: int, world_size: int, backend: str) -> None:
         self._weight_group = weight_group(init_method, first_rank, world_size, backend)
 
-    def receive_weights(self, meta: Sequence[TensorMeta], version: int) -> float:
+    def receive_weights(self, meta: Sequence[TensorMeta], plan: Sequence[Sequence[int]], version: int) -> float:
         """Every parameter from the broadcast (names checked both ways: none missing, none unknown), then
         ``version``; returns the fingerprint of the parameters the engine now samples with."""
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under each name
@@ -81,7 +81,7 @@ class TransformersEngine:
             )
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            for name, tensor in receive_tensors(self._weight_group, meta, device, [0.0]):
+            for name, tensor in receive_tensors(self._weight_group, meta, plan, device, [0.0]):
                 params[name].copy_(tensor)
         self.policy_version = version
         return fingerprint(params[m.name] for m in meta)

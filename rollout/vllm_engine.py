@@ -192,9 +192,10 @@ class VLLMEngine:
     def join_weight_group(self, init_method: str, first_rank: int, world_size: int, backend: str) -> None:
         self.llm.collective_rpc("rlad_join_weight_group", args=(init_method, first_rank, world_size, backend))
 
-    def receive_weights(self, meta: Sequence[TensorMeta], version: int) -> float:
+    def receive_weights(self, meta: Sequence[TensorMeta], plan: Sequence[Sequence[int]], version: int) -> float:
         self.wake()
-        self._fingerprint = self.llm.collective_rpc("rlad_receive_weights", args=([tuple(m) for m in meta],))[0]
+        args = ([tuple(m) for m in meta], [list(b) for b in plan])
+        self._fingerprint = self.llm.collective_rpc("rlad_receive_weights", args=args)[0]
         self._updated(version)
         return self._fingerprint
 

@@ -61,11 +61,11 @@ class WeightLoader:
         rank = first_rank + get_tensor_model_parallel_rank()
         self._rlad_group = weight_group(init_method, rank, world_size, backend)
 
-    def rlad_receive_weights(self, meta: Sequence[Sequence[Any]]) -> float:
+    def rlad_receive_weights(self, meta: Sequence[Sequence[Any]], plan: Sequence[Sequence[int]]) -> float:
         """Every parameter from learner rank 0, loaded as it arrives (each tensor-parallel rank receives the full
         tensors; ``load_weights`` keeps its shard). Returns the fingerprint of what arrived."""
         tensors = [TensorMeta(m[0], m[1], tuple(m[2])) for m in meta]
         device = self.device if isinstance(self.device, torch.device) else torch.device(self.device)
         sums = [0.0]
-        self._reload(receive_tensors(self._rlad_group, tensors, device, sums))
+        self._reload(receive_tensors(self._rlad_group, tensors, plan, device, sums))
         return sums[0]

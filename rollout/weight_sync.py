@@ -3,10 +3,12 @@
 Two transports, chosen by ``rollout.weight_sync``:
 
 - ``object_store`` (default; CPU and small models): learner rank 0's state dict is put into Ray's object
-  store once and every worker reads the same object (zero-copy on one node).
+  store once, as numpy arrays, and every worker on the node maps the same buffers without a copy
+  (:func:`to_shared`); each loads them into its engine with one copy.
 - ``broadcast`` (GPU clusters): learner rank 0 and every rollout engine (each tensor-parallel rank of a vLLM
   engine) form one extra process group, NCCL on GPUs, gloo on CPUs, and the parameters are broadcast from
-  rank 0 in buckets of ``rollout.sync_bucket_mb``. Under ZeRO-3 the learners gather each bucket's shards
+  rank 0 in buckets of ``rollout.sync_bucket_mb``, each bucket one flat tensor (one collective). Under
+  ZeRO-3 the learners gather each bucket's shards
   first (every learner rank takes part; only rank 0 sends). The group is its own ``ProcessGroup`` built on a
   rendezvous store, so it lives beside the learners' DeepSpeed group (and vLLM's) without touching them.
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -36,7 +40,10 @@ __all__ = [
     "WeightSync",
     "buckets",
     "fingerprint",
+    "flatten",
+    "from_shared",
     "receive_tensors",
+    "to_shared",
     "weight_group",
 ]
 
@@ -66,21 +73,50 @@ class TensorMeta(NamedTuple):
 
 
 def fingerprint(tensors: Iterable[torch.Tensor]) -> float:
-    """The float64 sum of every element: equal on both sides of a good sync, whatever the tensors' order."""
-    return float(sum(t.detach().double().sum() for t in tensors))
+    """The float64 sum of every element: equal on both sides of a good sync, whatever the tensors' order
+    (accumulated in float64 without a float64 copy of the weights)."""
+    return float(sum(t.detach().sum(dtype=torch.float64) for t in tensors))
+
+
+def to_shared(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, str]]:
+    """A state dict as numpy arrays (bf16 viewed as int16): Ray writes numpy buffers into its object store once
+    and readers on the node map them without a copy, where torch tensors would be pickled and copied."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().contiguous()
+        raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        out[name] = (raw.numpy(), str(t.dtype).removeprefix("torch."))
+    return out
+
+
+def from_shared(shared: Mapping[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
+    """Tensors over the arrays of :func:`to_shared` (read-only views of the object store: load, never write)."""
+    out = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for name, (array, dtype) in shared.items():
+            t = torch.from_numpy(array)
+            out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
+    return out
 
 
 def buckets(meta: Sequence[TensorMeta], bucket_bytes: int) -> list[list[int]]:
-    """Consecutive index ranges of ``meta`` holding at most ``bucket_bytes`` each (a larger tensor alone)."""
+    """Consecutive index ranges of ``meta`` of one dtype holding at most ``bucket_bytes`` each (a larger tensor
+    alone): each bucket travels as one flat tensor, one collective."""
     out: list[list[int]] = []
     size = bucket_bytes + 1
     for i, m in enumerate(meta):
-        if size + m.nbytes > bucket_bytes and (not out or out[-1]):
+        if (size + m.nbytes > bucket_bytes or meta[out[-1][0]].dtype != m.dtype) and (not out or out[-1]):
             out.append([])
             size = 0
         out[-1].append(i)
         size += m.nbytes
     return out
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One bucket as one contiguous 1-D tensor (the sender's side of :func:`receive_tensors`)."""
+    return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
 
 
 def weight_group(init_method: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0) -> Any:
@@ -99,16 +135,23 @@ def weight_group(init_method: str, rank: int, world_size: int, backend: str, tim
 
 
 def receive_tensors(
-    group: Any, meta: Sequence[TensorMeta], device: torch.device | str, sums: list[float]
+    group: Any,
+    meta: Sequence[TensorMeta],
+    plan: Sequence[Sequence[int]],
+    device: torch.device | str,
+    sums: list[float],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The receiving side of a broadcast, one parameter at a time in ``meta``'s order (the sender's buckets only
-    bound what it gathers at once): allocate, receive from rank 0, yield ``(name, tensor)`` to the loader
-    (vLLM's ``load_weights``, or ``copy_`` into a transformers model). ``sums[0]`` accumulates the fingerprint."""
-    for m in meta:
-        tensor = torch.empty(m.shape, dtype=getattr(torch, m.dtype), device=device)
-        group.broadcast(tensor, 0).wait()
-        sums[0] += fingerprint([tensor])
-        yield m.name, tensor
+    """The receiving side of a broadcast: per bucket of ``plan``, one flat tensor from rank 0, then each
+    parameter as ``(name, view)`` to the loader (vLLM's ``load_weights``, or ``copy_`` into a transformers
+    model). ``sums[0]`` accumulates the fingerprint."""
+    for bucket in plan:
+        dtype = getattr(torch, meta[bucket[0]].dtype)
+        sizes = [int(torch.Size(meta[i].shape).numel()) for i in bucket]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        group.broadcast(flat, 0).wait()
+        sums[0] += fingerprint([flat])
+        for i, piece in zip(bucket, flat.split(sizes), strict=True):
+            yield meta[i].name, piece.view(meta[i].shape)
 
 
 class WeightSync(Protocol):
@@ -134,9 +177,9 @@ class ObjectStoreSync:
         import ray
 
         start = time.perf_counter()
-        states = [learner.state_dict.remote() for learner in learners]  # every rank: ZeRO-3 gathers collectively
+        states = [learner.shared_state.remote() for learner in learners]  # every rank: ZeRO-3 gathers collectively
         fingerprint = learners[0].fingerprint.remote()
-        loaded = ray.get([w.load_weights.remote(states[0], version) for w in workers])
+        loaded = ray.get([w.load_shared.remote(states[0], version) for w in workers])
         ray.get(states[1:])
         _check(loaded, ray.get(fingerprint), version, self.tolerance)
         return SyncReport(version, time.perf_counter() - start, loaded[0][1])
@@ -182,7 +225,7 @@ class BroadcastSync:
         meta = ray.get(learners[0].weight_meta.remote())
         plan = buckets(meta, self.bucket_bytes)
         sent = [learner.broadcast_weights.remote(plan) for learner in learners]  # all ranks: ZeRO-3 gathers
-        loaded = ray.get([w.receive_weights.remote(meta, version) for w in workers])
+        loaded = ray.get([w.receive_weights.remote(meta, plan, version) for w in workers])
         expected = ray.get(sent)[0]
         _check(loaded, expected, version, self.tolerance)
         return SyncReport(version, time.perf_counter() - start, sum(m.nbytes for m in meta))

@@ -9,6 +9,7 @@ slice of the step's prompts and, after every optimizer step, the new weights wit
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from rlad.learner import NodeAddress, node_address
 from rlad.policy import load_builder, load_policy, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
-from rollout.weight_sync import TensorMeta
+from rollout.weight_sync import TensorMeta, from_shared
 
 __all__ = ["RolloutWorker", "make_engine"]
 
@@ -46,17 +47,29 @@ class RolloutWorker:
     def __init__(self, config: Config, checkpoint: str):
         set_threads(config.rollout.threads)
         self.engine = make_engine(config, checkpoint)
+        self.seconds = 0.0
 
     def generate(
         self, samples: Sequence[VerifiableSample], n: int, greedy: bool = False, seed: int | None = None
     ) -> list[Completion]:
-        return self.engine.generate(samples, n=n, greedy=greedy, seed=seed)
+        start = time.perf_counter()
+        out = self.engine.generate(samples, n=n, greedy=greedy, seed=seed)
+        self.seconds = time.perf_counter() - start
+        return out
+
+    def last_seconds(self) -> float:
+        """Seconds the engine spent in the last ``generate`` (the rest of a call's time is Ray's)."""
+        return self.seconds
 
     def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> tuple[float, int]:
         """Take the learner's weights; returns the engine's fingerprint after loading (the freshness check)
         and the bytes received."""
         self.engine.load_weights(state, version)
         return self.engine.fingerprint(), sum(t.numel() * t.element_size() for t in state.values())
+
+    def load_shared(self, shared: Mapping[str, tuple], version: int) -> tuple[float, int]:
+        """:meth:`load_weights` from the object store's arrays (``rollout.weight_sync.to_shared``)."""
+        return self.load_weights(from_shared(shared), version)
 
     def policy_version(self) -> int:
         return self.engine.policy_version
@@ -76,6 +89,8 @@ class RolloutWorker:
     def join_weight_group(self, init_method: str, first_rank: int, world_size: int, backend: str) -> None:
         self.engine.join_weight_group(init_method, first_rank, world_size, backend)
 
-    def receive_weights(self, meta: Sequence[TensorMeta], version: int) -> tuple[float, int]:
+    def receive_weights(
+        self, meta: Sequence[TensorMeta], plan: Sequence[Sequence[int]], version: int
+    ) -> tuple[float, int]:
         """Weights by broadcast; returns the engine's fingerprint and the bytes received."""
-        return self.engine.receive_weights(meta, version), sum(m.nbytes for m in meta)
+        return self.engine.receive_weights(meta, plan, version), sum(m.nbytes for m in meta)

@@ -142,6 +142,16 @@ def test_engine_logprobs_match_the_learner_for_the_same_weights(tiny_policy, sma
     for row, c in enumerate(completions):
         got = learner[row][mask[row]]
         assert torch.allclose(got, torch.tensor(c.logprobs), atol=1e-4), (got, c.logprobs)
+    # left padding (the learner's): only the completions' logits are computed, same numbers
+    left = tiny_policy.builder.collate(encoded, padding_side="left")
+    calls = []
+    hook = tiny_policy.model.lm_head.register_forward_hook(lambda m, i, o: calls.append(o.shape[1]))
+    with torch.no_grad():
+        kept, kept_mask = token_logprobs(tiny_policy.model, left, temperature=0.7)
+    hook.remove()
+    assert calls == [max(len(c.token_ids) for c in completions) + 1] and calls[0] < left["input_ids"].shape[1] // 4
+    for row, c in enumerate(completions):
+        assert torch.allclose(kept[row][kept_mask[row]], torch.tensor(c.logprobs), atol=1e-4)
 
 
 def test_vision_tokens_are_never_sampled(tiny_policy, small_benchmark):

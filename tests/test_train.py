@@ -268,15 +268,15 @@ def test_async_rollout_learns_one_version_behind_with_tis(full_run, tiny_dir, tm
 def test_stale_weights_fail_the_sync():
     @ray.remote
     class Learner:
-        def state_dict(self):
-            return {"w": torch.ones(3)}
+        def shared_state(self):
+            return {"w": (np.ones(3, np.float32), "float32")}
 
         def fingerprint(self):
             return 3.0
 
     @ray.remote
     class StuckWorker:  # a worker that keeps its old weights whatever it is sent
-        def load_weights(self, state, version):
+        def load_shared(self, state, version):
             return 0.0, 12
 
     with pytest.raises(StaleWeightsError, match=r"worker 0 .* version 7"):

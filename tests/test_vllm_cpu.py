@@ -26,7 +26,7 @@ from rlad.logprobs import completion_logprobs
 from rlad.policy import load_policy
 from rlad.sample import VerifiableSample
 from rlad.tiny import TinySpec, tiny_model_dir
-from rollout.weight_sync import buckets, fingerprint, weight_group
+from rollout.weight_sync import buckets, fingerprint, flatten, weight_group
 
 pytestmark = pytest.mark.vllm
 
@@ -170,8 +170,7 @@ def _send(url: str, world: int, checkpoint: str, seed: int, bucket_bytes: int) -
     meta = [TensorMeta(n, "float32", tuple(p.shape)) for n, p in params]
     group = weight_group(url, 0, world, "gloo")
     for bucket in buckets(meta, bucket_bytes):
-        for i in bucket:
-            group.broadcast(params[i][1].data, 0).wait()
+        group.broadcast(flatten([params[i][1].data for i in bucket]), 0).wait()
 
 
 def test_weights_broadcast_from_a_learner_process_reach_the_engine(setup, tmp_path):
@@ -187,8 +186,9 @@ def test_weights_broadcast_from_a_learner_process_reach_the_engine(setup, tmp_pa
     meta = [
         TensorMeta(n, "float32", tuple(p.shape)) for n, p in reference.model.named_parameters(remove_duplicate=False)
     ]
-    assert len(buckets(meta, bucket_bytes)) > 2  # the sender gathers and sends in several buckets
-    got = engine.receive_weights(meta, version=2)
+    plan = buckets(meta, bucket_bytes)
+    assert len(plan) > 2  # the sender gathers and sends in several buckets
+    got = engine.receive_weights(meta, plan, version=2)
     sender.join(timeout=120)
     assert sender.exitcode == 0
     reference.model.load_state_dict(perturbed_state(load_policy(setup[0].model, shots=0).model, seed=2))

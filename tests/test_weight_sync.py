@@ -4,12 +4,13 @@ freshness check, for real on a local Ray with the tiny model: gloo here, the sam
 import numpy as np
 import pytest
 import ray
+import torch
 
 from rlad.config import ConfigError, load_config
 from rlad.learner import Rollout
 from rlad.placement import plan_placement
 from rlad.train import Cluster
-from rollout.weight_sync import StaleWeightsError, TensorMeta, buckets
+from rollout.weight_sync import StaleWeightsError, TensorMeta, buckets, fingerprint, from_shared, to_shared
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +40,18 @@ def test_buckets_split_by_bytes_and_keep_a_large_tensor_alone():
             TensorMeta("d", "float32", (5,))]  # fmt: skip
     assert [m.nbytes for m in meta] == [40, 40, 200, 20]
     assert buckets(meta, 80) == [[0, 1], [2], [3]]
-    assert buckets(meta, 10**6) == [[0, 1, 2, 3]]
+    assert buckets(meta, 10**6) == [[0, 1], [2], [3]]  # one dtype per bucket: each travels as one flat tensor
+    assert buckets(meta[:2], 10**6) == [[0, 1]] and buckets(meta[:2], 40) == [[0], [1]]
+
+
+def test_the_object_store_form_keeps_every_dtype_and_value():
+    state = {"w": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "i": torch.arange(4)}
+    shared = to_shared(state)
+    assert all(isinstance(a, np.ndarray) for a, _ in shared.values())
+    back = from_shared(shared)
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
+    assert fingerprint(back.values()) == fingerprint(state.values())
 
 
 def _one_step(cluster, root):

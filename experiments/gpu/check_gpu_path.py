@@ -3,8 +3,9 @@ the learner (DeepSpeed ZeRO-2/3, bf16, gradient checkpointing) and the transform
 same GPU; one GRPO step, the weight update into the engine, and the freshness check.
 
 No Ray and no vLLM: the GPU image here lacks them and their wheels exceed what travels to it. What it prints:
-generation and learner tokens/s, peak memory, and the freshness gap (mean |engine - learner| log-prob per
-token, before and after the update: the update must close it).
+generation and learner tokens/s, model-FLOPs utilisation against ``--peak-tflops`` (H200 bf16: ~790), peak
+memory, and the freshness gap (mean |engine - learner| log-prob per token, before and after the update: the
+update must close it).
 
     python experiments/gpu/check_gpu_path.py [--size 1.5b|3b|tiny] [--zero 2|3] [--group 8] [--tokens 128]
 
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="the GPU's dense bf16 peak (H200: ~790)")
     parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
     args = parser.parse_args()
     if not args.cpu and not torch.cuda.is_available():
@@ -111,6 +113,13 @@ def main() -> None:
     cuda.synchronize()
     learn_s = time.perf_counter() - start
 
+    # model-FLOPs utilisation: 6 N per token trained (forward + backward, every token of each sequence, prompt
+    # included; checkpointing's recomputation not counted), 2 N per token generated (attention not counted)
+    prompt_len = {s.sample_id: len(learner.builder.encode_prompt(s).input_ids) for s in samples}
+    seq_tokens = sum(prompt_len[r.sample.sample_id] + len(r.token_ids) for r in rollouts)
+    peak = args.peak_tflops * 1e12
+    learn_mfu = 6 * params * seq_tokens / learn_s / peak
+    gen_mfu = 2 * params * gen_tokens / gen_s / peak
     probe = (samples[0], completions[0].token_ids)
 
     def gap() -> float:
@@ -129,7 +138,9 @@ def main() -> None:
         "size": args.size, "parameters_billion": round(params / 1e9, 3), "zero_stage": args.zero,
         "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
         "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
-        "grad_norm": metrics["grad_norm"], "logprob_mismatch": metrics.get("logprob_mismatch"),
+        "learner_sequence_tokens_per_s": round(seq_tokens / learn_s, 1), "learner_mfu": round(learn_mfu, 4),
+        "generate_mfu": round(gen_mfu, 4), "peak_tflops": args.peak_tflops, "grad_norm": metrics["grad_norm"],
+        "logprob_mismatch": metrics.get("logprob_mismatch"),
         "sync_seconds": round(sync_s, 2), "sync_gib": round(sum(t.nbytes for t in state.values()) / 2**30, 2),
         "freshness_gap_before_update": before, "freshness_gap_after_update": after,
         "peak_memory_gib": round(cuda.max_memory_allocated() / 2**30, 1),

@@ -11,6 +11,7 @@ on the same side and the split does not move when the dataset grows.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -170,12 +171,21 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
         evaluation = [e.sample for e in examples if held_out(e.sample, config.data.eval_fraction, folder)]
         return train, evaluation
     train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
-    train = per_image(train, config.data.questions_per_image, config.seed)
-    return [SFTExample(s, sft_target(s, config.output.blocks)) for s in train], evaluation
+    train = without_images(per_image(train, config.data.questions_per_image, config.seed), config)
+    return [SFTExample(s, sft_target(s, config.output.blocks)) for s in train], without_images(evaluation, config)
 
 
 def rl_samples(config: Config) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
     """(training, held-out) samples for GRPO: the same split by image as SFT's, so the held-out images of
     one stage are never trained on by the other."""
     train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
-    return per_image(train, config.data.questions_per_image, config.seed), evaluation
+    train = per_image(train, config.data.questions_per_image, config.seed)
+    return without_images(train, config), without_images(evaluation, config)
+
+
+def without_images(samples: list[VerifiableSample], config: Config) -> list[VerifiableSample]:
+    """With ``data.text_only``, the same questions with no images (after the split by image, so both splits
+    stay the image-based ones): for text-only models and benchmarks beside text-only trainers."""
+    if not config.data.text_only:
+        return samples
+    return [dataclasses.replace(s, image="", reference=None) for s in samples]
