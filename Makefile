@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench clean
+.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench bench-perf clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ bench: setup
 	$(PY) experiments/bench_rewards.py
 	$(PY) experiments/bench_synth.py
 	$(PY) experiments/bench_tiny_policy.py
+
+# Side-by-side performance benchmarks (README "Performance"): vs TRL, efficiency, scaling, weight sync.
+bench-perf: setup
+	cd experiments/bench && ../../$(PY) step_vs_trl.py && ../../$(PY) efficiency.py && \
+		../../$(PY) scaling.py --png ../figures/bench_scaling.png && ../../$(PY) weight_sync.py
 
 clean:
 	rm -rf $(VENV) runs out .pytest_cache .hypothesis

@@ -101,6 +101,7 @@ def main() -> None:
 
 def _plot(rows: list[dict], png: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -112,8 +113,10 @@ def _plot(rows: list[dict], png: str) -> None:
         right.plot([r["G"] for r in part], [r["learner MiB"] for r in part], "o-", label=f"learner, {tokens}")
         right.plot([r["G"] for r in part], [r["rollout MiB"] for r in part], "x--", label=f"rollout, {tokens}")
     left.set(xlabel="group size G", ylabel="seconds per step (generate + learn)", xscale="log", yscale="log")
-    left.set_xticks([r["G"] for r in rows[:3]], [str(r["G"]) for r in rows[:3]])
-    right.set(xlabel="group size G", ylabel="peak resident memory (MiB)")
+    groups = sorted({r["G"] for r in rows})
+    left.set_xticks(groups, [str(g) for g in groups])
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    right.set(xlabel="group size G", ylabel="peak resident memory so far (MiB)")
     for ax in (left, right):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
