@@ -168,60 +168,51 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
         pad_token_id=ids["<|endoftext|>"],
         bos_token_id=ids["<|endoftext|>"],
     )
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        **({"head_dim": spec.head_dim} if spec.head_dim else {}),
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": True,
+    }
+    torch.manual_seed(spec.seed)
     if spec.text_only:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        text = Qwen2Config(
-            vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads, head_dim=head_dim, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
-        )  # fmt: skip
-        torch.manual_seed(spec.seed)
-        model = Qwen2ForCausalLM(text)
-        model.generation_config = generation
-        model.save_pretrained(out)
-        (out / "rlad_tiny.json").write_text(json.dumps({**asdict(spec), "factory": FACTORY_VERSION}, indent=2))
-        return out
-    half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
-    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": spec.hidden_size,
-            "intermediate_size": spec.intermediate_size,
-            "num_hidden_layers": spec.num_layers,
-            "num_attention_heads": spec.num_heads,
-            "num_key_value_heads": spec.num_kv_heads,
-            **({"head_dim": spec.head_dim} if spec.head_dim else {}),
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "depth": spec.vision_depth,
-            "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": 2 * spec.vision_hidden_size,
-            "num_heads": spec.vision_heads,
-            "out_hidden_size": spec.hidden_size,
-            "fullatt_block_indexes": [spec.vision_depth - 1],
-            "window_size": 112,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+        model = Qwen2ForCausalLM(Qwen2Config(**text))
+    else:
+        half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
+        mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": mrope}
+        config = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config={
+                "depth": spec.vision_depth,
+                "hidden_size": spec.vision_hidden_size,
+                "intermediate_size": 2 * spec.vision_hidden_size,
+                "num_heads": spec.vision_heads,
+                "out_hidden_size": spec.hidden_size,
+                "fullatt_block_indexes": [spec.vision_depth - 1],
+                "window_size": 112,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=True,
+        )
+        model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config = generation
     model.save_pretrained(out)
     (out / "rlad_tiny.json").write_text(json.dumps({**asdict(spec), "factory": FACTORY_VERSION}, indent=2))

@@ -40,17 +40,6 @@ def bench_config(data: Path, run_dir: Path, *, group: int, prompts: int, tokens:
     ])  # fmt: skip
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def paired_medians(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median seconds of two functions run alternately (after one warm-up each): a slow spell of a shared
     machine then hits both alike, which back-to-back blocks of repeats do not guarantee."""
