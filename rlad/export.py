@@ -122,6 +122,11 @@ def _load_model(source: Source) -> Any:
 
         return PeftModel.from_pretrained(model, source.weights, local_files_only=True).merge_and_unload()
     state = _deepspeed_state(source.weights)
+    lora = source.config.model.lora
+    if lora.r:  # a LoRA run of rlad train: its checkpoint holds peft's names and the adapters, merged here
+        from rlad.policy import merge_lora_state
+
+        state = merge_lora_state(state, lora.alpha / lora.r)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights (lm_head = embed_tokens in small Qwen configs) may be stored once; anything else is an error.
     tied = set(getattr(model, "_tied_weights_keys", None) or [])

@@ -40,7 +40,7 @@ from rlad.config import Config, ConfigError
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
-from rlad.policy import load_policy, set_threads
+from rlad.policy import load_policy, merge_lora_state, set_threads
 from rlad.sample import VerifiableSample
 from rollout.weight_sync import TensorMeta, fingerprint, flatten, to_shared, weight_group
 
@@ -99,8 +99,12 @@ def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
 
 
 def _policy_config(config: Config, checkpoint: str):
-    if config.model.lora.r:
-        raise ConfigError("GRPO trains every weight: model.lora.r > 0 is not supported by rlad train yet")
+    if config.model.lora.r and config.learner.zero_stage == 3:
+        raise ConfigError(
+            "model.lora.r > 0 with learner.zero_stage 3: LoRA trains few weights, so ZeRO-3's parameter sharding "
+            "buys little and the merged weights sent to the engines would need every shard gathered; use zero_stage "
+            "0-2"
+        )
     return dataclasses.replace(config.model, path=checkpoint)
 
 
@@ -324,8 +328,13 @@ class Learner:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The full policy weights on CPU, for the rollout engines (ZeRO-3 gathers the shards; every rank
         must call, rank 0's copy is the one to send). On a CPU the tensors may be the live weights themselves
-        (no copy): Ray serialises them when sent; clone to keep a snapshot."""
-        if self.config.learner.zero_stage == 3:
+        (no copy): Ray serialises them when sent; clone to keep a snapshot. With LoRA: the adapters merged into
+        the weights, under the plain model's names (the engines run the plain model)."""
+        lora = self.config.model.lora
+        if lora.r:
+            module_state = self.engine.module.state_dict()
+            state = {k: v.detach().cpu() for k, v in merge_lora_state(module_state, lora.alpha / lora.r).items()}
+        elif self.config.learner.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full only on rank 0
             state = {k: v.cpu() for k, v in (state or {}).items()}
         else:
@@ -344,13 +353,24 @@ class Learner:
 
     # the broadcast transport (rollout.weight_sync: broadcast; rollout/weight_sync.py)
 
+    def _sent_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """What the broadcast sends, by name: the parameters (LoRA: the merged weights, computed once per sync
+        in :meth:`weight_meta`)."""
+        if self.config.model.lora.r:
+            return self._merged
+        return list(self.engine.module.named_parameters(remove_duplicate=False))
+
     def weight_meta(self) -> list[TensorMeta]:
         """Name, dtype and full shape of every parameter, in the order :meth:`broadcast_weights` sends them. A tied
         weight is listed under each of its names (``lm_head`` and ``embed_tokens``): vLLM's CPU build keeps a
         processed copy per layer, and an ``lm_head`` not sent stays stale there (found by the freshness test)."""
+        if self.config.model.lora.r:
+            lora = self.config.model.lora
+            # the plain model's state dict: every parameter under each of its names (tied ones twice)
+            self._merged = list(merge_lora_state(self.engine.module.state_dict(), lora.alpha / lora.r).items())
         return [
             TensorMeta(name, str(p.dtype).removeprefix("torch."), tuple(getattr(p, "ds_shape", p.shape)))
-            for name, p in self.engine.module.named_parameters(remove_duplicate=False)
+            for name, p in self._sent_parameters()
         ]
 
     def join_weight_group(self, init_method: str, world_size: int, backend: str) -> None:
@@ -363,7 +383,7 @@ class Learner:
         from the shards first). Returns the fingerprint of what rank 0 sent (0.0 on the other ranks)."""
         import deepspeed
 
-        params = [p for _, p in self.engine.module.named_parameters(remove_duplicate=False)]
+        params = [p for _, p in self._sent_parameters()]
         total = 0.0
         for bucket in plan:
             chosen = [params[i] for i in bucket]
@@ -404,4 +424,6 @@ class Learner:
         """The policy as a plain checkpoint folder (weights and model config)."""
         state = self.state_dict()
         if self.rank == 0:
-            self.engine.module.save_pretrained(folder, state_dict=state)
+            module = self.engine.module
+            plain = module.get_base_model() if self.config.model.lora.r else module  # LoRA: the merged model
+            plain.save_pretrained(folder, state_dict=state)

@@ -26,6 +26,7 @@ __all__ = [
     "Policy",
     "load_builder",
     "load_policy",
+    "merge_lora_state",
     "policy_config",
     "resolve_checkpoint",
     "resolve_model_path",
@@ -179,6 +180,27 @@ def load_builder(config: ModelConfig, *, shots: int = 1, blocks: Sequence[str] =
         blocks=blocks,
         vision=model_type_of(path) != "qwen2",
     )
+
+
+def merge_lora_state(
+    state: dict[str, torch.Tensor], scaling: float, adapter: str = "default"
+) -> dict[str, torch.Tensor]:
+    """The weights a LoRA-wrapped policy computes with, under the plain model's names: each adapted linear
+    layer's W + scaling * B @ A, a ``modules_to_save`` copy in place of its original, peft's prefixes gone.
+    Pure (no model needed): the learner sends this to the rollout engines, and export applies it to a DeepSpeed
+    checkpoint of a LoRA run. ``scaling`` is ``lora.alpha / lora.r``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key or ".original_module." in key:
+            continue
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        name = name.replace(f".modules_to_save.{adapter}.", ".")
+        stem = key.removesuffix(".base_layer.weight")
+        if stem != key and f"{stem}.lora_A.{adapter}.weight" in state:
+            a, b = state[f"{stem}.lora_A.{adapter}.weight"], state[f"{stem}.lora_B.{adapter}.weight"]
+            value = value + (scaling * (b.float() @ a.float())).to(value.dtype)
+        out[name] = value
+    return out
 
 
 def prepare_for_training(model: Any, config: ModelConfig) -> Any:

@@ -162,10 +162,10 @@ def test_a_nonfinite_step_is_skipped_without_a_trace(small_benchmark, tiny_dir, 
     _skips_a_poisoned_step_without_a_trace(small_benchmark, tiny_dir, rollouts)
 
 
-def test_lora_is_refused_with_the_key_named(small_benchmark, tiny_dir):
+def test_lora_with_zero3_is_refused_with_the_keys_named(small_benchmark, tiny_dir):
     root, _ = small_benchmark
-    with pytest.raises(ConfigError, match=r"model\.lora\.r"):
-        Learner(_config(root, "model.lora.r=4"), str(tiny_dir)).setup()
+    with pytest.raises(ConfigError, match=r"model\.lora\.r > 0 with learner\.zero_stage 3"):
+        Learner(_config(root, "model.lora.r=4", "learner.zero_stage=3"), str(tiny_dir)).setup()
 
 
 @pytest.mark.slow

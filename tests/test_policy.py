@@ -175,3 +175,26 @@ def test_vision_tokens_are_never_sampled(tiny_policy, small_benchmark):
         handle.remove()
     assert all(pad not in c.token_ids for c in completions)
     assert all(len(c.token_ids) == len(c.logprobs) > 0 for c in completions)
+
+
+def test_merged_lora_weights_equal_peft_merge(tiny_dir):
+    """``merge_lora_state`` (what a LoRA learner sends to the engines and what export writes) gives the weights
+    of peft's own merge_and_unload, under the plain model's names."""
+    import copy
+
+    from rlad.config import ModelConfig
+    from rlad.policy import load_policy, merge_lora_state
+
+    config = ModelConfig(path=str(tiny_dir), image_size=224)
+    config.lora.r, config.lora.alpha = 4, 8
+    model = load_policy(config, shots=0, trainable=True).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(0.1 * torch.randn_like(p))  # B starts at zero: give the adapters something to merge
+    merged = merge_lora_state(model.state_dict(), config.lora.alpha / config.lora.r)
+    reference = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert set(merged) == set(reference)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(merged[name], tensor, msg=name)

@@ -291,6 +291,40 @@ def test_an_async_run_resumes_after_a_crash(full_run, tiny_dir, tmp_path, monkey
     assert len(table) == 4 * 6 and len(set(zip(table["step"], table["group_id"], strict=True))) == 4 * 2
 
 
+def test_lora_grpo_sends_merged_weights_the_engines_sample_with(full_run, tiny_dir, tmp_path):
+    """GRPO with LoRA adapters (broadcast sync, ZeRO-2): the engines get the adapters merged into the weights,
+    and the freshness check after every step finds their log-probs equal to the LoRA learner's; the exported
+    step checkpoint and the final policy are plain Qwen2.5-VL checkpoints with the adapters merged."""
+    from safetensors.torch import load_file
+
+    from rewards import known_rewards, reward
+    from rlad.export import export_policy
+
+    if "brevity" not in known_rewards():  # a signal even a random-init policy's groups disagree on
+
+        @reward("brevity")
+        def brevity(completion: str, sample) -> float:
+            return -len(completion) / 100
+
+    _, _, root = full_run
+    run_dir = tmp_path / "lora"
+    config = _config(root, run_dir, tiny_dir, "model.lora.r=4", "model.lora.alpha=8", "model.freeze_vision=true",
+                     "learner.zero_stage=2", "rollout.weight_sync=broadcast", "rollout.freshness_steps=1",
+                     "train.eval_samples=0", "grpo.steps=2", "train.save_steps=1",
+                     "rewards.brevity.weight=1.0")  # fmt: skip
+    run_train(config, show_progress=False)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    assert all(m["sync/freshness_mean_abs"] < 1e-5 for m in metrics)
+    assert metrics[-1]["train/grad_norm"] > 0
+    final = load_file(run_dir / "final" / "model.safetensors")
+    assert not any("lora" in k or "base_layer" in k for k in final)
+    exported = load_file(export_policy(run_dir, tmp_path / "exported", step=2) / "model.safetensors")
+    for name, tensor in final.items():
+        torch.testing.assert_close(exported[name].to(tensor.dtype), tensor, msg=name)
+    base = load_file(Path(tiny_dir) / "model.safetensors")
+    assert any(not torch.equal(final[k], base[k]) for k in base if "q_proj.weight" in k)  # the adapters learned
+
+
 def test_stale_weights_fail_the_sync():
     @ray.remote
     class Learner:
