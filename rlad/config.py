@@ -360,6 +360,12 @@ class RolloutConfig:
     weight_sync: str = "object_store"
     """How new weights reach the engines: ``object_store`` (Ray's; CPU, small models) or ``broadcast`` (a process
     group of learner rank 0 and the engines: NCCL between GPUs, gloo between CPUs)."""
+    lora_sync: str = "merged"
+    """With ``model.lora.r > 0``: ``merged`` sends the engines the weights with the adapters merged in (any
+    engine, either transport); ``adapter`` writes only the adapters (peft format, ~1 % of the bytes) under
+    ``<run_dir>/adapters/`` and the engines load them as LoRA adapters (vLLM's ``LoRARequest``; peft in the
+    transformers engine). ``adapter`` needs ``model.freeze_vision`` (vLLM adapts the language model only) and
+    a run folder every node reads."""
     sync_bucket_mb: float = 256.0
     """``broadcast``: parameters sent per bucket (under ZeRO-3, gathered per bucket)."""
     freshness_steps: int = 10
@@ -391,6 +397,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.max_restarts must be >= 0, got {self.max_restarts}")
         if self.backend not in ("transformers", "vllm"):
             raise ConfigError(f"rollout.backend must be transformers or vllm, got {self.backend!r}")
+        if self.lora_sync not in ("merged", "adapter"):
+            raise ConfigError(f"rollout.lora_sync must be merged or adapter, got {self.lora_sync!r}")
         if self.weight_sync not in ("object_store", "broadcast"):
             raise ConfigError(f"rollout.weight_sync must be object_store or broadcast, got {self.weight_sync!r}")
         if self.sync_bucket_mb <= 0 or self.freshness_steps < 0 or self.freshness_tolerance <= 0:
@@ -559,6 +567,10 @@ def _check_cluster(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: rollout.weight_sync broadcast needs the learners and the rollout workers on the "
                           f"same kind of device (NCCL between GPUs, gloo between CPUs); rollout.num_gpus is "
                           f"{r.num_gpus:g}, learner.num_gpus {lc.num_gpus:g}")  # fmt: skip
+    if r.lora_sync == "adapter" and config.model.lora.r and not config.model.freeze_vision:
+        raise ConfigError(f"{where}: rollout.lora_sync adapter sends the language model's adapters only, so the "
+                          "vision tower must stay fixed: set model.freeze_vision=true (or "
+                          "rollout.lora_sync=merged)")  # fmt: skip
     if r.backend == "vllm" and r.num_gpus and r.num_gpus < r.vllm.tensor_parallel_size:
         raise ConfigError(f"{where}: rollout.vllm.tensor_parallel_size {r.vllm.tensor_parallel_size} needs "
                           f"rollout.num_gpus >= {r.vllm.tensor_parallel_size}, got {r.num_gpus:g}")  # fmt: skip

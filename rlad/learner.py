@@ -398,6 +398,19 @@ class Learner:
                 total += fingerprint([flat])
         return total
 
+    def save_adapter(self, folder: str) -> float:
+        """``rollout.lora_sync: adapter``: rank 0 writes the LoRA adapters (peft format) into ``folder``, aside then
+        renamed; returns the fingerprint of the adapter tensors (every rank calls; only rank 0 writes)."""
+        from peft import get_peft_model_state_dict
+
+        adapters = get_peft_model_state_dict(self.engine.module)
+        if self.rank == 0:
+            target = Path(folder)
+            tmp = target.with_name(f".{target.name}.partial")
+            self.engine.module.save_pretrained(str(tmp))
+            os.replace(tmp, target)
+        return fingerprint(adapters.values())
+
     def shared_state(self) -> dict:
         """:meth:`state_dict` as numpy arrays, for Ray's object store (read without a copy on the node)."""
         return to_shared(self.state_dict())

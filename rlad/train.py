@@ -53,7 +53,7 @@ from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
 from rollout.engine import Completion
-from rollout.weight_sync import BroadcastSync, ObjectStoreSync, StaleWeightsError
+from rollout.weight_sync import AdapterSync, BroadcastSync, ObjectStoreSync, StaleWeightsError
 from rollout.worker import RolloutWorker
 
 __all__ = ["run_train", "step_prompts"]
@@ -206,10 +206,10 @@ class Cluster:
         addresses = ray.get([learner.address.remote() for learner in self.learners])
         rendezvous = rendezvous_url(addresses, uuid.uuid4().hex)  # one node: a file, no port opened
         ray.get([learner.setup.remote(rendezvous) for learner in self.learners])
-        if r.weight_sync == "broadcast":
-            self.sync: ObjectStoreSync | BroadcastSync = BroadcastSync(
-                "nccl" if lc.num_gpus > 0 else "gloo", r.sync_bucket_mb
-            )
+        if config.model.lora.r and r.lora_sync == "adapter":
+            self.sync: ObjectStoreSync | BroadcastSync | AdapterSync = AdapterSync(Path(run_dir) / "adapters")
+        elif r.weight_sync == "broadcast":
+            self.sync = BroadcastSync("nccl" if lc.num_gpus > 0 else "gloo", r.sync_bucket_mb)
         else:
             self.sync = ObjectStoreSync()
         self.version = 0

@@ -10,6 +10,7 @@ token stops a completion; it is kept in ``token_ids`` (the learner trains on it)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +61,22 @@ class TransformersEngine:
 
     def fingerprint(self) -> float:
         return fingerprint(self.model.state_dict().values())
+
+    def load_adapter(self, folder: str, version: int) -> float:
+        """LoRA adapters (peft format) on the base weights: the first call wraps the model, later ones replace the
+        adapter tensors. Returns the fingerprint of the adapter tensors now in the model."""
+        from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not isinstance(self.model, PeftModel):
+            self.model = PeftModel.from_pretrained(self.model, folder, is_trainable=False)
+        else:
+            result = set_peft_model_state_dict(self.model, load_file(str(Path(folder) / "adapter_model.safetensors")))
+            if result.unexpected_keys:
+                raise ValueError(f"adapter {folder}: unexpected tensors {result.unexpected_keys[:5]}")
+        self.model.eval()
+        self.policy_version = version
+        return fingerprint(get_peft_model_state_dict(self.model).values())
 
     # -- the broadcast transport (rollout/weight_sync.py) ----------------------------------------------
 

@@ -14,6 +14,8 @@ The engine serves the same contract as the transformers one (``rollout/engine.py
   every reported log-prob by the banned tokens' probability mass); a completion that samples one is cut just
   before it and marked unfinished, so the learner never sees an image token without an image.
   Request ``i`` is seeded ``seed + i * n`` and vLLM gives its ``n`` samples ``+0 .. +n-1``: reproducible.
+- **LoRA** (``rollout.lora_sync: adapter``): the engine starts with ``enable_lora`` and every update is a new
+  ``LoRARequest`` on the adapters the learner wrote; generation and scoring use it.
 - **Weights** go in through ``rollout/vllm_extension.py`` (mixed into vLLM's worker): ``load_weights`` from a
   state dict (colocated/object store), or a broadcast from learner rank 0 (``rollout.weight_sync: broadcast``).
   Either way every parameter of the vLLM model must be written, or the update fails; the prefix cache (KV of
@@ -39,7 +41,7 @@ from rlad.config import Config, GenerationConfig
 from rlad.inputs import InputBuilder
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, banned_tokens, stop_tokens
-from rollout.weight_sync import TensorMeta
+from rollout.weight_sync import TensorMeta, adapter_file_fingerprint
 
 __all__ = ["VLLMEngine", "engine_kwargs", "sampling_kwargs", "vllm_request"]
 
@@ -90,6 +92,9 @@ def engine_kwargs(config: Config, checkpoint: str, vision: bool) -> dict[str, An
         worker_extension_cls="rollout.vllm_extension.WeightLoader",
         max_logprobs=1,
     )
+    lora = config.model.lora
+    if lora.r and config.rollout.lora_sync == "adapter":
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max(8, 1 << (lora.r - 1).bit_length()))
     if vision:
         kwargs["limit_mm_per_prompt"] = {"image": 2 if config.data.shots else 1, "video": 0}
         pixels = {k: getattr(config.model, k) for k in ("min_pixels", "max_pixels") if getattr(config.model, k)}
@@ -110,6 +115,7 @@ class VLLMEngine:
         self.policy_version = version
         self.asleep = False
         self._fingerprint = float("nan")
+        self.lora: Any = None  # the current LoRARequest (rollout.lora_sync: adapter)
         self.stop = stop_tokens(builder)
         self.banned = set(banned_tokens(builder.tokenizer))
 
@@ -155,7 +161,7 @@ class VLLMEngine:
                                              self.stop))
             for i in range(len(samples))
         ]  # fmt: skip
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         out: list[Completion] = []
         for sample, output in zip(samples, outputs, strict=True):
             for c in output.outputs:
@@ -186,6 +192,18 @@ class VLLMEngine:
         fused and padded, so their sum is not the learner's)."""
         return self._fingerprint
 
+    def load_adapter(self, folder: str, version: int) -> float:
+        """LoRA adapters (peft format) for every later request: a new ``LoRARequest`` per version (vLLM caches
+        adapters by id, so a reused id would keep the old tensors). Returns the fingerprint of the file's
+        tensors."""
+        from vllm.lora.request import LoRARequest
+
+        self.wake()
+        self.lora = LoRARequest(f"rlad-v{version}", version + 1, folder)
+        self._fingerprint = adapter_file_fingerprint(folder)[0]
+        self._updated(version)
+        return self._fingerprint
+
     def weight_ranks(self) -> int:
         return int(self.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size)
 
@@ -211,7 +229,7 @@ class VLLMEngine:
             prompt = self.builder.tokenizer(request.pop("prompt"), add_special_tokens=False)["input_ids"]
             requests.append({**request, "prompt_token_ids": prompt + list(ids)})
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         out = []
         for ids, output in zip(token_ids, outputs, strict=True):
             steps = output.prompt_logprobs[-len(ids) :]

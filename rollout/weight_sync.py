@@ -12,6 +12,9 @@ Two transports, chosen by ``rollout.weight_sync``:
   first (every learner rank takes part; only rank 0 sends). The group is its own ``ProcessGroup`` built on a
   rendezvous store, so it lives beside the learners' DeepSpeed group (and vLLM's) without touching them.
 
+With LoRA (``model.lora.r > 0``) either transport sends the merged weights; ``rollout.lora_sync: adapter``
+instead writes only the adapters to a shared folder and the engines load them as adapters (:class:`AdapterSync`).
+
 Every sync ends with the fingerprint check: each engine returns the float64 sum of the weights it received
 (:func:`fingerprint`) and it must equal what the learner sent; a worker left on stale weights fails the run
 with :class:`StaleWeightsError` instead of training on the wrong policy's samples. The stronger check — the
@@ -26,18 +29,21 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 __all__ = [
+    "AdapterSync",
     "BroadcastSync",
     "ObjectStoreSync",
     "StaleWeightsError",
     "SyncReport",
     "TensorMeta",
     "WeightSync",
+    "adapter_file_fingerprint",
     "buckets",
     "fingerprint",
     "flatten",
@@ -185,6 +191,33 @@ class ObjectStoreSync:
         return SyncReport(version, time.perf_counter() - start, loaded[0][1])
 
 
+class AdapterSync:
+    """``rollout.lora_sync: adapter``: learner rank 0 writes the LoRA adapters under ``folder/vNNNNNN`` (a folder
+    every node reads), every engine loads them as adapters on its base weights (vLLM: a new ``LoRARequest`` per
+    version), and each returns the fingerprint of the adapter tensors it read. The last ``keep`` versions stay
+    on disk (a restarted worker reloads the current one)."""
+
+    def __init__(self, folder: str | Path, keep: int = 2, tolerance: float = 1e-6):
+        self.folder = Path(folder)
+        self.keep = keep
+        self.tolerance = tolerance
+
+    def sync(self, learners: list[Any], workers: list[Any], version: int) -> SyncReport:
+        import shutil
+
+        import ray
+
+        start = time.perf_counter()
+        target = self.folder / f"v{version:06d}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        expected = ray.get([learner.save_adapter.remote(str(target)) for learner in learners])[0]
+        loaded = ray.get([w.load_adapter.remote(str(target), version) for w in workers])
+        _check(loaded, expected, version, self.tolerance)
+        for old in sorted(self.folder.glob("v*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return SyncReport(version, time.perf_counter() - start, loaded[0][1])
+
+
 class BroadcastSync:
     """One process group of learner rank 0 (rank 0) and every engine rank; see the module docstring.
 
@@ -229,3 +262,12 @@ class BroadcastSync:
         expected = ray.get(sent)[0]
         _check(loaded, expected, version, self.tolerance)
         return SyncReport(version, time.perf_counter() - start, sum(m.nbytes for m in meta))
+
+
+def adapter_file_fingerprint(folder: str | Path) -> tuple[float, int]:
+    """Fingerprint and bytes of the adapter tensors in a peft folder, as an engine reads them."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    return fingerprint(tensors.values()), path.stat().st_size

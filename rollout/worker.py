@@ -19,7 +19,7 @@ from rlad.learner import NodeAddress, node_address
 from rlad.policy import load_builder, load_policy, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
-from rollout.weight_sync import TensorMeta, from_shared
+from rollout.weight_sync import TensorMeta, adapter_file_fingerprint, from_shared
 
 __all__ = ["RolloutWorker", "make_engine"]
 
@@ -70,6 +70,11 @@ class RolloutWorker:
     def load_shared(self, shared: Mapping[str, tuple], version: int) -> tuple[float, int]:
         """:meth:`load_weights` from the object store's arrays (``rollout.weight_sync.to_shared``)."""
         return self.load_weights(from_shared(shared), version)
+
+    def load_adapter(self, folder: str, version: int) -> tuple[float, int]:
+        """LoRA adapters written by the learner (``rollout.lora_sync: adapter``); returns the fingerprint of the
+        adapter tensors the engine read, and their bytes."""
+        return self.engine.load_adapter(folder, version), adapter_file_fingerprint(folder)[1]
 
     def policy_version(self) -> int:
         return self.engine.policy_version

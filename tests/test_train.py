@@ -291,10 +291,12 @@ def test_an_async_run_resumes_after_a_crash(full_run, tiny_dir, tmp_path, monkey
     assert len(table) == 4 * 6 and len(set(zip(table["step"], table["group_id"], strict=True))) == 4 * 2
 
 
-def test_lora_grpo_sends_merged_weights_the_engines_sample_with(full_run, tiny_dir, tmp_path):
-    """GRPO with LoRA adapters (broadcast sync, ZeRO-2): the engines get the adapters merged into the weights,
-    and the freshness check after every step finds their log-probs equal to the LoRA learner's; the exported
-    step checkpoint and the final policy are plain Qwen2.5-VL checkpoints with the adapters merged."""
+@pytest.mark.parametrize("lora_sync", ["merged", "adapter"])
+def test_lora_grpo_engines_sample_with_the_learners_adapters(full_run, tiny_dir, tmp_path, lora_sync):
+    """GRPO with LoRA adapters (ZeRO-2): the engines get the adapters merged into the weights (by broadcast) or
+    as adapters written to the run folder, and the freshness check after every step finds their log-probs equal
+    to the LoRA learner's; the exported step checkpoint and the final policy are plain Qwen2.5-VL checkpoints
+    with the adapters merged."""
     from safetensors.torch import load_file
 
     from rewards import known_rewards, reward
@@ -311,11 +313,14 @@ def test_lora_grpo_sends_merged_weights_the_engines_sample_with(full_run, tiny_d
     config = _config(root, run_dir, tiny_dir, "model.lora.r=4", "model.lora.alpha=8", "model.freeze_vision=true",
                      "learner.zero_stage=2", "rollout.weight_sync=broadcast", "rollout.freshness_steps=1",
                      "train.eval_samples=0", "grpo.steps=2", "train.save_steps=1",
-                     "rewards.brevity.weight=1.0")  # fmt: skip
+                     "rewards.brevity.weight=1.0", f"rollout.lora_sync={lora_sync}")  # fmt: skip
     run_train(config, show_progress=False)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     assert all(m["sync/freshness_mean_abs"] < 1e-5 for m in metrics)
     assert metrics[-1]["train/grad_norm"] > 0
+    if lora_sync == "adapter":  # only the adapters travelled: ~1 % of the weights' bytes, the last 2 versions kept
+        assert metrics[-1]["sync/megabytes"] < 0.05 * 6.9
+        assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["v000001", "v000002"]
     final = load_file(run_dir / "final" / "model.safetensors")
     assert not any("lora" in k or "base_layer" in k for k in final)
     exported = load_file(export_policy(run_dir, tmp_path / "exported", step=2) / "model.safetensors")

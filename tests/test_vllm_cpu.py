@@ -198,3 +198,55 @@ def test_weights_broadcast_from_a_learner_process_reach_the_engine(setup, tmp_pa
     ids = engine.generate([probe], n=1, greedy=True)[0].token_ids
     learner = completion_logprobs(reference.model, reference.builder, [probe], [ids])[0]
     assert np.abs(np.array(engine.score([probe], [ids])[0]) - np.array(learner)).mean() < 1e-3
+
+
+def _lora_check(checkpoint: str, folder: str, errors) -> None:
+    """In its own process (one vLLM engine per process): adapters written by a peft policy, loaded by the vLLM
+    engine as LoRA adapters; the engine's log-probs must be the peft policy's, version after version."""
+    try:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from peft import get_peft_model_state_dict
+
+        from rollout.worker import make_engine
+
+        config = load_config(overrides=[
+            f"model.path={checkpoint}", "data.shots=0", "rollout.backend=vllm", "rollout.vllm.dtype=float32",
+            "rollout.vllm.max_model_len=1024", "rollout.vllm.enforce_eager=true", "generation.max_new_tokens=12",
+            "model.lora.r=4", "model.lora.alpha=8", "model.freeze_vision=true", "rollout.lora_sync=adapter",
+        ])  # fmt: skip
+        engine = make_engine(config, checkpoint)
+        policy = load_policy(config.model, shots=0, trainable=True)
+        policy.model.eval()
+        probe = text_sample(5)
+        ids = engine.generate([probe], n=1, greedy=True)[0].token_ids
+        before = np.array(engine.score([probe], [ids])[0])
+        for version in (1, 2):
+            with torch.no_grad():
+                for name, p in policy.model.named_parameters():
+                    if "lora_B" in name or "lora_A" in name:
+                        p.add_(0.2 * torch.randn_like(p))
+            target = f"{folder}/v{version}"
+            policy.model.save_pretrained(target)
+            got = engine.load_adapter(target, version)
+            want = fingerprint(get_peft_model_state_dict(policy.model).values())
+            assert abs(got - want) < 1e-6 * max(1.0, abs(want)), (got, want)
+            learner = np.array(completion_logprobs(policy.model, policy.builder, [probe], [ids])[0])
+            served = np.array(engine.score([probe], [ids])[0])
+            assert np.abs(served - learner).mean() < 1e-3, (version, served, learner)
+            assert np.abs(served - before).mean() > 0.01, version  # the adapter changed what the engine computes
+            before = served
+            assert all(c.policy_version == version for c in engine.generate([probe], n=2, seed=0))
+    except BaseException as err:  # reported to the test in the parent process
+        import traceback
+
+        errors.put("".join(traceback.format_exception(err)))
+        raise
+
+
+def test_lora_adapters_load_into_vllm_as_adapters(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    child = context.Process(target=_lora_check, args=(str(tiny_model_dir(SPEC)), str(tmp_path), errors))
+    child.start()
+    child.join(timeout=600)
+    assert child.exitcode == 0, errors.get(timeout=5) if not errors.empty() else f"exit code {child.exitcode}"
