@@ -116,6 +116,24 @@ def main() -> None:
     rows.append(
         {"what": "learner: Ray learner (DeepSpeed)", "tokens/s": learn_tokens / remote_s, "ratio": bare_s / remote_s}
     )
+
+    # before/after of one optimisation: logits (output layer + softmax) at every position vs the completions' only
+    def forward_backward(padding_side: str) -> None:
+        prompt = {s.sample_id: builder.encode_prompt(s) for s in samples}
+        for i in range(micro):
+            chunk = rollouts[i * args.micro : (i + 1) * args.micro]
+            encoded = [builder.encode_completion(r.sample, r.token_ids, prompt[r.sample.sample_id]) for r in chunk]
+            batch = to_model(builder.collate(encoded, padding_side=padding_side), "cpu", torch.float32)
+            logp, mask = token_logprobs(policy.model, batch, entropy=True)[:2]
+            (logp * mask).sum().backward()
+        policy.model.zero_grad()
+
+    every_s, kept_s = paired_medians(lambda: forward_backward("right"), lambda: forward_backward("left"), args.repeats)
+    rows.append(
+        {"what": "forward/backward, logits at every position", "tokens/s": learn_tokens / every_s, "ratio": 1.0}
+    )
+    rows.append({"what": "forward/backward, completions' logits only", "tokens/s": learn_tokens / kept_s,
+                 "ratio": every_s / kept_s})  # fmt: skip
     print(f"\n{args.prompts} prompts x {args.group} completions, {tokens} generated tokens; median of {args.repeats}")
     print(table(rows, ["what", "tokens/s", "ratio"]))
     print("targets: Ray rollout worker >= 0.95, Ray learner >= 0.95 (ratio of tokens/s to the in-process baseline)")
