@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -407,7 +408,9 @@ class Learner:
         if self.rank == 0:
             target = Path(folder)
             tmp = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(tmp, ignore_errors=True)
             self.engine.module.save_pretrained(str(tmp))
+            shutil.rmtree(target, ignore_errors=True)  # this version again (a revived worker, a resumed run)
             os.replace(tmp, target)
         return fingerprint(adapters.values())
 

@@ -136,6 +136,11 @@ def test_cluster_settings_that_do_not_fit_together_are_named():
         load_config(None, ["rollout.backend=vllm", "rollout.num_gpus=1", "rollout.vllm.tensor_parallel_size=2"])
     with pytest.raises(ConfigError, match=r"offload_params needs learner\.zero_stage 3"):
         load_config(None, ["learner.offload_params=true", "learner.zero_stage=2"])
+    with pytest.raises(ConfigError, match=r"sleep_level 2 discards .* rollout\.lora_sync adapter"):
+        load_config(None, ["model.lora.r=4", "model.freeze_vision=true", "rollout.lora_sync=adapter",
+                           "rollout.vllm.sleep_level=2"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.freeze_vision=true"):
+        load_config(None, ["model.lora.r=4", "rollout.lora_sync=adapter"])
     with pytest.raises(ConfigError, match=r"rollout\.backend must be transformers or vllm"):
         load_config(None, ["rollout.backend=sglang"])
     assert np.isclose(
