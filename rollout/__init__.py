@@ -1,5 +1,9 @@
-"""Rollout engines for rlad (transformers on CPU/GPU, vLLM on GPU) and the Ray rollout worker.
+"""Rollout engines for rlad and the Ray rollout worker.
 
-`transformers_engine.TransformersEngine` generates completions today; the Ray rollout worker, weight sync
-and the vLLM backend come with the GRPO-on-Ray and vLLM issues.
+- ``engine.py``: the contract every backend serves (completions with token ids, log-probs, policy version).
+- ``transformers_engine.py``: transformers' ``generate`` (CPU and GPU).
+- ``vllm_engine.py`` + ``vllm_extension.py``: vLLM (GPU; its CPU build for text models), weights loaded inside
+  vLLM's workers.
+- ``worker.py``: the Ray actor around one engine.
+- ``weight_sync.py``: learner -> engines after every step (object store, broadcast, LoRA adapters), verified.
 """
