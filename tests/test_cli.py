@@ -115,7 +115,10 @@ def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says
         (["configs/demo.yaml", "grpo.group_size=1"], r"group_size >= 2"),
         (["configs/demo.yaml", "learner.deepspeed=/no/ds.json"], r"learner.deepspeed: '/no/ds.json' is not a file"),
         (["configs/demo.yaml", "sft.deepspeed=/no/ds.json"], r"sft.deepspeed: '/no/ds.json' is not a file"),
-        (["configs/demo.yaml", "model.lora.r=4"], r"model\.lora\.r > 0 is not supported by rlad train"),
+        (
+            ["configs/demo.yaml", "model.lora.r=4", "learner.zero_stage=3"],
+            r"model\.lora\.r > 0 with learner\.zero_stage 3",
+        ),
     ],
 )
 def test_train_bad_input_exits_before_ray_starts(capsys, tmp_path, args, says):
