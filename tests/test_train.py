@@ -109,12 +109,9 @@ def test_metrics_cover_rewards_losses_and_phases(full_run):
     assert wanted <= tags and {"eval/total", "eval_sampled/detection"} <= tags
 
 
-def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, tiny_dir, tmp_path, monkeypatch):
-    _, _, root = full_run
-    run_dir = tmp_path / "run"
-    config = _config(root, run_dir, tiny_dir)
-    calls = {"n": 0}
-    learn = Cluster.learn
+def _crash_at_step_3(config, monkeypatch) -> None:
+    """Run ``config`` until the third learning call raises, as a crash would (checkpoint at step 2 is on disk)."""
+    learn, calls = Cluster.learn, {"n": 0}
 
     def crash_at_step_3(self, rollouts):
         calls["n"] += 1
@@ -126,6 +123,13 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, tiny_dir, 
     with pytest.raises(KeyboardInterrupt):
         run_train(config, show_progress=False)
     monkeypatch.setattr(Cluster, "learn", learn)
+
+
+def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, tiny_dir, tmp_path, monkeypatch):
+    _, _, root = full_run
+    run_dir = tmp_path / "run"
+    config = _config(root, run_dir, tiny_dir)
+    _crash_at_step_3(config, monkeypatch)
     assert last_checkpoint(run_dir).name == "step-000002"
     assert len(pq.read_table(run_dir / "replay")) == 3 * 6  # step 2's groups were stored before the crash
     with pytest.raises(ConfigError, match="resume="):
@@ -271,18 +275,7 @@ def test_an_async_run_resumes_after_a_crash(full_run, tiny_dir, tmp_path, monkey
     _, _, root = full_run
     run_dir = tmp_path / "async"
     config = _config(root, run_dir, tiny_dir, "train.async_rollout=true", "train.eval_samples=0")
-    learn, calls = Cluster.learn, {"n": 0}
-
-    def crash_at_step_3(self, rollouts):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return learn(self, rollouts)
-
-    monkeypatch.setattr(Cluster, "learn", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(config, show_progress=False)
-    monkeypatch.setattr(Cluster, "learn", learn)
+    _crash_at_step_3(config, monkeypatch)
     run_train(config, resume=True, show_progress=False)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]
