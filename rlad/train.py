@@ -290,7 +290,7 @@ class Cluster:
         if pending.result is not None:
             return pending.result
         waiting = dict(pending.refs)
-        done: dict[int, list[Completion]] = {}
+        done: dict[int, tuple[list[Completion], float]] = {}
         while waiting:
             k, ref = next(iter(waiting.items()))
             try:
@@ -300,8 +300,8 @@ class Cluster:
                 self._revive(k, err)
                 waiting[k] = self.workers[k].generate.remote(*pending.calls[k])
         pending.seconds = time.perf_counter() - pending.started
-        pending.engine_seconds = max(ray.get([self.workers[k].last_seconds.remote() for k in done]))
-        pending.result = [c for k in sorted(done) for c in done[k]]
+        pending.engine_seconds = max(seconds for _, seconds in done.values())
+        pending.result = [c for k in sorted(done) for c in done[k][0]]
         return pending.result
 
     def _revive(self, k: int, err: Exception) -> None:

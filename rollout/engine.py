@@ -1,14 +1,18 @@
-"""The rollout engine contract: what every backend (transformers today, vLLM on GPUs) provides.
+"""The rollout engine contract: what every backend (transformers on CPU/GPU, vLLM on GPUs) provides.
 
 An engine holds one copy of the policy and turns samples into completions. The Ray rollout worker
-(``rollout/worker.py``) wraps any engine; the trainer only talks to workers. Three things make a backend fit:
+(``rollout/worker.py``) wraps any engine; the trainer only talks to workers. What makes a backend fit:
 
 - ``generate`` takes a batch of samples (each with its images) and returns ``n`` completions per sample with
   token ids, per-token log-probs and the policy version that produced them;
 - ``load_weights`` takes a full state dict (the learner's parameter names) and a version number, so the
   engine can prove which weights sampled what; a vLLM engine maps the names into its own layout there;
-- ``fingerprint`` sums the weights it actually samples with, so the trainer can check after every sync
-  that the engine is not on stale weights (a bug TRL and verl users hit after sleep/wake);
+- ``fingerprint`` sums the weights it took in, so the trainer can check after every sync that the engine is
+  not on stale weights (a bug TRL and verl users hit after sleep/wake);
+- ``score`` gives the engine's own log-probs of a given completion: the freshness check compares them with
+  the learner's, which catches weights that arrived but do not sample;
+- the broadcast transport (``weight_ranks``, ``join_weight_group``, ``receive_weights``) and LoRA adapters
+  (``load_adapter``) are served by both backends (``rollout/weight_sync.py``);
 - sampling settings come only from rlad's ``generation`` section, never from checkpoint defaults.
 """
 
@@ -66,5 +70,9 @@ class RolloutEngine(Protocol):
         ...
 
     def fingerprint(self) -> float:
-        """Sum of every weight the engine samples with, in float64: equal to the learner's after a good sync."""
+        """Sum of every weight the engine took in, in float64: equal to the learner's after a good sync."""
+        ...
+
+    def score(self, samples: Sequence[VerifiableSample], token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Per-token log-probs (temperature 1) of the given completions under the engine's current weights."""
         ...

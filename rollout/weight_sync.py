@@ -8,9 +8,9 @@ Two transports, chosen by ``rollout.weight_sync``:
 - ``broadcast`` (GPU clusters): learner rank 0 and every rollout engine (each tensor-parallel rank of a vLLM
   engine) form one extra process group, NCCL on GPUs, gloo on CPUs, and the parameters are broadcast from
   rank 0 in buckets of ``rollout.sync_bucket_mb``, each bucket one flat tensor (one collective). Under
-  ZeRO-3 the learners gather each bucket's shards
-  first (every learner rank takes part; only rank 0 sends). The group is its own ``ProcessGroup`` built on a
-  rendezvous store, so it lives beside the learners' DeepSpeed group (and vLLM's) without touching them.
+  ZeRO-3 the learners gather each bucket's shards first (every learner rank takes part; only rank 0 sends).
+  The group is its own ``ProcessGroup`` built on a rendezvous store, so it lives beside the learners'
+  DeepSpeed group (and vLLM's) without touching them.
 
 With LoRA (``model.lora.r > 0``) either transport sends the merged weights; ``rollout.lora_sync: adapter``
 instead writes only the adapters to a shared folder and the engines load them as adapters (:class:`AdapterSync`).
@@ -74,8 +74,12 @@ class TensorMeta(NamedTuple):
     shape: tuple[int, ...]
 
     @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    @property
     def nbytes(self) -> int:
-        return int(torch.Size(self.shape).numel()) * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+        return self.numel * getattr(torch, self.dtype).itemsize
 
 
 def fingerprint(tensors: Iterable[torch.Tensor]) -> float:
@@ -110,9 +114,9 @@ def buckets(meta: Sequence[TensorMeta], bucket_bytes: int) -> list[list[int]]:
     """Consecutive index ranges of ``meta`` of one dtype holding at most ``bucket_bytes`` each (a larger tensor
     alone): each bucket travels as one flat tensor, one collective."""
     out: list[list[int]] = []
-    size = bucket_bytes + 1
+    size = 0
     for i, m in enumerate(meta):
-        if (size + m.nbytes > bucket_bytes or meta[out[-1][0]].dtype != m.dtype) and (not out or out[-1]):
+        if not out or size + m.nbytes > bucket_bytes or meta[out[-1][0]].dtype != m.dtype:
             out.append([])
             size = 0
         out[-1].append(i)
@@ -152,7 +156,7 @@ def receive_tensors(
     model). ``sums[0]`` accumulates the fingerprint."""
     for bucket in plan:
         dtype = getattr(torch, meta[bucket[0]].dtype)
-        sizes = [int(torch.Size(meta[i].shape).numel()) for i in bucket]
+        sizes = [meta[i].numel for i in bucket]
         flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         group.broadcast(flat, 0).wait()
         sums[0] += fingerprint([flat])

@@ -47,19 +47,14 @@ class RolloutWorker:
     def __init__(self, config: Config, checkpoint: str):
         set_threads(config.rollout.threads)
         self.engine = make_engine(config, checkpoint)
-        self.seconds = 0.0
 
     def generate(
         self, samples: Sequence[VerifiableSample], n: int, greedy: bool = False, seed: int | None = None
-    ) -> list[Completion]:
+    ) -> tuple[list[Completion], float]:
+        """The engine's completions, and the seconds it spent on them (the rest of a call's time is Ray's)."""
         start = time.perf_counter()
         out = self.engine.generate(samples, n=n, greedy=greedy, seed=seed)
-        self.seconds = time.perf_counter() - start
-        return out
-
-    def last_seconds(self) -> float:
-        """Seconds the engine spent in the last ``generate`` (the rest of a call's time is Ray's)."""
-        return self.seconds
+        return out, time.perf_counter() - start
 
     def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> tuple[float, int]:
         """Take the learner's weights; returns the engine's fingerprint after loading (the freshness check)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlad.config import Config, load_config
+from rlad.tables import markdown_table
 
 # the tiny text-only Qwen2 (what TRL can train here; rlad trains the VLM too): the demo's sizes, no vision tower
 TEXT_TINY = ["model.path=tiny", "model.tiny.text_only=true", "data.text_only=true", "data.shots=0"]
@@ -56,10 +57,8 @@ def paired_medians(first: Callable[[], object], second: Callable[[], object], re
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    """``rows`` as a Markdown table (rlad's own, ``rlad.tables``), ready to paste into a note or the README."""
+    return markdown_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
 
 
 def _fmt(v: object) -> str:
