@@ -17,10 +17,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The benchmark and its scoring checks (seconds), then the main job: SFT warm-start + GRPO on a local Ray +
-# held-out evaluation of the tiny model (minutes), into a fresh run folder each time.
+# held-out evaluation of the tiny model (minutes), into a fresh runs/demo/<time>/ each time (runs/demo/latest).
 demo: setup
-	$(VENV)/bin/rlad demo --config configs/demo.yaml
-	$(VENV)/bin/rlad train configs/demo.yaml train.run_dir=runs/demo/$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/rlad demo --config configs/demo.yaml $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

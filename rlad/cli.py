@@ -7,27 +7,30 @@ rlad score COMPLETIONS.jsonl [--config C] [key=value ...] [--out SCORES.jsonl]
 rlad rescore RUN_DIR [--config C] [key=value ...]
                                           re-score a run's replay store under another mix, per step
 rlad sft CONFIG [key=value ...]           stage 1: SFT warm-start; writes <sft.output_dir>/final
-rlad train [CONFIG] [key=value ...] [resume=RUN_DIR] [--ray-address ADDR]
+rlad [-v] train [CONFIG] [key=value ...] [resume=RUN_DIR] [--ray-address ADDR]
                                           SFT warm-start + GRPO on Ray + held-out evaluation
 rlad eval CHECKPOINT DATA [--shots 0|1] [--out DIR] [key=value ...]
                                           metrics, paper-shaped tables and overlays of a policy on a dataset
 rlad export RUN_DIR|CHECKPOINT --out DIR  a plain Hugging Face folder for serving, with a model card
 rlad predict CHECKPOINT IMAGE [--question Q] [--reference IMG]
                                           answer one question about one image; mask grid and overlay PNG
-rlad demo [--out DIR]                     the main job on this machine (see README)
+rlad demo [--config C] [--out DIR] [key=value ...]
+                                          the main job: benchmark + checks, then rlad train into DIR/<time>
+                                          (DIR/latest links to it)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from rlad import console
 from rlad.config import ConfigError, load_config, to_yaml
 from rlad.data.readers import DataError
 from rlad.faults import LearnerLostError, NonFiniteError
+from rlad.ray_session import RayConnectError
 from rlad.scoring import CompletionFileError
 
 
@@ -70,9 +73,40 @@ def print_summary(summary: dict[str, dict[str, float]]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from rlad.demo import run_demo
+    """The main job: the benchmark and its scoring checks, then ``rlad train`` into ``<out>/<time>/``, with
+    ``<out>/latest`` pointing at it (the README's commands name that link)."""
+    import time
 
-    run_demo(Path(args.out), load_config(args.config, args.overrides))
+    from rlad.demo import run_demo
+    from rlad.train import run_train
+
+    out = Path(args.out)
+    config = load_config(args.config, args.overrides)
+    run_demo(out, config)
+    if args.no_train:
+        return
+    run_dir = out / time.strftime("%Y%m%d-%H%M%S")
+    latest = out / "latest"
+    config = load_config(args.config, [*args.overrides, f"train.run_dir={run_dir}"])
+    print(f"rlad train {args.config or ''} train.run_dir={run_dir} (also {latest})", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    tmp = out / "latest.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)  # relative: the folder can move
+    tmp.replace(latest)
+    _print_train_report(run_train(config))
+
+
+def _print_train_report(report: dict) -> None:
+    rows = {k: v for k, v in report["rows"].items() if v}
+    if rows:
+        print(f"held-out questions: {int(next(iter(rows.values()))['n'])} (greedy)")
+        print_summary(rows)
+    run = report["run_dir"]
+    print(
+        f"run folder {run}: policy {report['final']}, TensorBoard {run}/tensorboard, replay store {run}/replay, "
+        f"metrics {run}/metrics.jsonl, report {run}/report.json"
+    )
 
 
 def _cmd_rescore(args: argparse.Namespace) -> None:
@@ -121,16 +155,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         config = load_config(args.config, overrides)
     address = args.ray_address or config.train.ray_address or os.environ.get("RAY_ADDRESS")
-    report = run_train(config, resume=bool(resume), ray_address=address)
-    rows = {k: v for k, v in report["rows"].items() if v}
-    if rows:
-        print(f"held-out questions: {int(next(iter(rows.values()))['n'])} (greedy)")
-        print_summary(rows)
-    run = report["run_dir"]
-    print(
-        f"run folder {run}: policy {report['final']}, TensorBoard {run}/tensorboard, replay store {run}/replay, "
-        f"metrics {run}/metrics.jsonl, report {run}/report.json"
-    )
+    _print_train_report(run_train(config, resume=bool(resume), ray_address=address))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -222,6 +247,8 @@ def _cmd_data_show(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlad", description="Reinforcement fine-tuning of VLMs for anomaly detection")
+    quiet = "default: a progress bar and one line per stage"
+    parser.add_argument("-v", "--verbose", action="store_true", help=f"print all the libraries and Ray say ({quiet})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("config", help="print the resolved config")
@@ -308,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     p.set_defaults(fn=_cmd_train)
 
-    p = sub.add_parser("demo", help="run the main job on this machine")
-    p.add_argument("--out", default="runs/demo", help="output folder")
+    p = sub.add_parser("demo", help="run the main job on this machine: benchmark, checks, then rlad train")
+    p.add_argument("--out", default="runs/demo", help="output folder; the run goes to OUT/<time>, linked as OUT/latest")
+    p.add_argument("--no-train", action="store_true", help="only the benchmark and its scoring checks (seconds)")
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml values)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(fn=_cmd_demo)
@@ -317,7 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     # Overrides may stand before or after options (`score f.jsonl --out s.jsonl k=v`): argparse's
     # positional list stops at the first option, so collect the key=value words it leaves over.
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if "-v" in extra or "--verbose" in extra:  # also accepted after the subcommand
+        extra = [w for w in extra if w not in ("-v", "--verbose")]
+        args.verbose = True
+    console.setup(args.verbose or console.verbose())
     unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -333,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         IsADirectoryError,
         LearnerLostError,
         NonFiniteError,
+        RayConnectError,
     ) as err:
         # User mistakes (bad config, bad input file) end with the message that names them, not a traceback.
         print(f"rlad {args.command}: error: {err}", file=sys.stderr)

@@ -30,6 +30,7 @@ from rewards import RewardMix
 from rlad import mask_text
 from rlad.completion import parse_completion
 from rlad.config import Config
+from rlad.console import progress
 from rlad.inputs import InputBuilder
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
 from rlad.sample import VerifiableSample
@@ -186,10 +187,8 @@ def evaluation_report(
 
 def generate_all(engine: Any, samples: Sequence[VerifiableSample], batch_size: int, show_progress: bool) -> list:
     """Greedy completions for every sample, ``batch_size`` at a time, with a progress bar (rate and ETA)."""
-    from tqdm.auto import tqdm
-
     out = []
-    with tqdm(total=len(samples), unit="q", desc="eval", disable=not show_progress) as bar:
+    with progress(len(samples), "eval", "q", disable=not show_progress) as bar:
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
             out += engine.generate(chunk, n=1, greedy=True)

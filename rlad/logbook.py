@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from rlad.console import progress
 
 __all__ = ["Logbook", "read_metrics"]
 
@@ -37,13 +37,13 @@ class Logbook:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path, self.show_progress = run_dir / "metrics.jsonl", show_progress
         kept = [m for m in read_metrics(self.metrics_path) if m["step"] < start_step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
         os.replace(tmp, self.metrics_path)
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="GRPO", unit="step", disable=not show_progress)
+        self.bar = progress(total_steps, "GRPO", "step", initial=start_step, disable=not show_progress)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """``metrics`` keys are TensorBoard tags (``reward/format``, ``time/generate``, ...)."""

@@ -163,7 +163,7 @@ def check_sft_config(config: Config) -> None:
 def run_sft(config: Config) -> dict[str, Any]:
     """Train, evaluate before and after on held-out questions, save ``final``; returns the report."""
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
     sft = config.sft
@@ -219,6 +219,7 @@ def run_sft(config: Config) -> dict[str, Any]:
         remove_unused_columns=False,  # our collator needs pixel_values and image_grid_thw
         include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second (non-padding tokens)
         report_to="none",  # TensorBoard is added below, writing to <output_dir>/tensorboard
+        disable_tqdm=True,  # our own bar (_ProgressBar): Trainer's would be forwarded by Ray line by line
         bf16=torch_is_bf16(policy.model),
     )
     trainer = Trainer(
@@ -227,8 +228,9 @@ def run_sft(config: Config) -> dict[str, Any]:
         train_dataset=SFTDataset(examples, policy.builder),
         data_collator=policy.builder.collate,
         processing_class=policy.tokenizer,
-        callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard")))],
+        callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))), _progress_callback()],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints every logging step's dict; TensorBoard has them
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     report["train"] = {
@@ -267,6 +269,35 @@ def run_sft(config: Config) -> dict[str, Any]:
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, out / "report.json")
     return report
+
+
+def _progress_callback() -> Any:
+    """One "SFT" bar (steps, with the last logged loss) drawn on the driver's console, from a Ray task too."""
+    from transformers import TrainerCallback
+
+    from rlad.console import progress
+
+    class ProgressBar(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = progress(state.max_steps, "SFT", "step", initial=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix({"loss": f"{float(logs['loss']):.3f}"})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ProgressBar()
 
 
 def torch_is_bf16(model: Any) -> bool:

@@ -43,12 +43,14 @@ import numpy as np
 import torch
 
 from rlad.config import Config, ConfigError, save_config
+from rlad.console import progress
 from rlad.evaluate import save_and_summarise
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
 from rlad.learner import Learner, Rollout, check_config, loss_units, rendezvous_url
 from rlad.logbook import Logbook
 from rlad.placement import plan_placement
+from rlad.ray_session import ray_session
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
@@ -471,19 +473,30 @@ def _learner_batch(config: Config, fresh: list[Group], past: list[Group], versio
     return rollouts, len(chosen), len(replayed)
 
 
-def _evaluate(cluster: Cluster, samples: list[VerifiableSample], config: Config, run_dir: Path, name: str):
+def _evaluate(
+    cluster: Cluster, samples: list[VerifiableSample], config: Config, run_dir: Path, name: str, show_progress: bool
+):
     """Held-out rows: ``name`` (greedy, one completion per question) and, with ``train.eval_sampled`` > 0,
     ``name_sampled`` (that many completions per question at the rollout temperature, fixed seed: the
     expected reward GRPO optimises, measured on the same draws for every checkpoint)."""
     rows = {}
-    for group, greedy, n in ((name, True, 1), (f"{name}_sampled", False, config.train.eval_sampled)):
-        if not n:
-            continue
-        completions = cluster.generate(samples, n, greedy=greedy, seed=config.seed)
+    runs = [(name, True, 1), (f"{name}_sampled", False, config.train.eval_sampled)]
+    runs = [(group, greedy, n) for group, greedy, n in runs if n]
+    bar = progress(len(samples) * len(runs), f"eval {name}", "q", disable=not show_progress)
+    for group, greedy, n in runs:
+        # In chunks of one engine batch per worker, for the bar: greedy batches are the ones a single call makes
+        chunk = max(1, config.rollout.batch_size // n) * len(cluster.workers)
+        completions = []
+        for c, first in enumerate(range(0, len(samples), chunk)):
+            part = samples[first : first + chunk]
+            completions += cluster.generate(part, n, greedy=greedy, seed=config.seed + c * len(cluster.workers))
+            bar.update(len(part))
         records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
         scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
         (run_dir / "eval").mkdir(exist_ok=True)
         rows[group] = save_and_summarise(records, scores, group, run_dir / "eval" / f"{group}.jsonl")
+    bar.close()
+    print(f"eval {name}: {len(samples)} held-out questions -> {run_dir / 'eval'}/{name}*.jsonl", flush=True)
     return rows
 
 
@@ -518,8 +531,10 @@ def _warm_start(config: Config, run_dir: Path) -> str:
         lc = config.learner
         sft_config = dataclasses.replace(config, sft=dataclasses.replace(config.sft, output_dir=str(sft_dir)))
         task = ray.remote(_run_sft).options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus)
-        print(f"SFT warm-start -> {sft_dir}", flush=True)
-        ray.get(task.remote(sft_config))
+        sft = ray.get(task.remote(sft_config))
+        done = sft["train"]
+        print(f"SFT warm-start: {done['steps']} steps in {done['seconds']:g} s, loss {done['loss']:.3f} -> "
+              f"{sft['final']} (report {sft_dir / 'report.json'})", flush=True)  # fmt: skip
     return str(sft_dir / "final")
 
 
@@ -529,33 +544,6 @@ def _run_sft(config: Config) -> dict:
 
     set_threads(config.learner.threads)
     return run_sft(config)
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None):
-    """Join the cluster at ``address``, or start a local Ray for the run (stopped after it). A session that
-    is already connected (a test's, a notebook's) is used as it is."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    env = {k: os.environ[k] for k in ("RLAD_CACHE",) if k in os.environ}
-    if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env})
-        print(f"Ray: joined the cluster at {context.address_info['gcs_address']} "
-              f"({_describe(ray.cluster_resources())})", flush=True)  # fmt: skip
-    else:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
-        print(f"Ray: started a local instance ({_describe(ray.cluster_resources())})", flush=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _describe(resources: dict[str, float]) -> str:
-    return ", ".join(f"{resources.get(k, 0):g} {k}s" for k in ("CPU", "GPU"))
 
 
 def run_train(
@@ -715,14 +703,17 @@ def _stages(cluster, config, train, eval_set, store, report, start: int, version
     run_dir, grpo = Path(config.train.run_dir), config.grpo
     cluster.sync_weights(version)
     if "warm_start" not in report["rows"] and eval_set:
-        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start"))
+        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start", show_progress))
         _write_report(run_dir, report)
     logbook = Logbook(run_dir, grpo.steps, start, show_progress)
     if start == 0 and eval_set:
         logbook.log_eval(0, report["rows"], "warm_start")
     _loop(config, cluster, train, eval_set, store, logbook, start, version)
+    logbook.bar.close()
+    print(f"GRPO: {grpo.steps - start} steps -> {run_dir / 'metrics.jsonl'}, {run_dir / 'tensorboard'}, "
+          f"{run_dir / 'replay'}, {run_dir / 'checkpoints'}", flush=True)  # fmt: skip
     if eval_set:
-        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo"))
+        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo", show_progress))
         logbook.log_eval(grpo.steps, report["rows"], "grpo")
     logbook.close()
 
@@ -814,4 +805,4 @@ def _loop(
             save_checkpoint(run_dir, cluster.learners, state, config.train.save_total_limit)
         if config.train.eval_steps and done % config.train.eval_steps == 0 and done < grpo.steps and eval_set:
             name = f"step-{done:06d}"
-            logbook.log_eval(done, _evaluate(cluster, eval_set, config, run_dir, name), name)
+            logbook.log_eval(done, _evaluate(cluster, eval_set, config, run_dir, name, logbook.show_progress), name)
