@@ -15,11 +15,13 @@ a bar in the SFT task draws as one bar on the driver's console instead of a forw
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from typing import Any
 
-__all__ = ["child_env", "progress", "setup", "verbose"]
+__all__ = ["child_env", "progress", "quiet_stdout", "setup", "verbose"]
 
 _QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading/writing bars follow huggingface_hub's switch
@@ -49,6 +51,11 @@ def setup(is_verbose: bool) -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed warns when it has to guess this
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_stdout() -> contextlib.AbstractContextManager:
+    """Around a library call that prints what it knows to be routine (``--verbose`` lets it through)."""
+    return contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(io.StringIO())
 
 
 def _has_cuda() -> bool:

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 from rlad.config import Config, ConfigError
+from rlad.console import quiet_stdout
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
@@ -170,8 +171,9 @@ class Learner:
         use_gpu = config.learner.num_gpus > 0 and torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
         os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size)})
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False,
-                                   init_method=rendezvous, rank=rank, world_size=world_size)  # fmt: skip
+        with quiet_stdout():  # DeepSpeed prints "... shm_comm_op built successfully" on CPUs
+            deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False,
+                                       init_method=rendezvous, rank=rank, world_size=world_size)  # fmt: skip
         torch.manual_seed(config.seed + rank)
 
         model_config = _policy_config(config, checkpoint)
