@@ -109,6 +109,24 @@ def test_metrics_cover_rewards_losses_and_phases(full_run):
     assert wanted <= tags and {"eval/total", "eval_sampled/detection"} <= tags
 
 
+def test_the_same_config_twice_on_one_machine_gives_the_same_run(full_run, tiny_dir, tmp_path):
+    """Same-machine determinism, the only kind rlad claims (another CPU gives other floats): a second run of
+    the same config repeats every logged number — rewards, losses, gradient norms, held-out rows — exactly."""
+    run_dir, report, root = full_run
+    again = run_train(_config(root, tmp_path / "again", tiny_dir, "train.warm_start=base"), show_progress=False)
+    timing = ("time/", "tokens_per_s", "time_", "seconds")
+    first, second = read_metrics(run_dir / "metrics.jsonl"), read_metrics(tmp_path / "again/metrics.jsonl")
+    assert len(first) == len(second) == 4
+    for a, b in zip(first, second, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            if not any(t in key for t in timing):
+                assert a[key] == b[key], (a["step"], key, a[key], b[key])
+    assert {g: {k: v for k, v in r.items() if not any(t in k for t in timing)} for g, r in again["rows"].items()} == {
+        g: {k: v for k, v in r.items() if not any(t in k for t in timing)} for g, r in report["rows"].items()
+    }
+
+
 def _crash_at_step_3(config, monkeypatch) -> None:
     """Run ``config`` until the third learning call raises, as a crash would (checkpoint at step 2 is on disk)."""
     learn, calls = Cluster.learn, {"n": 0}

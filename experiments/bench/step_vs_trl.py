@@ -3,8 +3,8 @@
 Same tiny model (the demo's sizes as a text-only Qwen2: TRL cannot run a VLM on this machine, its
 AutoProcessor needs torchvision; rlad trains the VLM itself here), same generated questions (without their
 images), same group size, prompts per step, max new tokens, temperature, learning rate and loss (token-mean
-surrogate, clip 0.2/0.28, no KL, one pass), same reward functions (rlad's reward mix, handed to TRL as its
-reward function). Each trainer runs ``--steps`` optimizer steps, ``--rounds`` times interleaved; its step
+surrogate, clip 0.2/0.28, no KL, one pass), same rewards (rlad's mix, handed to TRL as reward functions by
+``rewards.trl``). Each trainer runs ``--steps`` optimizer steps, ``--rounds`` times interleaved; its step
 time is the median over the steps after the first two (warm-up) and before the last (rlad writes its
 checkpoint there), and the middle round is reported.
 
@@ -45,20 +45,17 @@ def trl_run(config, data: Path, out: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewards import RewardMix
+    from rewards.trl import sample_column, trl_rewards
     from rlad.data.sources import rl_samples
     from rlad.inputs import system_prompt
     from rlad.policy import resolve_model_path
-    from rlad.scoring import ScoredRecord, score_records
 
     train, _ = rl_samples(config)
-    mix = RewardMix(config.rewards)
-    rows = [{"prompt": [{"role": "system", "content": system_prompt(config.output.blocks)},
-                        {"role": "user", "content": s.question}], "index": i} for i, s in enumerate(train)]  # fmt: skip
-
-    def reward(prompts, completions, index, **_):
-        records = [ScoredRecord(c[0]["content"], train[i], "train") for c, i in zip(completions, index, strict=True)]
-        return [s["total"] for s in score_records(records, mix)]
+    reward_funcs, reward_weights = trl_rewards(config.rewards)  # rlad's mix as TRL reward functions
+    system = {"role": "system", "content": system_prompt(config.output.blocks)}
+    rows = [
+        {"prompt": [system, {"role": "user", "content": s.question}], "rlad_sample": sample_column(s)} for s in train
+    ]
 
     class StepTimes(TrainerCallback):
         def __init__(self):
@@ -78,9 +75,10 @@ def trl_run(config, data: Path, out: Path) -> dict:
         epsilon_high=config.grpo.clip_eps_high, num_iterations=1, use_cpu=True, bf16=False, logging_steps=1,
         save_strategy="no", report_to="none", seed=config.seed, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=config.grpo.weight_decay, max_grad_norm=config.grpo.max_grad_norm, dataloader_num_workers=0,
+        reward_weights=reward_weights,
     )  # fmt: skip
     timer = StepTimes()
-    trainer = GRPOTrainer(model=str(resolve_model_path(config.model)), reward_funcs=reward, args=args,
+    trainer = GRPOTrainer(model=str(resolve_model_path(config.model)), reward_funcs=reward_funcs, args=args,
                           train_dataset=Dataset.from_list(rows), callbacks=[timer])  # fmt: skip
     trainer.train()
     body = timer.times[2:-1] or timer.times
