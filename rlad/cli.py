@@ -31,7 +31,7 @@ from rlad.config import ConfigError, load_config, to_yaml
 from rlad.data.readers import DataError
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.ray_session import RayConnectError
-from rlad.scoring import CompletionFileError
+from rlad.scoring import CompletionFileError, print_summary
 
 
 def _cmd_config(args: argparse.Namespace) -> None:
@@ -62,14 +62,6 @@ def _cmd_score(args: argparse.Namespace) -> None:
             for r, s in zip(records, scores, strict=True):
                 f.write(json.dumps({"sample_id": r.sample.sample_id, "group": r.group, **s}) + "\n")
     print_summary(summarise(records, scores))
-
-
-def print_summary(summary: dict[str, dict[str, float]]) -> None:
-    columns = list(next(iter(summary.values())))
-    width = max(len(g) for g in summary) + 2
-    print(f"{'group':<{width}}" + "".join(f"{c:>11}" for c in columns))
-    for group, row in summary.items():
-        print(f"{group:<{width}}{int(row['n']):>11}" + "".join(f"{row[c]:>11.3f}" for c in columns[1:]))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

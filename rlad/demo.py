@@ -1,6 +1,7 @@
-"""The main job on this machine, as far as rlad goes today: generate the benchmark and verify answers on it.
+"""The first half of ``rlad demo`` (the main job; ``rlad.cli`` then runs ``rlad train``): the benchmark and
+its scoring checks, in seconds.
 
-Until the training loop lands, the demo runs everything that exists end to end: it writes the generated
+It writes the generated
 anomaly benchmark (8 classes, 6 defect types, MVTec-AD layout + mmad.json), draws a contact sheet of it,
 reads it back through the MMAD reader at the config's grid, and writes completions for every question as
 policies of known quality would: the grounded SFT target (what the warm-start trains on), the same with
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from rewards import RewardMix
-from rlad.cli import print_summary
 from rlad.completion import parse_completion
 from rlad.config import Config
 from rlad.data.questions import sft_target
@@ -27,7 +27,7 @@ from rlad.data.show import contact_sheet
 from rlad.data.synth import SynthSpec, synthesize
 from rlad.mask_text import encode
 from rlad.sample import VerifiableSample
-from rlad.scoring import read_completions, score_records, summarise
+from rlad.scoring import print_summary, read_completions, score_records, summarise
 
 
 def _policies(sample: VerifiableSample, rng: np.random.Generator) -> dict[str, str]:

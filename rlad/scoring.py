@@ -26,7 +26,7 @@ from rlad.jsonl import json_objects
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
 from rlad.sample import VerifiableSample
 
-__all__ = ["CompletionFileError", "ScoredRecord", "read_completions", "score_records", "summarise"]
+__all__ = ["CompletionFileError", "ScoredRecord", "print_summary", "read_completions", "score_records", "summarise"]
 
 
 class CompletionFileError(ValueError):
@@ -96,6 +96,15 @@ def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> di
             "answer_acc": mmad_accuracy(answers)["mean"]["accuracy"],
         }
     return out
+
+
+def print_summary(summary: dict[str, dict[str, float]]) -> None:
+    """``summarise``'s rows as the fixed-width table the commands print."""
+    columns = list(next(iter(summary.values())))
+    width = max(len(g) for g in summary) + 2
+    print(f"{'group':<{width}}" + "".join(f"{c:>11}" for c in columns))
+    for group, row in summary.items():
+        print(f"{group:<{width}}{int(row['n']):>11}" + "".join(f"{row[c]:>11.3f}" for c in columns[1:]))
 
 
 def score_records_on_ray(records: list[ScoredRecord], rewards: dict, chunk: int) -> list[dict[str, float]]:
