@@ -27,13 +27,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -44,43 +43,20 @@ from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
 from rlad.policy import load_policy, merge_lora_state, set_threads
 from rlad.sample import VerifiableSample
-from rollout.weight_sync import TensorMeta, fingerprint, flatten, to_shared, weight_group
+from rollout.transport import (
+    NodeAddress,
+    TensorMeta,
+    fingerprint,
+    flatten,
+    node_address,
+    rendezvous_url,
+    to_shared,
+    weight_group,
+)
 
-__all__ = ["Learner", "NodeAddress", "Rollout", "check_config", "loss_units", "node_address", "rendezvous_url"]
+__all__ = ["Learner", "Rollout", "check_config", "loss_units"]
 
 CHECKPOINT_TAG = "learner"
-
-
-class NodeAddress(NamedTuple):
-    node_id: str
-    ip: str
-    port: int  # free when asked
-    tmp: str  # the node's temporary folder
-
-
-def node_address() -> NodeAddress:
-    """Where this process runs, and a free port on its node: what :func:`rendezvous_url` needs."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    try:
-        import ray
-    except ImportError:  # a learner used without Ray (experiments/gpu/check_gpu_path.py)
-        ray = None
-    if ray is None or not ray.is_initialized():
-        return NodeAddress("local", "127.0.0.1", port, tempfile.gettempdir())
-    return NodeAddress(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), port,
-                       tempfile.gettempdir())  # fmt: skip
-
-
-def rendezvous_url(addresses: Sequence[NodeAddress], token: str) -> str:
-    """Where the learners' process group meets. All on one node: a file in its temporary folder, so rlad opens no
-    network port for it; across nodes: rank 0's address and port (``tcp://``), which the nodes must reach."""
-    if len({a.node_id for a in addresses}) == 1:
-        return f"file://{Path(addresses[0].tmp) / f'rlad-rendezvous-{token}'}"
-    return f"tcp://{addresses[0].ip}:{addresses[0].port}"
 
 
 @dataclass

@@ -47,7 +47,7 @@ from rlad.console import progress
 from rlad.evaluate import save_and_summarise
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
-from rlad.learner import Learner, Rollout, check_config, loss_units, rendezvous_url
+from rlad.learner import Learner, Rollout, check_config, loss_units
 from rlad.logbook import Logbook
 from rlad.placement import plan_placement
 from rlad.ray_session import ray_session
@@ -55,7 +55,8 @@ from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
 from rollout.engine import Completion
-from rollout.weight_sync import AdapterSync, BroadcastSync, ObjectStoreSync, StaleWeightsError
+from rollout.transport import rendezvous_url
+from rollout.weight_sync import StaleWeightsError, WeightSync, make_weight_sync
 from rollout.worker import RolloutWorker
 
 __all__ = ["run_train", "step_prompts"]
@@ -208,12 +209,7 @@ class Cluster:
         addresses = ray.get([learner.address.remote() for learner in self.learners])
         rendezvous = rendezvous_url(addresses, uuid.uuid4().hex)  # one node: a file, no port opened
         ray.get([learner.setup.remote(rendezvous) for learner in self.learners])
-        if config.model.lora.r and r.lora_sync == "adapter":
-            self.sync: ObjectStoreSync | BroadcastSync | AdapterSync = AdapterSync(Path(run_dir) / "adapters")
-        elif r.weight_sync == "broadcast":
-            self.sync = BroadcastSync("nccl" if lc.num_gpus > 0 else "gloo", r.sync_bucket_mb)
-        else:
-            self.sync = ObjectStoreSync()
+        self.sync: WeightSync = make_weight_sync(config)
         self.version = 0
         self.worker_restarts = 0
 

@@ -21,7 +21,7 @@ from rlad.inputs import InputBuilder, to_model
 from rlad.logprobs import completion_logprobs
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, banned_tokens, stop_tokens
-from rollout.weight_sync import TensorMeta, fingerprint, receive_tensors, weight_group
+from rollout.transport import TensorMeta, fingerprint, receive_tensors, weight_group
 
 __all__ = ["TransformersEngine"]
 

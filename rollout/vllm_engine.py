@@ -41,7 +41,7 @@ from rlad.config import Config, GenerationConfig
 from rlad.inputs import InputBuilder
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, banned_tokens, stop_tokens
-from rollout.weight_sync import TensorMeta, adapter_file_fingerprint
+from rollout.transport import TensorMeta, adapter_file_fingerprint
 
 __all__ = ["VLLMEngine", "engine_kwargs", "sampling_kwargs", "vllm_request"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rollout.weight_sync import TensorMeta, fingerprint, receive_tensors, weight_group
+from rollout.transport import TensorMeta, fingerprint, receive_tensors, weight_group
 
 __all__ = ["WeightLoader"]
 

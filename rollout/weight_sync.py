@@ -24,16 +24,14 @@ engine's log-probs of a fixed completion equal the learner's — runs every ``ro
 
 from __future__ import annotations
 
-import datetime
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-import numpy as np
-import torch
+from rlad.config import Config
+from rollout.transport import buckets, rendezvous_url
 
 __all__ = [
     "AdapterSync",
@@ -41,16 +39,8 @@ __all__ = [
     "ObjectStoreSync",
     "StaleWeightsError",
     "SyncReport",
-    "TensorMeta",
     "WeightSync",
-    "adapter_file_fingerprint",
-    "buckets",
-    "fingerprint",
-    "flatten",
-    "from_shared",
-    "receive_tensors",
-    "to_shared",
-    "weight_group",
+    "make_weight_sync",
 ]
 
 
@@ -63,105 +53,6 @@ class SyncReport:
     version: int
     seconds: float
     bytes: int
-
-
-class TensorMeta(NamedTuple):
-    """What a receiver allocates before a broadcast: one parameter's name, dtype (``torch.float32`` as
-    ``"float32"``) and shape."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return int(torch.Size(self.shape).numel())
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * getattr(torch, self.dtype).itemsize
-
-
-def fingerprint(tensors: Iterable[torch.Tensor]) -> float:
-    """The float64 sum of every element: equal on both sides of a good sync, whatever the tensors' order
-    (accumulated in float64 without a float64 copy of the weights)."""
-    return float(sum(t.detach().sum(dtype=torch.float64) for t in tensors))
-
-
-def to_shared(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, str]]:
-    """A state dict as numpy arrays (bf16 viewed as int16): Ray writes numpy buffers into its object store once
-    and readers on the node map them without a copy, where torch tensors would be pickled and copied."""
-    out = {}
-    for name, t in state.items():
-        t = t.detach().contiguous()
-        raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
-        out[name] = (raw.numpy(), str(t.dtype).removeprefix("torch."))
-    return out
-
-
-def from_shared(shared: Mapping[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
-    """Tensors over the arrays of :func:`to_shared` (read-only views of the object store: load, never write)."""
-    out = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for name, (array, dtype) in shared.items():
-            t = torch.from_numpy(array)
-            out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
-    return out
-
-
-def buckets(meta: Sequence[TensorMeta], bucket_bytes: int) -> list[list[int]]:
-    """Consecutive index ranges of ``meta`` of one dtype holding at most ``bucket_bytes`` each (a larger tensor
-    alone): each bucket travels as one flat tensor, one collective."""
-    out: list[list[int]] = []
-    size = 0
-    for i, m in enumerate(meta):
-        if not out or size + m.nbytes > bucket_bytes or meta[out[-1][0]].dtype != m.dtype:
-            out.append([])
-            size = 0
-        out[-1].append(i)
-        size += m.nbytes
-    return out
-
-
-def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One bucket as one contiguous 1-D tensor (the sender's side of :func:`receive_tensors`)."""
-    return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
-
-
-def weight_group(init_method: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0) -> Any:
-    """A process group of its own (``file://`` or ``tcp://`` rendezvous) for the weight broadcast: not the
-    default group, so the learners' DeepSpeed group and vLLM's stay as they are."""
-    import torch.distributed as dist
-
-    timeout = datetime.timedelta(seconds=timeout_s)
-    store, _, _ = next(dist.rendezvous(init_method, rank, world_size, timeout=timeout))
-    store = dist.PrefixStore("rlad-weights", store)
-    if backend == "nccl":
-        return dist.ProcessGroupNCCL(store, rank, world_size)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size)
-    raise ValueError(f"weight sync backend must be nccl or gloo, got {backend!r}")
-
-
-def receive_tensors(
-    group: Any,
-    meta: Sequence[TensorMeta],
-    plan: Sequence[Sequence[int]],
-    device: torch.device | str,
-    sums: list[float],
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """The receiving side of a broadcast: per bucket of ``plan``, one flat tensor from rank 0, then each
-    parameter as ``(name, view)`` to the loader (vLLM's ``load_weights``, or ``copy_`` into a transformers
-    model). ``sums[0]`` accumulates the fingerprint."""
-    for bucket in plan:
-        dtype = getattr(torch, meta[bucket[0]].dtype)
-        sizes = [meta[i].numel for i in bucket]
-        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-        group.broadcast(flat, 0).wait()
-        sums[0] += fingerprint([flat])
-        for i, piece in zip(bucket, flat.split(sizes), strict=True):
-            yield meta[i].name, piece.view(meta[i].shape)
 
 
 class WeightSync(Protocol):
@@ -239,8 +130,6 @@ class BroadcastSync:
 
         import ray
 
-        from rlad.learner import rendezvous_url
-
         ranks = ray.get([w.weight_ranks.remote() for w in workers])
         world = 1 + sum(ranks)
         addresses = ray.get([learners[0].address.remote(), *[w.address.remote() for w in workers]])
@@ -268,10 +157,12 @@ class BroadcastSync:
         return SyncReport(version, time.perf_counter() - start, sum(m.nbytes for m in meta))
 
 
-def adapter_file_fingerprint(folder: str | Path) -> tuple[float, int]:
-    """Fingerprint and bytes of the adapter tensors in a peft folder, as an engine reads them."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / "adapter_model.safetensors"
-    tensors = load_file(str(path))
-    return fingerprint(tensors.values()), path.stat().st_size
+def make_weight_sync(config: Config) -> WeightSync:
+    """The transport the config asks for (``rollout.weight_sync``, ``rollout.lora_sync``): adapters through a
+    folder of the run, a broadcast group, or Ray's object store."""
+    r = config.rollout
+    if config.model.lora.r and r.lora_sync == "adapter":
+        return AdapterSync(Path(config.train.run_dir) / "adapters")
+    if r.weight_sync == "broadcast":
+        return BroadcastSync("nccl" if config.learner.num_gpus > 0 else "gloo", r.sync_bucket_mb)
+    return ObjectStoreSync()

@@ -15,11 +15,10 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from rlad.config import Config
-from rlad.learner import NodeAddress, node_address
 from rlad.policy import load_builder, load_policy, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
-from rollout.weight_sync import TensorMeta, adapter_file_fingerprint, from_shared
+from rollout.transport import NodeAddress, TensorMeta, adapter_file_fingerprint, from_shared, node_address
 
 __all__ = ["RolloutWorker", "make_engine"]
 
@@ -63,7 +62,7 @@ class RolloutWorker:
         return self.engine.fingerprint(), sum(t.numel() * t.element_size() for t in state.values())
 
     def load_shared(self, shared: Mapping[str, tuple], version: int) -> tuple[float, int]:
-        """:meth:`load_weights` from the object store's arrays (``rollout.weight_sync.to_shared``)."""
+        """:meth:`load_weights` from the object store's arrays (``rollout.transport.to_shared``)."""
         return self.load_weights(from_shared(shared), version)
 
     def load_adapter(self, folder: str, version: int) -> tuple[float, int]:

@@ -205,7 +205,7 @@ def test_a_padding_share_runs_but_counts_for_nothing(small_benchmark, tiny_dir, 
 
 
 def test_learners_on_one_node_meet_through_a_file_and_across_nodes_over_tcp():
-    from rlad.learner import NodeAddress, rendezvous_url
+    from rollout.transport import NodeAddress, rendezvous_url
 
     one = [NodeAddress("n1", "10.0.0.5", 4000, "/tmp"), NodeAddress("n1", "10.0.0.5", 4001, "/tmp")]
     assert rendezvous_url(one, "abc") == "file:///tmp/rlad-rendezvous-abc"  # no network port opened by rlad

@@ -26,7 +26,7 @@ from rlad.logprobs import completion_logprobs
 from rlad.policy import load_policy
 from rlad.sample import VerifiableSample
 from rlad.tiny import TinySpec, tiny_model_dir
-from rollout.weight_sync import buckets, fingerprint, flatten, weight_group
+from rollout.transport import buckets, fingerprint, flatten, weight_group
 
 pytestmark = pytest.mark.vllm
 
@@ -161,7 +161,7 @@ def _send(url: str, world: int, checkpoint: str, seed: int, bucket_bytes: int) -
     """Learner rank 0 in its own process: joins the weight group and broadcasts a perturbed copy."""
     from transformers import Qwen2ForCausalLM
 
-    from rollout.weight_sync import TensorMeta
+    from rollout.transport import TensorMeta
 
     model = Qwen2ForCausalLM.from_pretrained(checkpoint)
     state = perturbed_state(model, seed)
@@ -174,7 +174,7 @@ def _send(url: str, world: int, checkpoint: str, seed: int, bucket_bytes: int) -
 
 
 def test_weights_broadcast_from_a_learner_process_reach_the_engine(setup, tmp_path):
-    from rollout.weight_sync import TensorMeta
+    from rollout.transport import TensorMeta
 
     _, engine, reference = setup
     checkpoint = str(tiny_model_dir(SPEC))

@@ -10,7 +10,8 @@ from rlad.config import ConfigError, load_config
 from rlad.learner import Rollout
 from rlad.placement import plan_placement
 from rlad.train import Cluster
-from rollout.weight_sync import StaleWeightsError, TensorMeta, buckets, fingerprint, from_shared, to_shared
+from rollout.transport import TensorMeta, buckets, fingerprint, from_shared, to_shared
+from rollout.weight_sync import StaleWeightsError
 
 
 @pytest.fixture(scope="module", autouse=True)
