@@ -90,7 +90,9 @@ class LoraConfig:
     r: int = 0
     """Adapter rank; 0 turns LoRA off."""
     alpha: int = 32
+    """LoRA scaling: the adapter's update is multiplied by ``alpha / r``."""
     dropout: float = 0.05
+    """Dropout on the adapter's input during training."""
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -112,9 +114,11 @@ class ModelConfig:
     max_pixels: int | None = None
     """Upper bound on an image's pixels (``max_pixels``); null: the checkpoint's value."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
     freeze_vision: bool = False
     """Keep the vision tower's weights fixed while training."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters instead of full fine-tuning (``r: 0``, the default, trains every weight)."""
     tiny: dict[str, Any] = field(default_factory=dict)
     """Sizes for ``path: tiny`` (fields of ``rlad.tiny.TinySpec``); empty takes its defaults."""
 
@@ -137,8 +141,11 @@ class SynthConfig:
     """The generated benchmark used when ``data.root`` is empty (rlad.data.synth.SynthSpec)."""
 
     images_per_class: int = 40
+    """Generated images per object class (half normal, half with one defect)."""
     references_per_class: int = 4
+    """Normal training images per class that 1-shot prompts draw their reference from."""
     size: int = 256
+    """Side of the generated square images, in pixels."""
     classes: list[str] = field(default_factory=list)
     """Empty: all eight classes."""
     fixed_options: bool = False
@@ -171,6 +178,7 @@ class DataConfig:
     on_bad: str = "error"
     """A sample that cannot be read: ``error`` stops naming it; ``skip`` leaves it out, counted and logged."""
     synth: SynthConfig = field(default_factory=SynthConfig)
+    """The generated benchmark used when ``data.root`` is null (the embedded default)."""
 
     def __post_init__(self) -> None:
         if self.shots not in (0, 1):
@@ -206,8 +214,12 @@ class GenerationConfig:
     """Sampling settings of the policy, written once here (never read from the checkpoint's defaults)."""
 
     max_new_tokens: int = 256
+    """Most tokens a completion may have; one cut there has no closing tags and fails the format reward."""
     temperature: float = 1.0
+    """Sampling temperature of the rollout (the log-probs the engine reports are at this temperature); evaluation's
+    greedy rows ignore it."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p`` (1.0: all)."""
     top_k: int = 0
     """0 turns top-k off."""
 
@@ -217,22 +229,32 @@ class SFTConfig:
     """Stage 1, the warm-start on dense <seg><think><answer> targets (transformers' Trainer)."""
 
     output_dir: str = "runs/sft"
+    """Where ``rlad sft`` writes (checkpoints, ``final/``, ``report.json``); inside ``rlad train`` it is
+    ``<run_dir>/sft``."""
     lr: float = 1e-4
     """Paper: 1e-4."""
     weight_decay: float = 0.03
     """Paper: 0.03."""
     epochs: float = 3.0
+    """Passes over the SFT examples (fractional allowed); ``max_steps`` > 0 overrides it."""
     max_steps: int = -1
     """> 0 overrides ``epochs``."""
     batch_size: int = 4
     """Per device."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (effective batch = ``batch_size * grad_accum * processes``)."""
     warmup_ratio: float = 0.03
+    """Share of the steps over which the learning rate rises linearly from 0."""
     lr_scheduler: str = "cosine"
+    """transformers' schedule name after warm-up (``cosine``, ``linear``, ``constant``, ...)."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
     logging_steps: int = 10
+    """Steps between loss/learning-rate points in TensorBoard (``<output_dir>/tensorboard``)."""
     save_steps: int = 200
+    """Steps between resumable checkpoints (``checkpoint-N/``)."""
     save_total_limit: int = 2
+    """Checkpoints kept on disk; older ones are deleted."""
     resume: bool = True
     """Continue from the last checkpoint in ``output_dir`` when there is one."""
     deepspeed: str | None = None
@@ -267,16 +289,22 @@ class GRPOConfig:
     warmup_steps: int = 0
     """Linear warm-up, then a constant rate (so extending ``steps`` on resume keeps the schedule)."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm, per optimizer step."""
     max_nonfinite_steps: int = 3
     """An optimizer step whose loss or gradients hold a NaN or an infinity is skipped (weights and optimizer
     state untouched), counted and logged; this many in a row stop the run (NonFiniteError)."""
     epochs_per_step: int = 1
     """mu: passes over each step's batch (> 1 makes the importance ratio and clipping matter)."""
     clip_eps_low: float = 0.2
+    """Lower clip of the policy ratio: ``ratio >= 1 - clip_eps_low`` (PPO's epsilon)."""
     clip_eps_high: float = 0.28
+    """Upper clip of the policy ratio: ``ratio <= 1 + clip_eps_high`` (DAPO's clip-higher when above
+    ``clip_eps_low``)."""
     kl_coef: float = 0.0
     """KL to the frozen warm-start policy, in the loss; 0 skips the reference model entirely."""
     kl_kind: str = "k3"
+    """KL estimator against the reference when ``kl_coef`` > 0: ``k1`` (log-ratio) or ``k3`` (unbiased,
+    non-negative; GRPO's)."""
     advantage_scale: str = "group"
     """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
     aggregation: str = "token_mean"
@@ -357,6 +385,7 @@ class RolloutConfig:
     backend: str = "transformers"
     """``transformers`` (CPU and GPU) or ``vllm`` (GPU; the ``vllm`` package in the workers' environment)."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Engine settings used when ``backend: vllm``."""
     weight_sync: str = "object_store"
     """How new weights reach the engines: ``object_store`` (Ray's; CPU, small models) or ``broadcast`` (a process
     group of learner rank 0 and the engines: NCCL between GPUs, gloo between CPUs)."""
@@ -376,9 +405,11 @@ class RolloutConfig:
     """Largest mean |engine - learner| log-prob per token the freshness check accepts (fp32: ~1e-6; bf16
     engines differ from the learner by ~1e-2 by rounding alone; a stale layer measured 0.8)."""
     workers: int = 1
+    """Rollout worker actors; each step's prompts are split evenly over them."""
     num_cpus: float = 1.0
     """Ray resources reserved per worker (placement); torch uses ``threads``."""
     num_gpus: float = 0.0
+    """GPUs reserved per worker (fractional shares a GPU, e.g. 0.5 when colocated with a learner)."""
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per worker (e.g. ``{rollout_node: 1}`` to pin workers to nodes started with
     ``ray start --resources '{"rollout_node": 8}'``)."""
@@ -412,8 +443,11 @@ class LearnerConfig:
     """The learner workers: Ray actors holding a DeepSpeed engine each, data-parallel (``rlad/learner.py``)."""
 
     workers: int = 1
+    """Data-parallel learner actors (one torch.distributed group; DeepSpeed averages gradients)."""
     num_cpus: float = 1.0
+    """Ray CPUs reserved per learner (placement); torch uses ``threads``."""
     num_gpus: float = 0.0
+    """GPUs reserved per learner (fractional when colocated with a rollout worker)."""
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
@@ -423,6 +457,7 @@ class LearnerConfig:
     deepspeed: str | None = None
     """A DeepSpeed JSON config used as the base instead (batch sizes, clipping, ZeRO stage are still set here)."""
     threads: int = 0
+    """torch threads per learner; 0: every core of its node (see ``rollout.threads``)."""
     offload_optimizer: bool = False
     """ZeRO 1-3: keep the optimizer state (and its step) in CPU memory."""
     offload_params: bool = False
@@ -444,13 +479,16 @@ class TrainConfig:
     """``rlad train``: the run directory, where the policy starts, the Ray cluster, checkpoints, evaluation."""
 
     run_dir: str = "runs/train"
+    """The run folder: config snapshot, checkpoints, replay store, metrics, ``final/`` (README: The run folder)."""
     warm_start: str | None = None
     """A checkpoint to start GRPO from; null runs the SFT stage first (into ``<run_dir>/sft``); ``base``
     starts GRPO from ``model.path`` itself, with no SFT (the paper's "GRPO only" ablation)."""
     ray_address: str | None = None
     """Join this Ray cluster (also ``--ray-address`` or RAY_ADDRESS); null starts a local one."""
     save_steps: int = 10
+    """GRPO steps between checkpoints (the last step is always saved); resume starts from the newest complete one."""
     save_total_limit: int = 2
+    """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
     eval_steps: int = 0
     """Held-out evaluation every this many steps; 0: at the start and the end only."""
     eval_samples: int = 64
@@ -496,15 +534,25 @@ class Config:
     seed: int = 0
     """Seed for data generation, sampling and initialisation."""
     mask: MaskConfig = field(default_factory=MaskConfig)
+    """The patch grid of the Text-as-Mask codec and how pixel masks become patch masks."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy: checkpoint path (or ``tiny``), dtype, image size, LoRA."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The dataset: generated or on disk, shots, held-out split."""
     output: OutputConfig = field(default_factory=OutputConfig)
+    """The answer layout: which blocks the policy writes, in order."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Sampling settings shared by rollout and the sampled evaluation."""
     sft: SFTConfig = field(default_factory=SFTConfig)
+    """Stage 1: the SFT warm-start (``rlad sft``, or inside ``rlad train``)."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Stage 2: GRPO's algorithm settings (``rlad/grpo.py``)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The rollout workers and their engine (``rollout/``)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The learner workers (``rlad/learner.py``)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The run: folder, checkpoints, evaluation, placement, Ray."""
     rewards: dict[str, Any] = field(default_factory=paper_rewards)
     """Reward name -> {weight, parameters of that reward}. total = sum(weight * reward). A reward with
     weight 0 is still computed and logged. Names come from the reward registry (``rlad rewards``)."""

@@ -116,3 +116,21 @@ def test_bad_overrides_are_rejected(override, says):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"nowhere.yaml does not exist"):
         load_config(tmp_path / "nowhere.yaml")
+
+
+def test_every_config_field_has_a_docstring():
+    """The schema is the reference: each field is followed by its docstring (``rlad config`` users read it)."""
+    import ast
+
+    import rlad.config
+
+    tree = ast.parse(Path(rlad.config.__file__).read_text())
+    undocumented = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for i, statement in enumerate(node.body):
+                if isinstance(statement, ast.AnnAssign):
+                    after = node.body[i + 1] if i + 1 < len(node.body) else None
+                    if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
+                        undocumented.append(f"{node.name}.{statement.target.id}")
+    assert undocumented == []
