@@ -31,6 +31,7 @@ from rlad.config import ConfigError, load_config, to_yaml
 from rlad.data.readers import DataError
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.ray_session import RayConnectError
+from rlad.run_dir import RunFolderBusyError
 from rlad.scoring import CompletionFileError, print_summary
 
 
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         LearnerLostError,
         NonFiniteError,
         RayConnectError,
+        RunFolderBusyError,
     ) as err:
         # User mistakes (bad config, bad input file) end with the message that names them, not a traceback.
         print(f"rlad {args.command}: error: {err}", file=sys.stderr)

@@ -52,6 +52,7 @@ from rlad.logbook import Logbook
 from rlad.placement import plan_placement
 from rlad.ray_session import ray_session
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
+from rlad.run_dir import hold_run_dir
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
 from rollout.engine import Completion
@@ -548,7 +549,7 @@ def run_train(
     """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report."""
     config, train, eval_set = _prepare(config, resume)  # user mistakes fail here, before Ray starts
     run_dir, restarts = Path(config.train.run_dir), config.train.max_learner_restarts
-    with ray_session(ray_address):
+    with hold_run_dir(run_dir), ray_session(ray_address):  # one writer per run folder, refused before Ray starts
         _check_resources(config)
         for attempt in range(restarts + 1):
             try:
