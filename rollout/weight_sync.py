@@ -19,7 +19,7 @@ Every sync ends with the fingerprint check: each engine returns the float64 sum 
 (:func:`fingerprint`) and it must equal what the learner sent; a worker left on stale weights fails the run
 with :class:`StaleWeightsError` instead of training on the wrong policy's samples. The stronger check — the
 engine's log-probs of a fixed completion equal the learner's — runs every ``rollout.freshness_steps`` steps
-(``rlad.train.Cluster.check_freshness``).
+(``rlad.cluster.Cluster.check_freshness``).
 """
 
 from __future__ import annotations

@@ -14,15 +14,14 @@ import pytest
 import ray
 import torch
 
+from rlad.cluster import Cluster, actor_name
 from rlad.config import ConfigError, load_config
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
 from rlad.train import (
-    Cluster,
     _learner_batch,
-    actor_name,
     last_checkpoint,
     run_train,
     save_checkpoint,

@@ -6,10 +6,9 @@ import pytest
 import ray
 import torch
 
+from rlad.cluster import Cluster, plan_placement
 from rlad.config import ConfigError, load_config
 from rlad.learner import Rollout
-from rlad.placement import plan_placement
-from rlad.train import Cluster
 from rollout.transport import TensorMeta, buckets, fingerprint, from_shared, to_shared
 from rollout.weight_sync import StaleWeightsError
 

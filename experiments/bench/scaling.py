@@ -49,10 +49,10 @@ def main() -> None:
     parser.add_argument("--png", default="experiments/figures/bench_scaling.png")
     args = parser.parse_args()
 
+    from rlad.cluster import Cluster
     from rlad.data.readers import read_mmad
     from rlad.learner import Rollout
     from rlad.policy import resolve_model_path
-    from rlad.train import Cluster
 
     work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
     data = make_data(work / "data")

@@ -34,8 +34,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
 
+    from rlad.cluster import Cluster
     from rlad.policy import resolve_model_path
-    from rlad.train import Cluster, parameter_count
+    from rlad.train import parameter_count
 
     work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
     ray.init(num_cpus=2, include_dashboard=False)
