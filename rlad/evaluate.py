@@ -15,7 +15,6 @@ Pixel-level figures compare the patch mask upsampled to the ground-truth mask's 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -33,6 +32,7 @@ from rlad.config import Config
 from rlad.console import progress
 from rlad.inputs import InputBuilder
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
+from rlad.run_dir import write_text_atomic
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records, summarise
 from rollout.transformers_engine import TransformersEngine
@@ -304,9 +304,7 @@ def run_eval(
         **report,
         "overlays": [str(p) for p in pictures],
     }  # fmt: skip
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(_finite(result), indent=2))  # strict JSON: a figure with no data is null
-    os.replace(tmp, out / "eval.json")
+    write_text_atomic(out / "eval.json", json.dumps(_finite(result), indent=2))  # strict JSON: no data is null
     rows = {"**all**": report["overall"], **report["per_class"]}
     (out / "eval.md").write_text(
         f"# {Path(checkpoint).name} on {name} ({len(samples)} questions, {config.data.shots}-shot)\n\n"

@@ -19,7 +19,6 @@ LoRA adapter folder (merged into its base model). What it writes (atomically: bu
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 
 from rlad.config import Config, ConfigError, load_config, save_config, to_yaml
 from rlad.inputs import system_prompt
+from rlad.run_dir import atomic_folder, checkpoint_dir
 
 __all__ = ["Source", "export_policy", "find_source", "serving_chat_template"]
 
@@ -71,7 +71,7 @@ def find_source(path: str | Path, step: int | None = None) -> Source:
                           "for an unfinished run name a checkpoint with --step N")  # fmt: skip
     if not is_run:
         raise ConfigError(f"export: --step needs a run folder of rlad train or rlad sft, got {path}")
-    ds = path / "checkpoints" / f"step-{step:06d}"
+    ds = checkpoint_dir(path, step)
     if (ds / "state.json").is_file():  # rlad train: a DeepSpeed checkpoint; the architecture is the warm start's
         report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else {}
         config = _config_of(path / "config.yaml")
@@ -254,10 +254,7 @@ def export_policy(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"export: {out} already exists and is not empty (pass --overwrite to replace it)")
     config = source.config
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:  # nothing half-written under ``out``; an old one is replaced at the end
         model = _load_model(source)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer = AutoTokenizer.from_pretrained(source.base, local_files_only=True)
@@ -277,10 +274,4 @@ def export_policy(
         (tmp / "README.md").write_text(
             _model_card(config, source, out.name, _evaluations(source, [Path(e) for e in evals]))
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return out

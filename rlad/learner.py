@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
 from rlad.policy import load_policy, merge_lora_state, set_threads
+from rlad.run_dir import atomic_folder
 from rlad.sample import VerifiableSample
 from rollout.transport import (
     NodeAddress,
@@ -384,12 +384,8 @@ class Learner:
 
         adapters = get_peft_model_state_dict(self.engine.module)
         if self.rank == 0:
-            target = Path(folder)
-            tmp = target.with_name(f".{target.name}.partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.engine.module.save_pretrained(str(tmp))
-            shutil.rmtree(target, ignore_errors=True)  # this version again (a revived worker, a resumed run)
-            os.replace(tmp, target)
+            with atomic_folder(folder) as tmp:  # replaces this version if written before (a resumed run)
+                self.engine.module.save_pretrained(str(tmp))
         return fingerprint(adapters.values())
 
     def shared_state(self) -> dict:

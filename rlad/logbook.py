@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from rlad.console import progress
+from rlad.run_dir import write_text_atomic
 
 __all__ = ["Logbook", "read_metrics"]
 
@@ -39,9 +39,7 @@ class Logbook:
 
         self.metrics_path, self.show_progress = run_dir / "metrics.jsonl", show_progress
         kept = [m for m in read_metrics(self.metrics_path) if m["step"] < start_step]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
         self.bar = progress(total_steps, "GRPO", "step", initial=start_step, disable=not show_progress)
 

@@ -1,26 +1,140 @@
-"""One writer per run folder.
+"""The run folder: its layout named once, written atomically, and by one process at a time.
 
-Two ``rlad train`` processes on one run folder (a run and, by mistake, ``rlad train resume=`` of the same folder)
-each log, store and checkpoint the same steps: ``metrics.jsonl`` then holds steps twice, the replay store holds
-every group twice, and one of them dies renaming a checkpoint the other just wrote. So a run holds an OS lock
-on ``<run_dir>/.lock`` (``fcntl.flock``) for as long as it runs, and a second process is refused before it
-touches anything, with the holder named. The OS drops the lock when the holder exits however it exits —
-SIGKILL included — so a crashed run leaves no stale lock: its folder can be resumed at once.
+Layout (``train.run_dir``)::
+
+    config.yaml            the resolved config            sft/              the SFT stage (its final/)
+    checkpoints/step-N/    learner state + state.json     replay/           the replay store (Parquet parts)
+    metrics.jsonl          one row per GRPO step          tensorboard/      TensorBoard events
+    eval/                  held-out completions           final/            the trained policy
+    report.json            held-out rows, where things are adapters/        LoRA adapters per version
+    .lock                  held by the one writing process
+
+Atomic writes: a file through a sibling temporary and a rename (:func:`write_text_atomic`); a folder built
+aside and renamed into place (:func:`atomic_folder`). A reader — or a resume after a crash — sees the old
+thing or the new one, never half of one; :func:`last_checkpoint` finds the newest *complete* checkpoint.
+
+One writer: two ``rlad train`` processes on one run folder (a run and, by mistake, ``rlad train resume=``
+of the same folder) each log, store and checkpoint the same steps: ``metrics.jsonl`` then holds steps twice,
+the replay store holds every group twice, and one of them dies renaming a checkpoint the other just wrote.
+So a run holds an OS lock on ``<run_dir>/.lock`` (``fcntl.flock``) for as long as it runs, and a second
+process is refused before it touches anything, with the holder named. The OS drops the lock when the holder
+exits however it exits — SIGKILL included — so a crashed run leaves no stale lock: its folder can be
+resumed at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOCK_NAME", "RunFolderBusyError", "hold_run_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "RunFolderBusyError",
+    "atomic_folder",
+    "checkpoint_dir",
+    "complete_checkpoints",
+    "hold_run_dir",
+    "last_checkpoint",
+    "partial_path",
+    "save_checkpoint",
+    "set_aside_replay_parts",
+    "write_text_atomic",
+]
 
 LOCK_NAME = ".lock"
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint taken after ``step`` GRPO steps lives."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete ``checkpoints/step-N`` folders (renamed into place with their state.json), oldest first."""
+    return [p.parent for p in sorted((Path(run_dir) / "checkpoints").glob("step-*/state.json"))]
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, the one ``rlad train resume=`` continues from."""
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: str | Path, learners: list[Any], state: dict[str, Any], keep: int) -> Path:
+    """Learner shards and the driver's state (``state.json``) written aside, then renamed into place; the
+    newest ``keep`` are kept. A crash mid-save leaves the previous checkpoint as the last complete one."""
+    import ray
+
+    final = checkpoint_dir(run_dir, state["step"])
+    try:
+        with atomic_folder(final) as tmp:
+            ray.get([learner.save.remote(str(tmp / "learner")) for learner in learners])
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    except (OSError, ray.exceptions.RayTaskError) as err:
+        previous = last_checkpoint(run_dir)
+        raise OSError(
+            f"checkpoint {final} could not be written ({str(err).strip().splitlines()[-1][:300]}); "
+            f"the previous one, {previous.name if previous else 'none'}, is intact"
+        ) from err
+    for old in sorted((Path(run_dir) / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def set_aside_replay_parts(store: Any, completed_steps: int) -> None:
+    """Replay parts written after the checkpoint (their steps will be redone) move to ``replay-superseded/``
+    beside the store (a ``rlad.replay.ReplayStore``): kept for inspection, outside what ``pyarrow`` reads as
+    the store."""
+    for part in store.parts():
+        if int(part.name.split("-")[1]) >= completed_steps:
+            aside = store.folder.parent / "replay-superseded" / f"{int(time.time())}-{part.name}"
+            aside.parent.mkdir(exist_ok=True)
+            part.rename(aside)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` through a sibling temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def partial_path(final: str | Path) -> Path:
+    """The sibling a folder is built in before :func:`atomic_folder` renames it to ``final``."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial")
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``final``; when the block ends without error it becomes ``final`` (an
+    existing ``final`` is replaced), and on error it is removed and ``final`` stays as it was."""
+    final = Path(final)
+    tmp = partial_path(final)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
 
 
 class RunFolderBusyError(RuntimeError):

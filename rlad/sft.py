@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.inputs import InputBuilder
 from rlad.policy import Policy, load_policy, resolve_model_path
+from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
 from rlad.sample import VerifiableSample
 
 __all__ = ["check_sft_config", "last_complete_checkpoint", "run_sft", "save_policy"]
@@ -101,28 +101,14 @@ def save_policy(
     """Write a loadable checkpoint to ``out`` atomically: built in a sibling folder, then renamed over.
     ``write_weights(folder)`` saves the model's config and weights there; it runs on every rank (a ZeRO-3
     gather is collective), the rest only on the ``main`` one."""
-    tmp = out.with_name(out.name + ".partial")
-    if main and tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        write_weights(tmp)
-    except BaseException:
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)  # the previous ``out`` stays as it was
-        raise
     if not main:
+        write_weights(partial_path(out))  # the other ranks take part in the gather; the main one writes
         return out
-    policy.tokenizer.save_pretrained(tmp)
-    policy.image_processor.save_pretrained(tmp)
-    save_config(config, tmp / "rlad.yaml")
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    with atomic_folder(out) as tmp:  # on an error the previous ``out`` stays as it was
+        write_weights(tmp)
+        policy.tokenizer.save_pretrained(tmp)
+        policy.image_processor.save_pretrained(tmp)
+        save_config(config, tmp / "rlad.yaml")
     return out
 
 
@@ -265,9 +251,7 @@ def run_sft(config: Config) -> dict[str, Any]:
 
         unset_hf_deepspeed_config()
     if main:
-        tmp = out / "report.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, out / "report.json")
+        write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
 
 

@@ -49,7 +49,14 @@ from rlad.learner import Rollout, check_config
 from rlad.logbook import Logbook
 from rlad.ray_session import ray_session
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
-from rlad.run_dir import hold_run_dir
+from rlad.run_dir import (
+    complete_checkpoints,
+    hold_run_dir,
+    last_checkpoint,
+    save_checkpoint,
+    set_aside_replay_parts,
+    write_text_atomic,
+)
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
 from rollout.engine import Completion
@@ -99,50 +106,6 @@ def absolute_paths(config: Config) -> Config:
                 warm_start=config.train.warm_start if config.train.warm_start == "base"
                 else resolve(config.train.warm_start)),
     )  # fmt: skip
-
-
-# -- checkpoints ----------------------------------------------------------------------------------------------
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete ``checkpoints/step-N`` (complete: renamed into place with its state.json)."""
-    found = sorted((run_dir / "checkpoints").glob("step-*/state.json"))
-    return found[-1].parent if found else None
-
-
-def save_checkpoint(run_dir: Path, learners: list[Any], state: dict[str, Any], keep: int) -> Path:
-    """Learner shards and the driver's state written aside, then renamed into place: a crash mid-save
-    leaves the previous checkpoint as the last complete one."""
-    import ray
-
-    final = run_dir / "checkpoints" / f"step-{state['step']:06d}"
-    tmp = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        ray.get([learner.save.remote(str(tmp / "learner")) for learner in learners])
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    except (OSError, ray.exceptions.RayTaskError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        previous = last_checkpoint(run_dir)
-        raise OSError(
-            f"checkpoint {final} could not be written ({str(err).strip().splitlines()[-1][:300]}); "
-            f"the previous one, {previous.name if previous else 'none'}, is intact"
-        ) from err
-    os.replace(tmp, final)
-    for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
-        shutil.rmtree(old)
-    return final
-
-
-def set_aside_replay_parts(store: ReplayStore, completed_steps: int) -> None:
-    """Replay parts written after the checkpoint (their steps will be redone) move to ``replay-superseded/``
-    beside the store: kept for inspection, outside what ``pyarrow``/``pandas`` read as the store."""
-    for part in store.parts():
-        if int(part.name.split("-")[1]) >= completed_steps:
-            aside = store.folder.parent / "replay-superseded" / f"{int(time.time())}-{part.name}"
-            aside.parent.mkdir(exist_ok=True)
-            part.rename(aside)
 
 
 # -- the run --------------------------------------------------------------------------------------------------
@@ -410,9 +373,7 @@ def check_run_dir(config: Config) -> None:
 
 
 def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    tmp = run_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, run_dir / "report.json")
+    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2))
 
 
 def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> dict[str, Any]:
@@ -473,7 +434,7 @@ def _collect(cluster: Cluster, pending: Pending, step: int, version: int, run_di
     try:
         return cluster.collect(pending)
     except NonFiniteError as err:
-        kept = [p.parent.name for p in sorted((run_dir / "checkpoints").glob("step-*/state.json"))]
+        kept = [p.name for p in complete_checkpoints(run_dir)]
         raise NonFiniteError(
             f"step {step}: the policy diverged (version {version} samples from non-finite probabilities); the "
             f"run stopped. Checkpoints on disk: {', '.join(kept) or 'none'} (the newest may already hold "

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from rlad.config import ConfigError, load_config
 from rlad.data.readers import DataError
 from rlad.data.sources import read_sft_jsonl, sft_examples
-from rlad.policy import Policy, load_policy
+from rlad.policy import load_policy
 from rlad.sft import last_complete_checkpoint, run_sft, save_policy
 
 
@@ -94,16 +95,14 @@ def test_failed_export_leaves_the_previous_policy(tmp_path, tiny_policy):
     out.mkdir()
     (out / "config.json").write_text("{}")
 
-    def broken(folder):
-        folder.mkdir()
+    def broken(folder):  # given the empty folder being built, as save_pretrained would be
         (folder / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
         save_policy(broken, tiny_policy, out, load_config())
     assert (out / "config.json").read_text() == "{}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
-    assert isinstance(tiny_policy, Policy)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # nothing half-built left beside it
 
 
 def _write_jsonl(path, rows):
@@ -220,5 +219,7 @@ def test_generated_dataset_is_built_once_into_the_cache(tmp_path, monkeypatch):
     stamp = (root / "mmad.json").stat().st_mtime_ns
     assert dataset_root(config) == root and (root / "mmad.json").stat().st_mtime_ns == stamp  # reused
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no leftover build folder
-    train, held_out = sft_examples(config)
-    assert len(train) + len(held_out) > 0
+    train, held_out = sft_examples(config)  # read from the cached folder: both splits, disjoint by image
+    assert train and held_out
+    assert {e.sample.image for e in train}.isdisjoint({s.image for s in held_out})
+    assert all(Path(s.image).is_file() and root in Path(s.image).parents for s in held_out)

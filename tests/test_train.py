@@ -20,13 +20,8 @@ from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
-from rlad.train import (
-    _learner_batch,
-    last_checkpoint,
-    run_train,
-    save_checkpoint,
-    step_prompts,
-)
+from rlad.run_dir import last_checkpoint, save_checkpoint
+from rlad.train import _learner_batch, run_train, step_prompts
 from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
 
 
