@@ -9,7 +9,7 @@ file named, before anything starts. Each section holds the arguments of one comp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "SynthConfig",
     "TrainConfig",
     "VLLMConfig",
+    "absolute_paths",
     "load_config",
     "paper_rewards",
     "save_config",
@@ -661,3 +662,24 @@ def to_yaml(config: Config) -> str:
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config (a run's snapshot); ``load_config`` reads it back unchanged."""
     Path(path).write_text(to_yaml(config))
+
+
+def absolute_paths(config: Config) -> Config:
+    """Paths resolved against the driver's folder: Ray actors run elsewhere (another cwd, another node)."""
+
+    def resolve(p: str | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    c = replace
+    model_path = config.model.path if config.model.path == "tiny" else resolve(config.model.path)
+    return c(
+        config,
+        model=c(config.model, path=model_path),
+        data=c(config.data, root=resolve(config.data.root), mmad=resolve(config.data.mmad),
+               sft_jsonl=resolve(config.data.sft_jsonl)),
+        sft=c(config.sft, deepspeed=resolve(config.sft.deepspeed), output_dir=resolve(config.sft.output_dir)),
+        learner=c(config.learner, deepspeed=resolve(config.learner.deepspeed)),
+        train=c(config.train, run_dir=resolve(config.train.run_dir),
+                warm_start=config.train.warm_start if config.train.warm_start == "base"
+                else resolve(config.train.warm_start)),
+    )  # fmt: skip

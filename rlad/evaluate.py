@@ -34,7 +34,7 @@ from rlad.inputs import InputBuilder
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
 from rlad.run_dir import write_text_atomic
 from rlad.sample import VerifiableSample
-from rlad.scoring import ScoredRecord, score_records, summarise
+from rlad.scoring import ScoredRecord, score_records, score_records_on_ray, summarise
 from rollout.transformers_engine import TransformersEngine
 
 __all__ = [
@@ -312,3 +312,34 @@ def run_eval(
         f"## Anomaly detection (%)\n\n{detection_table(rows, 'Class')}"
     )
     return result
+
+
+# -- inside rlad train ------------------------------------------------------------------------------------------
+
+
+def evaluate_on_cluster(
+    cluster: Any, samples: list[VerifiableSample], config: Config, run_dir: Path, name: str, show_progress: bool
+) -> dict[str, dict[str, float]]:
+    """``rlad train``'s held-out evaluation on the run's rollout workers (``cluster``: a ``rlad.cluster.Cluster``),
+    completions into ``<run_dir>/eval/``. Rows: ``name`` (greedy, one completion per question) and, with
+    ``train.eval_sampled`` > 0, ``name_sampled`` (that many completions per question at the rollout temperature,
+    fixed seed: the expected reward GRPO optimises, measured on the same draws for every checkpoint)."""
+    rows = {}
+    runs = [(name, True, 1), (f"{name}_sampled", False, config.train.eval_sampled)]
+    runs = [(group, greedy, n) for group, greedy, n in runs if n]
+    bar = progress(len(samples) * len(runs), f"eval {name}", "q", disable=not show_progress)
+    for group, greedy, n in runs:
+        # In chunks of one engine batch per worker, for the bar: greedy batches are the ones a single call makes
+        chunk = max(1, config.rollout.batch_size // n) * len(cluster.workers)
+        completions = []
+        for c, first in enumerate(range(0, len(samples), chunk)):
+            part = samples[first : first + chunk]
+            completions += cluster.generate(part, n, greedy=greedy, seed=config.seed + c * len(cluster.workers))
+            bar.update(len(part))
+        records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
+        scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        rows[group] = save_and_summarise(records, scores, group, run_dir / "eval" / f"{group}.jsonl")
+    bar.close()
+    print(f"eval {name}: {len(samples)} held-out questions -> {run_dir / 'eval'}/{name}*.jsonl", flush=True)
+    return rows

@@ -275,3 +275,22 @@ def export_policy(
             _model_card(config, source, out.name, _evaluations(source, [Path(e) for e in evals]))
         )
     return out
+
+
+def export_from_learners(learners: list[Any], warm: str, out: Path, config: Config) -> Path:
+    """The trained policy as a plain checkpoint (weights from the learners; tokenizer, chat template and image
+    processor from the warm start), written atomically like the SFT stage's."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from rlad.policy import Policy, load_image_processor
+    from rlad.sft import save_policy
+
+    tokenizer = AutoTokenizer.from_pretrained(warm, local_files_only=True)
+    image_processor = load_image_processor(Path(warm), config.model)
+    carrier = Policy(None, tokenizer, image_processor, None, Path(warm))
+
+    def write_weights(folder: Path) -> None:
+        ray.get([learner.save_pretrained.remote(str(folder)) for learner in learners])
+
+    return save_policy(write_weights, carrier, out, config)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from rlad.console import progress
 from rlad.run_dir import write_text_atomic
+from rlad.scoring import summarise
 
-__all__ = ["Logbook", "read_metrics"]
+__all__ = ["Logbook", "read_metrics", "step_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -66,3 +71,28 @@ class Logbook:
     def close(self) -> None:
         self.bar.close()
         self.writer.close()
+
+
+def step_metrics(
+    records, scores, completions, learned, timer: Any, kept: int, replayed: int, groups
+) -> dict[str, float]:
+    """A GRPO step's scalars by TensorBoard tag: rewards, detection, rollout, the learner's numbers and the
+    seconds per phase (``timer``: the driver's ``Timer``)."""
+    row = summarise(records, scores)["train"]
+    m = {f"reward/{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    m["reward/std_in_group"] = float(np.mean([g.reward_std for g in groups]))
+    m["batch/zero_std_groups"] = float(np.mean([g.reward_std <= 1e-6 for g in groups]))
+    m["batch/groups_learned"] = float(kept)
+    m["batch/groups_replayed"] = float(replayed)
+    m.update({f"detect/{k}": row[k] for k in ("image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc")})
+    lengths = [len(c.token_ids) for c in completions]
+    m["rollout/response_length"] = float(np.mean(lengths))
+    m["rollout/finished"] = float(np.mean([c.finished for c in completions]))
+    for k, v in learned.items():
+        if k not in ("learn_tokens", "learn_seconds"):
+            m[f"train/{k}"] = v
+    if learned:
+        m["train/tokens_per_s"] = learned["learn_tokens"] / max(learned["learn_seconds"], 1e-9)
+    m.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    m["time/step"] = time.perf_counter() - timer.start
+    return m

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rlad.completion import BLOCKS
@@ -27,6 +28,7 @@ __all__ = [
     "load_builder",
     "load_policy",
     "merge_lora_state",
+    "parameter_count",
     "policy_config",
     "resolve_checkpoint",
     "resolve_model_path",
@@ -229,3 +231,15 @@ def prepare_for_training(model: Any, config: ModelConfig) -> Any:
         model = get_peft_model(model, lora)
     model.train()
     return model
+
+
+def parameter_count(model_dir: str | Path) -> int:
+    """Parameters of the checkpoint at ``model_dir``, read from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    params = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                params += int(np.prod(f.get_slice(name).get_shape()))
+    return params

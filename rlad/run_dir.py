@@ -39,6 +39,7 @@ __all__ = [
     "LOCK_NAME",
     "RunFolderBusyError",
     "atomic_folder",
+    "check_run_dir",
     "checkpoint_dir",
     "complete_checkpoints",
     "hold_run_dir",
@@ -162,3 +163,33 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def check_run_dir(config: Any) -> None:
+    """The run folder can be written and its disk holds a checkpoint (``train.save_total_limit`` of them, plus
+    the export): ConfigError naming the folder now, not an OSError hours into the run."""
+    from rlad.config import ConfigError
+    from rlad.policy import parameter_count
+
+    run_dir = Path(config.train.run_dir)
+    existed = run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".rlad-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        free = shutil.disk_usage(run_dir).free
+        if not existed:
+            run_dir.rmdir()  # nothing is left behind by a run that a later check refuses
+    except OSError as err:
+        raise ConfigError(f"train.run_dir {run_dir} cannot be written: {err}") from err
+    model_dir = config.train.warm_start or config.model.path
+    keep = config.train.save_total_limit
+    # a learner checkpoint is fp32 weights + Adam's two moments (12 bytes a parameter); a new one is written
+    # before the oldest kept is deleted; the export is one fp32 copy
+    need = parameter_count(model_dir) * (12 * (keep + 1) + 4)
+    if need > free:
+        raise ConfigError(
+            f"train.run_dir {run_dir}: {free / 2**30:.2f} GiB free, but {keep} checkpoints (+1 being written) and "
+            f"the exported policy of {model_dir} need about {need / 2**30:.2f} GiB (train.save_total_limit)"
+        )

@@ -25,6 +25,7 @@ templating; our builder would have to be bolted around it. rlad adds only three 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -286,3 +287,32 @@ def _progress_callback() -> Any:
 
 def torch_is_bf16(model: Any) -> bool:
     return next(model.parameters()).dtype == torch.bfloat16
+
+
+# -- inside rlad train ------------------------------------------------------------------------------------------
+
+
+def warm_start(config: Config, run_dir: Path) -> str:
+    """The checkpoint GRPO starts from: ``train.warm_start``, else the SFT stage's (run on a learner's
+    resources, into ``<run_dir>/sft``; an interrupted SFT resumes itself)."""
+    import ray
+
+    if config.train.warm_start:
+        return config.train.warm_start
+    sft_dir = run_dir / "sft"
+    if not (sft_dir / "report.json").is_file():
+        lc = config.learner
+        sft_config = dataclasses.replace(config, sft=dataclasses.replace(config.sft, output_dir=str(sft_dir)))
+        task = ray.remote(_run_sft_task).options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus)
+        sft = ray.get(task.remote(sft_config))
+        done = sft["train"]
+        print(f"SFT warm-start: {done['steps']} steps in {done['seconds']:g} s, loss {done['loss']:.3f} -> "
+              f"{sft['final']} (report {sft_dir / 'report.json'})", flush=True)  # fmt: skip
+    return str(sft_dir / "final")
+
+
+def _run_sft_task(config: Config) -> dict:
+    from rlad.policy import set_threads
+
+    set_threads(config.learner.threads)
+    return run_sft(config)

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,16 +39,17 @@ import numpy as np
 import torch
 
 from rlad.cluster import Cluster, Pending, check_resources
-from rlad.config import Config, ConfigError, save_config
-from rlad.console import progress
-from rlad.evaluate import save_and_summarise
+from rlad.config import Config, ConfigError, absolute_paths, save_config
+from rlad.evaluate import evaluate_on_cluster
+from rlad.export import export_from_learners
 from rlad.faults import LearnerLostError, NonFiniteError
 from rlad.grpo import group_advantages
 from rlad.learner import Rollout, check_config
-from rlad.logbook import Logbook
+from rlad.logbook import Logbook, step_metrics
 from rlad.ray_session import ray_session
 from rlad.replay import Group, ReplayStore, informative, replay_candidates
 from rlad.run_dir import (
+    check_run_dir,
     complete_checkpoints,
     hold_run_dir,
     last_checkpoint,
@@ -58,7 +58,8 @@ from rlad.run_dir import (
     write_text_atomic,
 )
 from rlad.sample import VerifiableSample
-from rlad.scoring import ScoredRecord, score_records_on_ray, summarise
+from rlad.scoring import ScoredRecord, score_records_on_ray
+from rlad.sft import warm_start
 from rollout.engine import Completion
 
 __all__ = ["run_train", "step_prompts"]
@@ -87,27 +88,6 @@ def sampling_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step * 1_009
 
 
-def absolute_paths(config: Config) -> Config:
-    """Paths resolved against the driver's folder: Ray actors run elsewhere (another cwd, another node)."""
-
-    def resolve(p: str | None) -> str | None:
-        return str(Path(p).expanduser().resolve()) if p else p
-
-    c = dataclasses.replace
-    model_path = config.model.path if config.model.path == "tiny" else resolve(config.model.path)
-    return c(
-        config,
-        model=c(config.model, path=model_path),
-        data=c(config.data, root=resolve(config.data.root), mmad=resolve(config.data.mmad),
-               sft_jsonl=resolve(config.data.sft_jsonl)),
-        sft=c(config.sft, deepspeed=resolve(config.sft.deepspeed), output_dir=resolve(config.sft.output_dir)),
-        learner=c(config.learner, deepspeed=resolve(config.learner.deepspeed)),
-        train=c(config.train, run_dir=resolve(config.train.run_dir),
-                warm_start=config.train.warm_start if config.train.warm_start == "base"
-                else resolve(config.train.warm_start)),
-    )  # fmt: skip
-
-
 # -- the run --------------------------------------------------------------------------------------------------
 
 
@@ -123,28 +103,6 @@ class Timer:
         t = time.perf_counter()
         yield
         self.seconds[phase] = time.perf_counter() - t
-
-
-def _step_metrics(records, scores, completions, learned, timer: Timer, kept: int, replayed: int, groups):
-    """The step's scalars, by TensorBoard tag."""
-    row = summarise(records, scores)["train"]
-    m = {f"reward/{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
-    m["reward/std_in_group"] = float(np.mean([g.reward_std for g in groups]))
-    m["batch/zero_std_groups"] = float(np.mean([g.reward_std <= 1e-6 for g in groups]))
-    m["batch/groups_learned"] = float(kept)
-    m["batch/groups_replayed"] = float(replayed)
-    m.update({f"detect/{k}": row[k] for k in ("image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc")})
-    lengths = [len(c.token_ids) for c in completions]
-    m["rollout/response_length"] = float(np.mean(lengths))
-    m["rollout/finished"] = float(np.mean([c.finished for c in completions]))
-    for k, v in learned.items():
-        if k not in ("learn_tokens", "learn_seconds"):
-            m[f"train/{k}"] = v
-    if learned:
-        m["train/tokens_per_s"] = learned["learn_tokens"] / max(learned["learn_seconds"], 1e-9)
-    m.update({f"time/{k}": v for k, v in timer.seconds.items()})
-    m["time/step"] = time.perf_counter() - timer.start
-    return m
 
 
 def _score_groups(config: Config, samples: list[VerifiableSample], completions: list[Completion], step: int):
@@ -168,7 +126,7 @@ def _score_groups(config: Config, samples: list[VerifiableSample], completions: 
     return records, scores, groups
 
 
-def _learner_batch(config: Config, fresh: list[Group], past: list[Group], version: int, step: int):
+def learner_batch(config: Config, fresh: list[Group], past: list[Group], version: int, step: int):
     """Fresh groups (all, or only those with signal under dynamic sampling) plus a share of replayed ones."""
     grpo = config.grpo
     chosen = informative(fresh) if grpo.dynamic_sampling else list(fresh)
@@ -184,79 +142,6 @@ def _learner_batch(config: Config, fresh: list[Group], past: list[Group], versio
         for i in range(len(g.completions))
     ]
     return rollouts, len(chosen), len(replayed)
-
-
-def _evaluate(
-    cluster: Cluster, samples: list[VerifiableSample], config: Config, run_dir: Path, name: str, show_progress: bool
-):
-    """Held-out rows: ``name`` (greedy, one completion per question) and, with ``train.eval_sampled`` > 0,
-    ``name_sampled`` (that many completions per question at the rollout temperature, fixed seed: the
-    expected reward GRPO optimises, measured on the same draws for every checkpoint)."""
-    rows = {}
-    runs = [(name, True, 1), (f"{name}_sampled", False, config.train.eval_sampled)]
-    runs = [(group, greedy, n) for group, greedy, n in runs if n]
-    bar = progress(len(samples) * len(runs), f"eval {name}", "q", disable=not show_progress)
-    for group, greedy, n in runs:
-        # In chunks of one engine batch per worker, for the bar: greedy batches are the ones a single call makes
-        chunk = max(1, config.rollout.batch_size // n) * len(cluster.workers)
-        completions = []
-        for c, first in enumerate(range(0, len(samples), chunk)):
-            part = samples[first : first + chunk]
-            completions += cluster.generate(part, n, greedy=greedy, seed=config.seed + c * len(cluster.workers))
-            bar.update(len(part))
-        records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
-        scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
-        (run_dir / "eval").mkdir(exist_ok=True)
-        rows[group] = save_and_summarise(records, scores, group, run_dir / "eval" / f"{group}.jsonl")
-    bar.close()
-    print(f"eval {name}: {len(samples)} held-out questions -> {run_dir / 'eval'}/{name}*.jsonl", flush=True)
-    return rows
-
-
-def export(learners: list[Any], warm: str, out: Path, config: Config) -> Path:
-    """The trained policy as a plain checkpoint (weights from the learners; tokenizer, chat template and image
-    processor from the warm start), written atomically like the SFT stage's."""
-    import ray
-    from transformers import AutoTokenizer
-
-    from rlad.policy import Policy, load_image_processor
-    from rlad.sft import save_policy
-
-    tokenizer = AutoTokenizer.from_pretrained(warm, local_files_only=True)
-    image_processor = load_image_processor(Path(warm), config.model)
-    carrier = Policy(None, tokenizer, image_processor, None, Path(warm))
-
-    def write_weights(folder: Path) -> None:
-        ray.get([learner.save_pretrained.remote(str(folder)) for learner in learners])
-
-    return save_policy(write_weights, carrier, out, config)
-
-
-def _warm_start(config: Config, run_dir: Path) -> str:
-    """The checkpoint GRPO starts from: ``train.warm_start``, else the SFT stage's (run on a learner's
-    resources, into ``<run_dir>/sft``; an interrupted SFT resumes itself)."""
-    import ray
-
-    if config.train.warm_start:
-        return config.train.warm_start
-    sft_dir = run_dir / "sft"
-    if not (sft_dir / "report.json").is_file():
-        lc = config.learner
-        sft_config = dataclasses.replace(config, sft=dataclasses.replace(config.sft, output_dir=str(sft_dir)))
-        task = ray.remote(_run_sft).options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus)
-        sft = ray.get(task.remote(sft_config))
-        done = sft["train"]
-        print(f"SFT warm-start: {done['steps']} steps in {done['seconds']:g} s, loss {done['loss']:.3f} -> "
-              f"{sft['final']} (report {sft_dir / 'report.json'})", flush=True)  # fmt: skip
-    return str(sft_dir / "final")
-
-
-def _run_sft(config: Config) -> dict:
-    from rlad.policy import set_threads
-    from rlad.sft import run_sft
-
-    set_threads(config.learner.threads)
-    return run_sft(config)
 
 
 def run_train(
@@ -333,45 +218,6 @@ def _async_threads(config: Config) -> Config:
                                learner=dataclasses.replace(lc, threads=half))  # fmt: skip
 
 
-def parameter_count(model_dir: str | Path) -> int:
-    """Parameters of the checkpoint at ``model_dir``, read from its safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
-
-    params = 0
-    for path in Path(model_dir).glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                params += int(np.prod(f.get_slice(name).get_shape()))
-    return params
-
-
-def check_run_dir(config: Config) -> None:
-    """The run folder can be written and its disk holds a checkpoint (``train.save_total_limit`` of them, plus
-    the export): ConfigError naming the folder now, not an OSError hours into the run."""
-    run_dir = Path(config.train.run_dir)
-    existed = run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".rlad-write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-        free = shutil.disk_usage(run_dir).free
-        if not existed:
-            run_dir.rmdir()  # nothing is left behind by a run that a later check refuses
-    except OSError as err:
-        raise ConfigError(f"train.run_dir {run_dir} cannot be written: {err}") from err
-    model_dir = config.train.warm_start or config.model.path
-    keep = config.train.save_total_limit
-    # a learner checkpoint is fp32 weights + Adam's two moments (12 bytes a parameter); a new one is written
-    # before the oldest kept is deleted; the export is one fp32 copy
-    need = parameter_count(model_dir) * (12 * (keep + 1) + 4)
-    if need > free:
-        raise ConfigError(
-            f"train.run_dir {run_dir}: {free / 2**30:.2f} GiB free, but {keep} checkpoints (+1 being written) and "
-            f"the exported policy of {model_dir} need about {need / 2**30:.2f} GiB (train.save_total_limit)"
-        )
-
-
 def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2))
 
@@ -389,7 +235,7 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
     set_aside_replay_parts(store, state["step"])
     resumed_report = checkpoint is not None and (run_dir / "report.json").is_file()
     report = json.loads((run_dir / "report.json").read_text()) if resumed_report else {"rows": {}}
-    warm = _warm_start(config, run_dir)
+    warm = warm_start(config, run_dir)
     cluster = Cluster(config, warm)
     try:
         if checkpoint is not None:
@@ -397,7 +243,7 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
             print(f"resumed {run_dir} at step {state['step']} from {checkpoint.name}", flush=True)
         started = time.perf_counter()
         _stages(cluster, config, train, eval_set, store, report, state["step"], state["version"], show_progress)
-        export(cluster.learners, warm, run_dir / "final", config)
+        export_from_learners(cluster.learners, warm, run_dir / "final", config)
     except ray.exceptions.RayActorError as err:
         cluster.check_learners(err, "running the step")  # a dead learner: LearnerLostError
         raise
@@ -414,7 +260,7 @@ def _stages(cluster, config, train, eval_set, store, report, start: int, version
     run_dir, grpo = Path(config.train.run_dir), config.grpo
     cluster.sync_weights(version)
     if "warm_start" not in report["rows"] and eval_set:
-        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "warm_start", show_progress))
+        report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "warm_start", show_progress))
         _write_report(run_dir, report)
     logbook = Logbook(run_dir, grpo.steps, start, show_progress)
     if start == 0 and eval_set:
@@ -424,7 +270,7 @@ def _stages(cluster, config, train, eval_set, store, report, start: int, version
     print(f"GRPO: {grpo.steps - start} steps -> {run_dir / 'metrics.jsonl'}, {run_dir / 'tensorboard'}, "
           f"{run_dir / 'replay'}, {run_dir / 'checkpoints'}", flush=True)  # fmt: skip
     if eval_set:
-        report["rows"].update(_evaluate(cluster, eval_set, config, run_dir, "grpo", show_progress))
+        report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "grpo", show_progress))
         logbook.log_eval(grpo.steps, report["rows"], "grpo")
     logbook.close()
 
@@ -471,7 +317,7 @@ def _loop(
         with timer("store"):
             store.append(groups)  # on disk before anything learns from it
         with timer("learn"):
-            rollouts, kept, replayed = _learner_batch(config, groups, past, version, step)
+            rollouts, kept, replayed = learner_batch(config, groups, past, version, step)
             learned = cluster.learn(rollouts) if rollouts else {}
         staleness = [version - g.policy_version for g in groups]  # versions between sampling and learning
         if ahead is not None:
@@ -508,7 +354,7 @@ def _loop(
         metrics["time/engine_learn"] = learned.get("learn_seconds", 0.0)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
-        logbook.log(step, {**_step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),
+        logbook.log(step, {**step_metrics(records, scores, completions, learned, timer, kept, replayed, groups),
                            **metrics})  # fmt: skip
         done = step + 1
         if done % config.train.save_steps == 0 or done == grpo.steps:
@@ -516,4 +362,6 @@ def _loop(
             save_checkpoint(run_dir, cluster.learners, state, config.train.save_total_limit)
         if config.train.eval_steps and done % config.train.eval_steps == 0 and done < grpo.steps and eval_set:
             name = f"step-{done:06d}"
-            logbook.log_eval(done, _evaluate(cluster, eval_set, config, run_dir, name, logbook.show_progress), name)
+            logbook.log_eval(
+                done, evaluate_on_cluster(cluster, eval_set, config, run_dir, name, logbook.show_progress), name
+            )

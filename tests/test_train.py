@@ -21,7 +21,7 @@ from rlad.learner import Rollout
 from rlad.logbook import read_metrics
 from rlad.replay import Group
 from rlad.run_dir import last_checkpoint, save_checkpoint
-from rlad.train import _learner_batch, run_train, step_prompts
+from rlad.train import learner_batch, run_train, step_prompts
 from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
 
 
@@ -406,15 +406,15 @@ def _group(gid, version, totals):
                  {"answer": list(totals)}, list(totals), [t - mean for t in totals])  # fmt: skip
 
 
-def test_learner_batch_dynamic_sampling_and_replay():
+def testlearner_batch_dynamic_sampling_and_replay():
     config = load_config(None, ["grpo.group_size=2"])
     fresh = [_group("a", 5, (1.0, 0.0)), _group("flat", 5, (1.0, 1.0))]
     past = [_group("old-good", 4, (0.0, 2.0)), _group("too-old", 0, (0.0, 2.0)), _group("old-flat", 4, (1.0, 1.0))]
-    rollouts, kept, replayed = _learner_batch(config, fresh, past, 5, 5)
+    rollouts, kept, replayed = learner_batch(config, fresh, past, 5, 5)
     assert (kept, replayed, len(rollouts)) == (2, 0, 4)  # defaults: every fresh group, nothing replayed
     dyn = load_config(None, ["grpo.group_size=2", "grpo.dynamic_sampling=true", "grpo.replay_share=0.5",
                              "grpo.max_staleness=2"])  # fmt: skip
-    rollouts, kept, replayed = _learner_batch(dyn, fresh, past, 5, 5)
+    rollouts, kept, replayed = learner_batch(dyn, fresh, past, 5, 5)
     assert (kept, replayed) == (1, 1)  # "flat" dropped; "old-good" is the one replayable group
     assert [r.fresh for r in rollouts] == [True, True, False, False]
     assert [r.advantage for r in rollouts[2:]] == [-1.0, 1.0]

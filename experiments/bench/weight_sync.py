@@ -35,8 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from rlad.cluster import Cluster
-    from rlad.policy import resolve_model_path
-    from rlad.train import parameter_count
+    from rlad.policy import parameter_count, resolve_model_path
 
     work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
     ray.init(num_cpus=2, include_dashboard=False)
