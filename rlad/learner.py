@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
 from rlad.policy import load_policy, merge_lora_state, set_threads
+from rlad.replay import Group, informative, replay_candidates
 from rlad.run_dir import atomic_folder
 from rlad.sample import VerifiableSample
 from rollout.transport import (
@@ -54,7 +56,7 @@ from rollout.transport import (
     weight_group,
 )
 
-__all__ = ["Learner", "Rollout", "check_config", "loss_units"]
+__all__ = ["Learner", "Rollout", "check_config", "learner_batch", "loss_units"]
 
 CHECKPOINT_TAG = "learner"
 
@@ -417,3 +419,23 @@ class Learner:
             module = self.engine.module
             plain = module.get_base_model() if self.config.model.lora.r else module  # LoRA: the merged model
             plain.save_pretrained(folder, state_dict=state)
+
+
+def learner_batch(config: Config, fresh: list[Group], past: list[Group], version: int, step: int):
+    """A step's learner batch: fresh groups (all, or only those with signal under ``grpo.dynamic_sampling``)
+    plus ``grpo.replay_share`` of replayed ones, at most ``grpo.max_staleness`` versions old; returns
+    (rollouts, fresh groups kept, groups replayed)."""
+    grpo = config.grpo
+    chosen = informative(fresh) if grpo.dynamic_sampling else list(fresh)
+    replayed: list[Group] = []
+    if grpo.replay_share > 0:
+        candidates = replay_candidates(past, version, grpo.max_staleness)
+        want = round(len(fresh) * grpo.replay_share / (1 - grpo.replay_share))
+        replayed = random.Random(f"{config.seed}-{step}").sample(candidates, min(want, len(candidates)))
+    rollouts = [
+        Rollout(g.sample, g.token_ids[i], g.logprobs[i], g.advantages[i], fresh=is_fresh)
+        for groups, is_fresh in ((chosen, True), (replayed, False))
+        for g in groups
+        for i in range(len(g.completions))
+    ]
+    return rollouts, len(chosen), len(replayed)

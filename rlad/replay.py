@@ -21,15 +21,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records
 
-__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore", "stored_completions"]
+__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore", "score_groups", "stored_completions"]
 
 
 @dataclass
@@ -171,3 +173,29 @@ def stored_completions(store: ReplayStore, min_step: int = 0) -> list[ScoredReco
 def rescore(store: ReplayStore, mix) -> list[dict[str, float]]:
     """Rewards of every stored completion under ``mix`` (a ``rewards.RewardMix``), in store order."""
     return score_records(stored_completions(store), mix)
+
+
+def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: Sequence[Any], step: int):
+    """GRPO's score phase: every completion's rewards (in Ray tasks when there are many), group advantages,
+    and the step's groups as the store keeps them. ``completions[i]`` answers ``samples[i // group_size]``;
+    returns (records, scores, groups)."""
+    g = config.grpo.group_size
+    records = [ScoredRecord(c.text, samples[i // g], "train") for i, c in enumerate(completions)]
+    from rlad.grpo import group_advantages
+    from rlad.scoring import score_records_on_ray
+
+    scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+    totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
+    advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
+    names = [k for k in scores[0] if k != "total"]
+    groups = []
+    for p, sample in enumerate(samples):
+        idx = range(p * g, (p + 1) * g)
+        groups.append(Group(
+            group_id=f"{step:06d}-{p:04d}", step=step, policy_version=completions[idx[0]].policy_version,
+            sample=sample, completions=[completions[i].text for i in idx],
+            token_ids=[completions[i].token_ids for i in idx], logprobs=[completions[i].logprobs for i in idx],
+            rewards={n: [scores[i][n] for i in idx] for n in names}, totals=[scores[i]["total"] for i in idx],
+            advantages=[advantages[i] for i in idx],
+        ))  # fmt: skip
+    return records, scores, groups

@@ -1,7 +1,7 @@
 """``rlad train``: SFT warm-start, then GRPO on Ray, then a held-out evaluation — the whole method in one run.
 
     rlad train configs/demo.yaml                          # local Ray, tiny model, generated data, CPU minutes
-    rlad train resume=runs/demo/train                   # continue from the last complete checkpoint
+    rlad train resume=runs/demo/latest                    # continue from the last complete checkpoint
     rlad train configs/paper_qwen25vl_7b.yaml --ray-address auto model.path=... data.root=...
 
 One driver (this module) runs each GRPO step (OmniAD §3.3) as named phases over Ray actors:
@@ -29,25 +29,22 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from rlad.cluster import Cluster, Pending, check_resources
+from rlad.cluster import Cluster, Pending, check_resources, split_threads
 from rlad.config import Config, ConfigError, absolute_paths, save_config
 from rlad.evaluate import evaluate_on_cluster
 from rlad.export import export_from_learners
 from rlad.faults import LearnerLostError, NonFiniteError
-from rlad.grpo import group_advantages
-from rlad.learner import Rollout, check_config
+from rlad.learner import check_config, learner_batch
 from rlad.logbook import Logbook, step_metrics
 from rlad.ray_session import ray_session
-from rlad.replay import Group, ReplayStore, informative, replay_candidates
+from rlad.replay import ReplayStore, informative, score_groups
 from rlad.run_dir import (
     check_run_dir,
     complete_checkpoints,
@@ -58,7 +55,6 @@ from rlad.run_dir import (
     write_text_atomic,
 )
 from rlad.sample import VerifiableSample
-from rlad.scoring import ScoredRecord, score_records_on_ray
 from rlad.sft import warm_start
 from rollout.engine import Completion
 
@@ -103,45 +99,6 @@ class Timer:
         t = time.perf_counter()
         yield
         self.seconds[phase] = time.perf_counter() - t
-
-
-def _score_groups(config: Config, samples: list[VerifiableSample], completions: list[Completion], step: int):
-    """Rewards of every completion (Ray tasks when there are many), advantages per group."""
-    g = config.grpo.group_size
-    records = [ScoredRecord(c.text, samples[i // g], "train") for i, c in enumerate(completions)]
-    scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
-    totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
-    advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
-    names = [k for k in scores[0] if k != "total"]
-    groups = []
-    for p, sample in enumerate(samples):
-        idx = range(p * g, (p + 1) * g)
-        groups.append(Group(
-            group_id=f"{step:06d}-{p:04d}", step=step, policy_version=completions[idx[0]].policy_version,
-            sample=sample, completions=[completions[i].text for i in idx],
-            token_ids=[completions[i].token_ids for i in idx], logprobs=[completions[i].logprobs for i in idx],
-            rewards={n: [scores[i][n] for i in idx] for n in names}, totals=[scores[i]["total"] for i in idx],
-            advantages=[advantages[i] for i in idx],
-        ))  # fmt: skip
-    return records, scores, groups
-
-
-def learner_batch(config: Config, fresh: list[Group], past: list[Group], version: int, step: int):
-    """Fresh groups (all, or only those with signal under dynamic sampling) plus a share of replayed ones."""
-    grpo = config.grpo
-    chosen = informative(fresh) if grpo.dynamic_sampling else list(fresh)
-    replayed: list[Group] = []
-    if grpo.replay_share > 0:
-        candidates = replay_candidates(past, version, grpo.max_staleness)
-        want = round(len(fresh) * grpo.replay_share / (1 - grpo.replay_share))
-        replayed = random.Random(f"{config.seed}-{step}").sample(candidates, min(want, len(candidates)))
-    rollouts = [
-        Rollout(g.sample, g.token_ids[i], g.logprobs[i], g.advantages[i], fresh=is_fresh)
-        for groups, is_fresh in ((chosen, True), (replayed, False))
-        for g in groups
-        for i in range(len(g.completions))
-    ]
-    return rollouts, len(chosen), len(replayed)
 
 
 def run_train(
@@ -193,7 +150,7 @@ def _prepare(config: Config, resume: bool):
             config, train=dataclasses.replace(config.train, warm_start=str(resolve_model_path(config.model)))
         )
     resolve_model_path(config.model)
-    config = _async_threads(config)
+    config = split_threads(config)
     check_config(config)  # learner settings (LoRA, learner.deepspeed), here rather than inside an actor
     if not config.train.warm_start:
         check_sft_config(config)
@@ -207,72 +164,57 @@ def _prepare(config: Config, resume: bool):
     return config, train, eval_set
 
 
-def _async_threads(config: Config) -> Config:
-    """Async on CPUs: rollout and learners run at once, so by default each takes half the cores (both taking
-    all of them oversubscribes torch's threads: 4-5x slower steps, measured on 2 cores)."""
-    r, lc = config.rollout, config.learner
-    if not config.train.async_rollout or r.num_gpus or lc.num_gpus or r.threads or lc.threads:
-        return config
-    half = max(1, (os.cpu_count() or 2) // 2)
-    return dataclasses.replace(config, rollout=dataclasses.replace(r, threads=half),
-                               learner=dataclasses.replace(lc, threads=half))  # fmt: skip
-
-
 def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2))
 
 
 def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> dict[str, Any]:
-    """Start the actors and run from step 0, or from the last complete checkpoint with ``resume``."""
+    """build -> sync -> eval -> loop -> eval -> export, from step 0 or (``resume``) the last complete checkpoint."""
     import ray
 
-    run_dir = Path(config.train.run_dir)
+    run_dir, grpo = Path(config.train.run_dir), config.grpo
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     checkpoint = last_checkpoint(run_dir) if resume else None
     state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else {"step": 0, "version": 0}
+    start, version = state["step"], state["version"]
     store = ReplayStore(run_dir / "replay")
-    set_aside_replay_parts(store, state["step"])
+    set_aside_replay_parts(store, start)
     resumed_report = checkpoint is not None and (run_dir / "report.json").is_file()
     report = json.loads((run_dir / "report.json").read_text()) if resumed_report else {"rows": {}}
-    warm = warm_start(config, run_dir)
-    cluster = Cluster(config, warm)
+    warm = warm_start(config, run_dir)  # the SFT stage, unless train.warm_start names a checkpoint
+
+    cluster = Cluster(config, warm)  # build
     try:
         if checkpoint is not None:
             ray.get([learner.load.remote(str(checkpoint / "learner")) for learner in cluster.learners])
-            print(f"resumed {run_dir} at step {state['step']} from {checkpoint.name}", flush=True)
+            print(f"resumed {run_dir} at step {start} from {checkpoint.name}", flush=True)
         started = time.perf_counter()
-        _stages(cluster, config, train, eval_set, store, report, state["step"], state["version"], show_progress)
-        export_from_learners(cluster.learners, warm, run_dir / "final", config)
+        cluster.sync_weights(version)  # sync: the engines onto the learners' weights
+        if "warm_start" not in report["rows"] and eval_set:  # eval
+            report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "warm_start", show_progress))
+            _write_report(run_dir, report)
+        logbook = Logbook(run_dir, grpo.steps, start, show_progress)
+        if start == 0 and eval_set:
+            logbook.log_eval(0, report["rows"], "warm_start")
+        _loop(config, cluster, train, eval_set, store, logbook, start, version)  # loop
+        logbook.bar.close()
+        print(f"GRPO: {grpo.steps - start} steps -> {run_dir / 'metrics.jsonl'}, {run_dir / 'tensorboard'}, "
+              f"{run_dir / 'replay'}, {run_dir / 'checkpoints'}", flush=True)  # fmt: skip
+        if eval_set:  # eval
+            report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "grpo", show_progress))
+            logbook.log_eval(grpo.steps, report["rows"], "grpo")
+        logbook.close()
+        export_from_learners(cluster.learners, warm, run_dir / "final", config)  # export
     except ray.exceptions.RayActorError as err:
         cluster.check_learners(err, "running the step")  # a dead learner: LearnerLostError
         raise
     finally:
         cluster.shutdown()
-    report.update(run_dir=str(run_dir), steps=config.grpo.steps, final=str(run_dir / "final"), warm_start=warm,
+    report.update(run_dir=str(run_dir), steps=grpo.steps, final=str(run_dir / "final"), warm_start=warm,
                   grpo_seconds_this_session=round(time.perf_counter() - started, 1))  # fmt: skip
     _write_report(run_dir, report)
     return report
-
-
-def _stages(cluster, config, train, eval_set, store, report, start: int, version: int, show_progress: bool) -> None:
-    """Engines onto the learner's weights, the warm start's evaluation, the GRPO steps, the final evaluation."""
-    run_dir, grpo = Path(config.train.run_dir), config.grpo
-    cluster.sync_weights(version)
-    if "warm_start" not in report["rows"] and eval_set:
-        report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "warm_start", show_progress))
-        _write_report(run_dir, report)
-    logbook = Logbook(run_dir, grpo.steps, start, show_progress)
-    if start == 0 and eval_set:
-        logbook.log_eval(0, report["rows"], "warm_start")
-    _loop(config, cluster, train, eval_set, store, logbook, start, version)
-    logbook.bar.close()
-    print(f"GRPO: {grpo.steps - start} steps -> {run_dir / 'metrics.jsonl'}, {run_dir / 'tensorboard'}, "
-          f"{run_dir / 'replay'}, {run_dir / 'checkpoints'}", flush=True)  # fmt: skip
-    if eval_set:
-        report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "grpo", show_progress))
-        logbook.log_eval(grpo.steps, report["rows"], "grpo")
-    logbook.close()
 
 
 def _collect(cluster: Cluster, pending: Pending, step: int, version: int, run_dir: Path) -> list[Completion]:
@@ -313,7 +255,7 @@ def _loop(
                 prompts(step + 1), grpo.group_size, False, sampling_seed(config.seed, step + 1)
             )
         with timer("reward"):
-            records, scores, groups = _score_groups(config, samples, completions, step)
+            records, scores, groups = score_groups(config, samples, completions, step)
         with timer("store"):
             store.append(groups)  # on disk before anything learns from it
         with timer("learn"):

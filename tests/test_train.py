@@ -17,11 +17,11 @@ import torch
 from rlad.cluster import Cluster, actor_name
 from rlad.config import ConfigError, load_config
 from rlad.faults import LearnerLostError, NonFiniteError
-from rlad.learner import Rollout
+from rlad.learner import Rollout, learner_batch
 from rlad.logbook import read_metrics
 from rlad.replay import Group
 from rlad.run_dir import last_checkpoint, save_checkpoint
-from rlad.train import learner_batch, run_train, step_prompts
+from rlad.train import run_train, step_prompts
 from rollout.weight_sync import ObjectStoreSync, StaleWeightsError
 
 
@@ -406,7 +406,7 @@ def _group(gid, version, totals):
                  {"answer": list(totals)}, list(totals), [t - mean for t in totals])  # fmt: skip
 
 
-def testlearner_batch_dynamic_sampling_and_replay():
+def test_learner_batch_dynamic_sampling_and_replay():
     config = load_config(None, ["grpo.group_size=2"])
     fresh = [_group("a", 5, (1.0, 0.0)), _group("flat", 5, (1.0, 1.0))]
     past = [_group("old-good", 4, (0.0, 2.0)), _group("too-old", 0, (0.0, 2.0)), _group("old-flat", 4, (1.0, 1.0))]
