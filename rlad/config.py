@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -106,7 +106,7 @@ class ModelConfig:
 
     path: str = "tiny"
     """A local checkpoint directory (never a hub name: nothing is downloaded), or ``tiny``."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
     image_size: int | None = 512
     """Images are resized to this square size before the image processor (paper: 512); null keeps them."""
@@ -124,8 +124,6 @@ class ModelConfig:
     """Sizes for ``path: tiny`` (fields of ``rlad.tiny.TinySpec``); empty takes its defaults."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.image_size is not None and self.image_size < 28:
             raise ConfigError(f"model.image_size must be >= 28 (one merged patch), got {self.image_size}")
         if self.lora.r < 0:
@@ -166,7 +164,7 @@ class DataConfig:
     sft_jsonl: str | None = None
     """A JSONL of your own SFT examples (image, question, options, answer, target[, reference, mask]);
     replaces the generated targets when set."""
-    shots: int = 1
+    shots: Literal[0, 1] = 1
     """0: query image only; 1: a normal reference image of the same class first (the 1-shot setting)."""
     eval_fraction: float = 0.2
     """Share of images (not questions) held out for evaluation; split by a hash of the image path."""
@@ -176,20 +174,16 @@ class DataConfig:
     text_only: bool = False
     """Ask the questions without their images (a text-only model, e.g. ``model.tiny: {text_only: true}``;
     side-by-side benchmarks with text-only trainers). The rewards still check the answer and the mask."""
-    on_bad: str = "error"
+    on_bad: Literal["error", "skip"] = "error"
     """A sample that cannot be read: ``error`` stops naming it; ``skip`` leaves it out, counted and logged."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     """The generated benchmark used when ``data.root`` is null (the embedded default)."""
 
     def __post_init__(self) -> None:
-        if self.shots not in (0, 1):
-            raise ConfigError(f"data.shots must be 0 or 1, got {self.shots}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.questions_per_image < 0:
             raise ConfigError(f"data.questions_per_image must be >= 0, got {self.questions_per_image}")
-        if self.on_bad not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad must be error or skip, got {self.on_bad!r}")
 
 
 @dataclass
@@ -303,19 +297,19 @@ class GRPOConfig:
     ``clip_eps_low``)."""
     kl_coef: float = 0.0
     """KL to the frozen warm-start policy, in the loss; 0 skips the reference model entirely."""
-    kl_kind: str = "k3"
+    kl_kind: Literal["k1", "k3"] = "k3"
     """KL estimator against the reference when ``kl_coef`` > 0: ``k1`` (log-ratio) or ``k3`` (unbiased,
     non-negative; GRPO's)."""
-    advantage_scale: str = "group"
+    advantage_scale: Literal["group", "batch", "none"] = "group"
     """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
-    aggregation: str = "token_mean"
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
     tis_cap: float = 2.0
     """Truncated importance sampling against the rollout engine's log-probs (``rlad.grpo.tis_weights``): each
     token's surrogate is weighted by min(pi_old / pi_engine, tis_cap). It corrects for the one-version lag of
     ``train.async_rollout`` and for engine/learner numeric gaps (bf16 vLLM vs the learner); with the engine on
     the learner's exact weights (fp32 CPU, sync) the weights are 1. 0 turns it off."""
-    old_logprobs: str = "learner"
+    old_logprobs: Literal["learner", "engine"] = "learner"
     """Where the ratio's denominator comes from: ``learner`` (recomputed under the weights that sampled) or
     ``engine`` (the rollout engine's numbers). Their gap is logged either way (``logprob_mismatch``)."""
     dynamic_sampling: bool = False
@@ -332,12 +326,6 @@ class GRPOConfig:
             raise ConfigError("grpo.steps, prompts_per_step, epochs_per_step must be >= 1 and group_size >= 2")
         if self.lr <= 0:
             raise ConfigError(f"grpo.lr must be > 0, got {self.lr}")
-        choices = {"kl_kind": ("k1", "k3"), "advantage_scale": ("group", "batch", "none"),
-                   "aggregation": ("token_mean", "seq_mean_token_mean", "dr_grpo"),
-                   "old_logprobs": ("learner", "engine")}  # fmt: skip
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"grpo.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
         if not 0.0 <= self.replay_share < 1.0:
             raise ConfigError(f"grpo.replay_share must be in [0, 1), got {self.replay_share}")
         if self.max_nonfinite_steps < 1:
@@ -362,7 +350,7 @@ class VLLMConfig:
     """Skip CUDA graph capture (faster start, slower decoding)."""
     enable_prefix_caching: bool = True
     """A group's completions share their prompt (and its image tokens): computed once."""
-    sleep_level: int = 0
+    sleep_level: Literal[0, 1, 2] = 0
     """Colocated runs: after generating, the engine sleeps (1: weights to CPU and KV cache freed; 2: both
     freed, the next sync refills the weights) so the learner has the GPU; it wakes for the next sync. 0: off."""
     dtype: str = "auto"
@@ -375,22 +363,20 @@ class VLLMConfig:
             )
         if self.tensor_parallel_size < 1 or self.max_model_len < 1:
             raise ConfigError("rollout.vllm.tensor_parallel_size and max_model_len must be >= 1")
-        if self.sleep_level not in (0, 1, 2):
-            raise ConfigError(f"rollout.vllm.sleep_level must be 0, 1 or 2, got {self.sleep_level}")
 
 
 @dataclass
 class RolloutConfig:
     """The rollout workers: Ray actors that generate completions (``rollout/worker.py``)."""
 
-    backend: str = "transformers"
+    backend: Literal["transformers", "vllm"] = "transformers"
     """``transformers`` (CPU and GPU) or ``vllm`` (GPU; the ``vllm`` package in the workers' environment)."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Engine settings used when ``backend: vllm``."""
-    weight_sync: str = "object_store"
+    weight_sync: Literal["object_store", "broadcast"] = "object_store"
     """How new weights reach the engines: ``object_store`` (Ray's; CPU, small models) or ``broadcast`` (a process
     group of learner rank 0 and the engines: NCCL between GPUs, gloo between CPUs)."""
-    lora_sync: str = "merged"
+    lora_sync: Literal["merged", "adapter"] = "merged"
     """With ``model.lora.r > 0``: ``merged`` sends the engines the weights with the adapters merged in (any
     engine, either transport); ``adapter`` writes only the adapters (peft format, ~1 % of the bytes) under
     ``<run_dir>/adapters/`` and the engines load them as LoRA adapters (vLLM's ``LoRARequest``; peft in the
@@ -427,12 +413,6 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.max_restarts < 0:
             raise ConfigError(f"rollout.max_restarts must be >= 0, got {self.max_restarts}")
-        if self.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"rollout.backend must be transformers or vllm, got {self.backend!r}")
-        if self.lora_sync not in ("merged", "adapter"):
-            raise ConfigError(f"rollout.lora_sync must be merged or adapter, got {self.lora_sync!r}")
-        if self.weight_sync not in ("object_store", "broadcast"):
-            raise ConfigError(f"rollout.weight_sync must be object_store or broadcast, got {self.weight_sync!r}")
         if self.sync_bucket_mb <= 0 or self.freshness_steps < 0 or self.freshness_tolerance <= 0:
             raise ConfigError("rollout.sync_bucket_mb and freshness_tolerance must be > 0, freshness_steps >= 0")
         if self.workers < 1 or self.batch_size < 1:
@@ -453,7 +433,7 @@ class LearnerConfig:
     """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate over a worker's share of the step's batch."""
-    zero_stage: int = 0
+    zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage 0-3 (CPU runs: gloo backend)."""
     deepspeed: str | None = None
     """A DeepSpeed JSON config used as the base instead (batch sizes, clipping, ZeRO stage are still set here)."""
@@ -471,8 +451,6 @@ class LearnerConfig:
             raise ConfigError("learner.offload_params needs learner.zero_stage 3")
         if self.workers < 1 or self.micro_batch_size < 1:
             raise ConfigError("learner.workers and learner.micro_batch_size must be >= 1")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
 
 
 @dataclass
@@ -504,11 +482,11 @@ class TrainConfig:
     when rollout and learners have separate devices (split placement) — on one CPU they share the cores.
     A resumed async run regenerates its first step with the checkpoint's weights (no lag), so it is not
     bit-identical to the uninterrupted one (the synchronous loop is)."""
-    placement: str = "split"
+    placement: Literal["split", "colocate"] = "split"
     """Where actors go (one Ray placement group per run): ``split`` gives every rollout worker and learner a
     bundle of its own; ``colocate`` puts rollout worker k and learner k in one bundle (one GPU shared: set
     ``num_gpus`` 0.5 each, and ``rollout.vllm.sleep_level`` so the engine frees memory while the learner works)."""
-    placement_strategy: str = "PACK"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Ray's bundle strategy: ``PACK``, ``SPREAD``, ``STRICT_PACK`` or ``STRICT_SPREAD``."""
     max_learner_restarts: int = 0
     """A learner that dies (node lost, OOM-killed) takes the step down with it. 0: the run stops, naming the
@@ -517,11 +495,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_output_path("train.run_dir", self.run_dir)
-        if self.placement not in ("split", "colocate"):
-            raise ConfigError(f"train.placement must be split or colocate, got {self.placement!r}")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
-                              f"got {self.placement_strategy!r}")  # fmt: skip
         if self.max_learner_restarts < 0:
             raise ConfigError(f"train.max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
         if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:

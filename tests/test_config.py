@@ -77,10 +77,22 @@ def test_impossible_output_layouts_are_refused(overrides, says):
         ("mask:\n  tau: 1.5\n", r"c.yaml: mask.tau must be in \(0, 1\]"),
         ("model: tiny\n", r"c.yaml: .*ModelConfig\. value: tiny"),
         ("model:\n  pth: /ckpt\n", r"c.yaml: key 'model.pth'"),
-        ("model:\n  dtype: fp16\n", r"c.yaml: model.dtype must be auto, float32 or bfloat16, got 'fp16'"),
+        (
+            "model:\n  dtype: fp16\n",
+            r"c.yaml: key 'model.dtype': Invalid value 'fp16', expected one of \['auto', 'float32', 'bfloat16'\]",
+        ),
         ("model:\n  tiny: {layers: 2}\n", r"c.yaml: model.tiny: unknown keys \['layers'\]"),
-        ("data:\n  shots: 2\n", r"c.yaml: data.shots must be 0 or 1, got 2"),
-        ("data:\n  on_bad: ignore\n", r"c.yaml: data.on_bad must be error or skip"),
+        ("data:\n  shots: 2\n", r"c.yaml: key 'data.shots': Invalid value '2', expected one of \[0, 1\]"),
+        (
+            "data:\n  on_bad: ignore\n",
+            r"c.yaml: key 'data.on_bad': Invalid value 'ignore', expected one of \['error', 'skip'\]",
+        ),
+        ("grpo:\n  kl_kind: k2\n", r"c.yaml: key 'grpo.kl_kind': Invalid value 'k2', expected one of \['k1', 'k3'\]"),
+        (
+            "learner:\n  zero_stage: 4\n",
+            r"c.yaml: key 'learner.zero_stage': Invalid value '4', expected one of \[0, 1, 2, 3\]",
+        ),
+        ("train:\n  placement: mixed\n", r"c.yaml: key 'train.placement': Invalid value 'mixed', expected one of"),
         ("sft:\n  lr: 0\n", r"c.yaml: sft.lr must be > 0"),
         (
             "rewards:\n  detektion: {weight: 1}\n",

@@ -141,7 +141,9 @@ def test_cluster_settings_that_do_not_fit_together_are_named():
                            "rollout.vllm.sleep_level=2"])  # fmt: skip
     with pytest.raises(ConfigError, match=r"model\.freeze_vision=true"):
         load_config(None, ["model.lora.r=4", "rollout.lora_sync=adapter"])
-    with pytest.raises(ConfigError, match=r"rollout\.backend must be transformers or vllm"):
+    with pytest.raises(
+        ConfigError, match=r"key 'rollout.backend': Invalid value 'sglang', expected one of \['transformers', 'vllm'\]"
+    ):
         load_config(None, ["rollout.backend=sglang"])
     assert np.isclose(
         load_config(None, ["rollout.vllm.gpu_memory_utilization=0.3"]).rollout.vllm.gpu_memory_utilization, 0.3
