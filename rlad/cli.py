@@ -130,7 +130,6 @@ def _cmd_sft(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    import os
 
     from rlad.train import run_train
 
@@ -147,8 +146,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = load_config(args.config or snapshot, [*overrides, f"train.run_dir={run_dir}"])
     else:
         config = load_config(args.config, overrides)
-    address = args.ray_address or config.train.ray_address or os.environ.get("RAY_ADDRESS")
-    _print_train_report(run_train(config, resume=bool(resume), ray_address=address))
+    _print_train_report(run_train(config, resume=bool(resume), ray_address=args.ray_address))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:

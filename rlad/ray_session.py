@@ -92,8 +92,9 @@ def join(address: str, env: dict[str, str], logging_level: int = logging.INFO) -
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Join the cluster at ``address``, or start a local Ray for the run (stopped after it). A session that
-    is already connected (a test's, a notebook's) is used as it is. ``RLAD_CACHE`` travels to the actors."""
+    """Join the cluster at ``address`` (else at Ray's own RAY_ADDRESS, as inside a ``ray job submit`` job), or
+    start a local Ray for the run (stopped after it). A session that is already connected (a test's, a
+    notebook's) is used as it is. ``RLAD_CACHE`` travels to the actors."""
     import ray
 
     if ray.is_initialized():
@@ -102,6 +103,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     from rlad.console import child_env, ray_logging_level
 
     env = {k: os.environ[k] for k in ("RLAD_CACHE",) if k in os.environ} | child_env()
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         gcs = join(address, env, ray_logging_level())
         print(f"Ray: joined the cluster at {gcs} ({_describe(ray.cluster_resources())})", flush=True)

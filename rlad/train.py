@@ -104,10 +104,12 @@ class Timer:
 def run_train(
     config: Config, resume: bool = False, ray_address: str | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
-    """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report."""
+    """Run (or continue, with ``resume``) the run in ``config.train.run_dir``; returns its report. The Ray cluster:
+    ``ray_address`` (``--ray-address``), else ``train.ray_address``, else Ray's own RAY_ADDRESS, else a local one."""
     config, train, eval_set = _prepare(config, resume)  # user mistakes fail here, before Ray starts
     run_dir, restarts = Path(config.train.run_dir), config.train.max_learner_restarts
-    with hold_run_dir(run_dir), ray_session(ray_address):  # one writer per run folder, refused before Ray starts
+    address = ray_address or config.train.ray_address
+    with hold_run_dir(run_dir), ray_session(address):  # one writer per run folder, refused before Ray starts
         check_resources(config)
         for attempt in range(restarts + 1):
             try:
