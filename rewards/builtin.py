@@ -1,7 +1,7 @@
 """The paper's three verifiable rewards (OmniAD section 3.2): format, detection, answer.
 
 Each reads the completion through :func:`rlad.completion.parse_completion` and returns a float for any
-string. Hand-computed values are in ``tests/test_rewards.py``.
+string. Hand-computed values are in ``tests/unit/test_rewards.py``.
 """
 
 from __future__ import annotations

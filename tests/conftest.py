@@ -1,4 +1,5 @@
-"""Shared test helpers: small verifiable samples built by hand."""
+"""Shared test helpers: small verifiable samples built by hand, the tiny model and a small benchmark; the
+``gpu`` marker's skip where CUDA is absent."""
 
 import numpy as np
 import pytest
@@ -54,3 +55,15 @@ def small_benchmark(tmp_path_factory):
     synthesize(SynthSpec(classes=("pill", "wood"), images_per_class=8, references_per_class=1, size=224), root, 1)
     samples, _ = read_mmad(root / "mmad.json", root, grid=8, shots=1)
     return root, samples
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: where there is none they are skipped, saying so, rather than failing."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -3,7 +3,7 @@ with log-probs that the transformers learner reproduces, a weight update into th
 freshness check. Skipped where there is no CUDA GPU or no vLLM (everywhere here: unverified on real hardware,
 README "GPU clusters"). Run on a GPU machine with ``pip install 'rlad[vllm]'``:
 
-    pytest -m "vllm and gpu" tests/test_vllm_gpu.py
+    pytest -m "vllm and gpu" tests/integration/test_vllm_gpu.py
 """
 
 from __future__ import annotations

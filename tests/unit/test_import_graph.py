@@ -5,7 +5,7 @@ other's job."""
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def import_graph() -> dict[str, set[str]]:

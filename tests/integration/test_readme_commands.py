@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHORT_DEMO = [
     "data.synth.images_per_class=8", "sft.max_steps=4", "sft.eval_samples=4", "grpo.steps=2",
     "grpo.prompts_per_step=2", "grpo.group_size=2", "generation.max_new_tokens=16", "train.eval_samples=4",

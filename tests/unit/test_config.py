@@ -7,7 +7,7 @@ import pytest
 from rlad.config import ConfigError, load_config, save_config
 from rlad.mask_text import Cover
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("experiments/**/*.yaml")])
 
 
