@@ -81,7 +81,7 @@ def test_score_missing_file_and_bad_config(tmp_path, capsys):
 
 
 def test_demo_runs_and_its_checks_hold(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path / "demo"), "--config", "configs/demo.yaml"])
+    main(["demo", "--out", str(tmp_path / "demo"), "--config", "configs/demo.yaml", "--no-train"])  # seconds
     out = capsys.readouterr().out
     assert out.count("ok  ") == 3 and "FAIL" not in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
