@@ -576,6 +576,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{where}: {_describe_omegaconf_error(err)}") from err
     _check_rewards(config, where)
     _check_cluster(config, where)
+    return _derive(config)
+
+
+def _derive(config: Config) -> Config:
+    """Values that follow from others, set once here: the format reward checks the layout ``output.blocks``
+    teaches unless the mix names one (``_check_rewards`` made sure the two agree)."""
+    fmt = config.rewards.get("format")
+    if isinstance(fmt, dict) and "blocks" not in fmt:
+        config.rewards["format"] = {**fmt, "blocks": list(config.output.blocks)}
     return config
 
 
@@ -596,22 +605,24 @@ def _check_cluster(config: Config, where: str) -> None:
     if r.lora_sync == "adapter" and config.model.lora.r and r.vllm.sleep_level == 2:
         raise ConfigError(f"{where}: rollout.vllm.sleep_level 2 discards the engine's weights, and "
                           "rollout.lora_sync adapter never sends them again: use sleep_level 1")  # fmt: skip
+    if config.model.lora.r and lc.zero_stage == 3:
+        raise ConfigError(f"{where}: model.lora.r > 0 with learner.zero_stage 3: LoRA trains few weights, so ZeRO-3's "
+                          "parameter sharding buys little and the merged weights sent to the engines would need every "
+                          "shard gathered; use zero_stage 0-2")  # fmt: skip
     if r.backend == "vllm" and r.num_gpus and r.num_gpus < r.vllm.tensor_parallel_size:
         raise ConfigError(f"{where}: rollout.vllm.tensor_parallel_size {r.vllm.tensor_parallel_size} needs "
                           f"rollout.num_gpus >= {r.vllm.tensor_parallel_size}, got {r.num_gpus:g}")  # fmt: skip
 
 
 def _check_rewards(config: Config, where: str) -> None:
-    """The mix builds, and agrees with ``output.blocks``: the format reward checks the taught layout (filled
-    in when not given), and no detection reward is trained on without a ``<seg>`` block."""
+    """The mix builds, and agrees with ``output.blocks``: a format reward that names its blocks names the taught
+    layout, and no detection reward is trained on without a ``<seg>`` block. Checks only; ``_derive`` fills in."""
     from rewards import RewardMix, RewardSpecError, UnknownRewardError
 
     blocks = list(config.output.blocks)
     fmt = config.rewards.get("format")
-    if isinstance(fmt, dict):
-        if "blocks" not in fmt:
-            fmt["blocks"] = blocks
-        elif list(fmt["blocks"]) != blocks:
+    if isinstance(fmt, dict) and "blocks" in fmt:
+        if list(fmt["blocks"]) != blocks:
             raise ConfigError(
                 f"{where}: rewards.format.blocks {list(fmt['blocks'])} differs from output.blocks {blocks}; "
                 "set output.blocks alone (the format reward follows it)"

@@ -79,12 +79,6 @@ def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
 
 
 def _policy_config(config: Config, checkpoint: str):
-    if config.model.lora.r and config.learner.zero_stage == 3:
-        raise ConfigError(
-            "model.lora.r > 0 with learner.zero_stage 3: LoRA trains few weights, so ZeRO-3's parameter sharding "
-            "buys little and the merged weights sent to the engines would need every shard gathered; use zero_stage "
-            "0-2"
-        )
     return dataclasses.replace(config.model, path=checkpoint)
 
 
@@ -121,7 +115,6 @@ def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, 
 
 def check_config(config: Config) -> None:
     """What a learner would refuse, checked where it is cheap (the driver, before any actor starts)."""
-    _policy_config(config, config.model.path)
     _deepspeed_config(config, config.learner.workers, bf16=False)
 
 
