@@ -144,8 +144,10 @@ class RunFolderBusyError(RuntimeError):
 
 @contextlib.contextmanager
 def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
-    """Hold ``run_dir`` for this process (creating the folder), or raise :class:`RunFolderBusyError`."""
+    """Hold ``run_dir`` for this process (creating the folder), or raise :class:`RunFolderBusyError`. A run
+    that fails before it writes anything (Ray unreachable, say) takes the folder it created away again."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -160,7 +162,12 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"rlad process {os.getpid()} on {socket.gethostname()} (since {started})".encode(), 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+                shutil.rmtree(run_dir)  # nothing but our lock: leave no empty run folder behind
+            raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 

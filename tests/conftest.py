@@ -1,6 +1,8 @@
 """Shared test helpers: small verifiable samples built by hand, the tiny model and a small benchmark; the
 ``gpu`` marker's skip where CUDA is absent."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,26 @@ def small_benchmark(tmp_path_factory):
     synthesize(SynthSpec(classes=("pill", "wood"), images_per_class=8, references_per_class=1, size=224), root, 1)
     samples, _ = read_mmad(root / "mmad.json", root, grid=8, shots=1)
     return root, samples
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks_between_tests():
+    """What one test may leave in this process for the next: the torch.distributed variables a learner built
+    in-process sets (a subprocess started later would take itself for a distributed rank), and rewards a test
+    registered (the next test's list of known rewards would hold them)."""
+    from rewards import registry
+
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {name: os.environ.get(name) for name in names}
+    known = dict(registry._REGISTRY)
+    yield
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(known)
 
 
 def pytest_collection_modifyitems(config, items):

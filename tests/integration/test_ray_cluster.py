@@ -89,7 +89,12 @@ def test_a_ray_job_submitted_to_the_cluster_runs_rlad_train(head_node, small_ben
     run_dir = tmp_path / "run"
     submit = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", str(BIN / "rlad"),
               *_train_words(root, tiny_dir, run_dir)]  # fmt: skip
-    done = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=_env(home, RAY_AUTH_MODE="token"))
+    for _ in range(12):  # the head's job agent comes up a few seconds after `ray start` returns
+        done = subprocess.run(submit, capture_output=True, text=True, timeout=600,
+                              env=_env(home, RAY_AUTH_MODE="token"))  # fmt: skip
+        if "No available agent to submit job" not in done.stdout + done.stderr:
+            break
+        time.sleep(5)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-2000:])
     assert "Ray: joined the cluster at" in done.stdout and "succeeded" in done.stdout, done.stdout[-2000:]
     assert (run_dir / "final/config.json").is_file() and (run_dir / "report.json").is_file()

@@ -226,9 +226,9 @@ def test_an_unwritable_or_full_run_folder_is_refused_before_anything_starts(full
     (tmp_path / "a-file").write_text("in the way")
     with pytest.raises(ConfigError, match=r"train.run_dir .*a-file/run cannot be written"):
         run_train(_config(root, tmp_path / "a-file" / "run", tiny_dir), show_progress=False)
-    import rlad.train
+    import rlad.run_dir
 
-    monkeypatch.setattr(rlad.train.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 10**3))
+    monkeypatch.setattr(rlad.run_dir.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 10**3))
     with pytest.raises(
         ConfigError,
         match=r"0.00 GiB free, but 2 checkpoints \(\+1 being written\) and the exported policy .* need about",
