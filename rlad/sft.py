@@ -312,7 +312,12 @@ def warm_start(config: Config, run_dir: Path) -> str:
 
 
 def _run_sft_task(config: Config) -> dict:
+    """The SFT stage as one Ray task: a single process, whatever torch.distributed variables the driver's
+    environment carried (with LOCAL_RANK or WORLD_SIZE inherited, accelerate would wait for ranks that never come)."""
     from rlad.policy import set_threads
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
 
     set_threads(config.learner.threads)
     return run_sft(config)
