@@ -51,6 +51,10 @@ def head_node(tmp_path, request):
     assert (home / ".ray/auth_token").is_file()
     start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
              "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp}"]  # fmt: skip
+    # every port of its own: another Ray on this machine (a test session's, a user's) holds the defaults, e.g.
+    # the job agent's 52365, and a head whose agent cannot bind it refuses jobs ("No available agent")
+    start += [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+              f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]  # fmt: skip
     start += [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard else []
     start += [] if dashboard else ["--include-dashboard=false"]
     subprocess.run(start, check=True, capture_output=True, timeout=120, env=_env(home))
@@ -89,7 +93,7 @@ def test_a_ray_job_submitted_to_the_cluster_runs_rlad_train(head_node, small_ben
     run_dir = tmp_path / "run"
     submit = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", str(BIN / "rlad"),
               *_train_words(root, tiny_dir, run_dir)]  # fmt: skip
-    for _ in range(12):  # the head's job agent comes up a few seconds after `ray start` returns
+    for _ in range(6):  # the head's job agent comes up a few seconds after `ray start` returns
         done = subprocess.run(submit, capture_output=True, text=True, timeout=600,
                               env=_env(home, RAY_AUTH_MODE="token"))  # fmt: skip
         if "No available agent to submit job" not in done.stdout + done.stderr:
