@@ -42,7 +42,6 @@ def setup(is_verbose: bool) -> None:
         os.environ["RLAD_VERBOSE"] = "1"
     level = logging.INFO if is_verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("rlad").setLevel(logging.INFO if is_verbose else logging.WARNING)
     if is_verbose:
         return
     for key, value in _QUIET_ENV.items():

@@ -36,9 +36,8 @@ def find_token() -> tuple[str, str] | None:
     if os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return "RAY_AUTH_TOKEN", os.environ["RAY_AUTH_TOKEN"].strip()
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if path.is_file() and path.read_text().strip():
-        return str(path), path.read_text().strip()
-    return None
+    token = path.read_text().strip() if path.is_file() else ""
+    return (str(path), token) if token else None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
