@@ -148,7 +148,25 @@ def check_sft_config(config: Config) -> None:
 
 
 def run_sft(config: Config) -> dict[str, Any]:
-    """Train, evaluate before and after on held-out questions, save ``final``; returns the report."""
+    """Train, evaluate before and after on held-out questions, save ``final``; returns the report.
+
+    The process is left as it was found: DeepSpeed through Trainer sets process-wide state (the rank variables,
+    ``ACCELERATE_USE_DEEPSPEED``, transformers' ZeRO-3 switch). Left behind, a later Trainer in this process, or a
+    Ray worker started from it, would take itself for a DeepSpeed rank and look for MPI."""
+    env = dict(os.environ)
+    try:
+        return _train_and_report(config)
+    finally:
+        if config.sft.deepspeed:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # else every later from_pretrained here builds ZeRO-3 partitions
+        for name in set(os.environ) - set(env):
+            del os.environ[name]
+        os.environ.update(env)
+
+
+def _train_and_report(config: Config) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
@@ -245,12 +263,6 @@ def run_sft(config: Config) -> dict[str, Any]:
             model, policy.builder, held_out, config, "after", out / "eval_after.jsonl"
         )
     report["final"] = str(save_policy(write_weights, policy, out / "final", config, main))
-    if sft.deepspeed:
-        # TrainingArguments switched ZeRO-3 on process-wide: every later from_pretrained in this process
-        # (the GRPO stage, an evaluation) would build partitioned, empty-looking parameters.
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
     if main:
         write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
@@ -313,10 +325,11 @@ def warm_start(config: Config, run_dir: Path) -> str:
 
 def _run_sft_task(config: Config) -> dict:
     """The SFT stage as one Ray task: a single process, whatever torch.distributed variables the driver's
-    environment carried (with LOCAL_RANK or WORLD_SIZE inherited, accelerate would wait for ranks that never come)."""
+    environment carried (with LOCAL_RANK or WORLD_SIZE inherited, accelerate would wait for ranks that never come;
+    with ACCELERATE_USE_DEEPSPEED, it would start DeepSpeed, which the config did not ask for, and look for MPI)."""
     from rlad.policy import set_threads
 
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED"):
         os.environ.pop(name, None)
 
     set_threads(config.learner.threads)

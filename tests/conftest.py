@@ -63,18 +63,15 @@ def small_benchmark(tmp_path_factory):
 def _no_leaks_between_tests():
     """What one test may leave in this process for the next: the torch.distributed variables a learner built
     in-process sets (a subprocess started later would take itself for a distributed rank), and rewards a test
-    registered (the next test's list of known rewards would hold them)."""
+    registered (the next test's list of known rewards would hold them). The whole environment is restored."""
     from rewards import registry
 
-    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {name: os.environ.get(name) for name in names}
+    env = dict(os.environ)
     known = dict(registry._REGISTRY)
     yield
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    for name in set(os.environ) - set(env):
+        del os.environ[name]
+    os.environ.update(env)
     registry._REGISTRY.clear()
     registry._REGISTRY.update(known)
 

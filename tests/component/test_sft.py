@@ -1,6 +1,7 @@
 """The SFT stage on the tiny model: a real (short) run, resume, atomic export, and bad SFT files."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -167,6 +168,19 @@ def test_deepspeed_passthrough_on_cpu(small_benchmark, tmp_path, tiny_dir, stage
     pairs = list(zip(final.model.parameters(), start.model.parameters(), strict=True))
     assert all(a.shape == b.shape and a.numel() > 0 for a, b in pairs)  # gathered, not ZeRO-3 partitions
     assert any(not torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_deepspeed_run_leaves_the_process_as_it_found_it(small_benchmark, tmp_path):
+    """Trainer with DeepSpeed sets rank variables and ACCELERATE_USE_DEEPSPEED process-wide; left behind, the
+    SFT stage of a later ``rlad train`` from this process (a Ray worker inherits them) started DeepSpeed unasked
+    and died looking for MPI."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    root, _ = small_benchmark
+    env = dict(os.environ)
+    run_sft(_config(root, tmp_path, "sft.max_steps=1", "sft.eval_samples=0", "sft.deepspeed=configs/deepspeed/zero3.json"))
+    assert dict(os.environ) == env
+    assert not is_deepspeed_zero3_enabled()
 
 
 def test_missing_deepspeed_config_is_named(small_benchmark, tmp_path):
