@@ -178,7 +178,9 @@ def test_a_deepspeed_run_leaves_the_process_as_it_found_it(small_benchmark, tmp_
 
     root, _ = small_benchmark
     env = dict(os.environ)
-    run_sft(_config(root, tmp_path, "sft.max_steps=1", "sft.eval_samples=0", "sft.deepspeed=configs/deepspeed/zero3.json"))
+    run_sft(
+        _config(root, tmp_path, "sft.max_steps=1", "sft.eval_samples=0", "sft.deepspeed=configs/deepspeed/zero3.json")
+    )
     assert dict(os.environ) == env
     assert not is_deepspeed_zero3_enabled()
 
