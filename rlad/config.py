@@ -107,7 +107,10 @@ class ModelConfig:
     path: str = "tiny"
     """A local checkpoint directory (never a hub name: nothing is downloaded), or ``tiny``."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``. bf16 on a CPU with bf16 units
+    (``rlad.policy.cpu_bf16_units``) keeps fp32 master weights and optimizer state in the learner. Measured on an
+    AVX512-BF16 CPU without AMX (experiments/bench/demo_speed.py): the demo step 1.08x faster, so ``auto`` stays
+    fp32 there; AMX CPUs were not measured."""
     image_size: int | None = 512
     """Images are resized to this square size before the image processor (paper: 512); null keeps them."""
     min_pixels: int | None = None
@@ -217,6 +220,10 @@ class GenerationConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches ``top_p`` (1.0: all)."""
     top_k: int = 0
     """0 turns top-k off."""
+    kv_cache: Literal["static", "dynamic"] = "static"
+    """transformers engine: ``static`` preallocates the key/value cache for prompt + ``max_new_tokens`` (no
+    concatenation per decoded token: 1.2-1.3x faster decoding of the demo on 2 CPU cores, experiments/bench/
+    demo_speed.py); ``dynamic`` grows it token by token. vLLM manages its own cache."""
 
 
 @dataclass

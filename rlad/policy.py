@@ -112,7 +112,18 @@ def model_type_of(path: str | Path) -> str:
     return json.loads((Path(path) / "config.json").read_text())["model_type"]
 
 
+def cpu_bf16_units() -> str | None:
+    """The bf16 matrix units of this CPU as torch sees them: ``amx_bf16``, ``avx512_bf16`` or None."""
+    probe = getattr(torch, "cpu", None)
+    if probe is not None and getattr(probe, "_is_amx_tile_supported", lambda: False)():
+        return "amx_bf16"
+    if probe is not None and getattr(probe, "_is_avx512_bf16_supported", lambda: False)():
+        return "avx512_bf16"
+    return None
+
+
 def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
+    """``model.dtype``; ``auto`` is bf16 on a GPU and fp32 on a CPU, whatever its bf16 units (see the field)."""
     if config.dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return getattr(torch, config.dtype)

@@ -50,6 +50,7 @@ class TransformersEngine:
             pad_token_id=self.builder.tokenizer.pad_token_id,
             return_dict_in_generate=True,
             output_logits=True,  # raw logits per step: the sampled tokens' log-probs come from them
+            cache_implementation=g.kv_cache,
             **sampling,
         )
 

@@ -89,6 +89,26 @@ def test_a_step_favours_positive_advantages(small_benchmark, tiny_dir, rollouts)
     assert metrics["grad_norm"] > 0 and metrics["entropy"] > 0 and metrics["lr"] == pytest.approx(1e-5)
 
 
+def test_a_bf16_policy_samples_and_learns_on_fp32_master_weights(small_benchmark, tiny_dir):
+    """``model.dtype=bfloat16`` on a CPU: engine and learner hold bf16 weights (the fast matmuls), DeepSpeed keeps
+    fp32 master weights and optimizer state (an update below bf16's resolution is not lost), and the engine's
+    log-probs agree with the learner's within the freshness tolerance."""
+    _, samples = small_benchmark
+    learner = _learner(small_benchmark, tiny_dir, "model.dtype=bfloat16", "grpo.lr=1e-3")
+    assert next(learner.engine.module.parameters()).dtype == torch.bfloat16
+    masters = [p for group in learner.engine.optimizer.fp32_groups for p in group]
+    assert masters and all(p.dtype == torch.float32 for p in masters)
+    engine = TransformersEngine(learner.policy.model, learner.builder, learner.config.generation)
+    completions = engine.generate(samples[:2], n=3, seed=0)
+    batch = [Rollout(samples[i // 3], c.token_ids, c.logprobs, a)
+             for i, (c, a) in enumerate(zip(completions, [1.0, -0.5, -0.5, 0.0, 1.2, -1.2], strict=True))]  # fmt: skip
+    before = [p.detach().clone() for p in masters]
+    metrics = learner.learn(batch, loss_units(batch, "token_mean"), 2)
+    assert metrics["logprob_mismatch"] < learner.config.rollout.freshness_tolerance
+    assert metrics["skipped_steps"] == 0 and metrics["grad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, masters, strict=True))
+
+
 def test_kl_to_the_reference_and_engine_old_logprobs(small_benchmark, tiny_dir, rollouts):
     learner = _learner(small_benchmark, tiny_dir, "grpo.kl_coef=0.1", "grpo.old_logprobs=engine",
                        "grpo.epochs_per_step=2")  # fmt: skip

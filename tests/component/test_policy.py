@@ -110,6 +110,23 @@ def test_generation_settings_come_from_rlad_config_only(tiny_policy, small_bench
         assert c.finished == (c.token_ids[-1] == tiny_policy.builder.end_of_turn_id)
 
 
+def test_static_and_dynamic_kv_cache_generate_the_same_completions(tiny_policy, small_benchmark):
+    """``generation.kv_cache`` is a speed setting only: the same tokens (greedy and sampled with one seed) and
+    the same log-probs within float noise, whichever cache the engine decodes with."""
+    from rlad.config import GenerationConfig
+
+    _, samples = small_benchmark
+    runs = {}
+    for cache in ("static", "dynamic"):
+        engine = TransformersEngine(tiny_policy.model, tiny_policy.builder,
+                                    GenerationConfig(max_new_tokens=16, kv_cache=cache))  # fmt: skip
+        runs[cache] = engine.generate(samples[:3], n=1, greedy=True) + engine.generate(samples[:3], n=4, seed=5)
+    static, dynamic = runs["static"], runs["dynamic"]
+    assert [c.token_ids for c in static] == [c.token_ids for c in dynamic]
+    for a, b in zip(static, dynamic, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 def test_chat_template_kept_with_the_processor_is_used(tiny_dir, tmp_path, small_benchmark):
     """Released Qwen-VL folders may keep the vision-aware template in chat_template.json, not the tokenizer."""
     folder = tmp_path / "ckpt"
