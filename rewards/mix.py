@@ -43,8 +43,10 @@ class MixScores:
 
 
 def _check_param_type(reward: str, key: str, value: Any, default: Any) -> None:
-    """A config value must have the kind of its default: number, string, boolean or list."""
-    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), ((list, tuple), "a list"))
+    """A config value must have the kind of its default: boolean, integer (exactly: 100.7 is refused), number
+    (an integer is a number), string or list."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), ((int, float), "a number"), (str, "a string"),
+             ((list, tuple), "a list"))  # fmt: skip
     for kind, words in kinds:
         if isinstance(default, kind):
             ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))

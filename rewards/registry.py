@@ -8,18 +8,32 @@ registered with ``batched=True`` (useful when a reward calls a model or vectoris
 Third-party packages add rewards without editing rlad by declaring an entry point in the group
 ``rlad.rewards``; the entry point names either a module (importing it runs its ``@reward`` decorators)
 or a function (registered under the entry point's name). Entry points are loaded once, on the first
-lookup of a name not registered in-tree. Nothing is ever imported from a string found in a data file.
+lookup of a name not registered in-tree. A plugin that fails to import is named (``broken_plugins``, a
+warning, the unknown-name error) and the others still load. Nothing is ever imported from a string found in a
+data file.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = ["ENTRY_POINT_GROUP", "RegisteredReward", "UnknownRewardError", "get_reward", "known_rewards", "reward"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RegisteredReward",
+    "UnknownRewardError",
+    "broken_plugins",
+    "get_reward",
+    "known_rewards",
+    "reward",
+]
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rlad.rewards"
 
@@ -48,6 +62,7 @@ class RegisteredReward:
 
 _REGISTRY: dict[str, RegisteredReward] = {}
 _entry_points_loaded = False
+_BROKEN: dict[str, str] = {}  # entry point "name = value" -> why it did not load
 
 
 def reward(
@@ -98,10 +113,24 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    _BROKEN.clear()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
-        if callable(loaded) and not inspect.ismodule(loaded) and ep.name not in _REGISTRY:
-            reward(ep.name)(loaded)
+        plugin = f"{ep.name} = {ep.value}"
+        if ep.dist is not None:
+            plugin += f" (package {ep.dist.name})"
+        try:
+            loaded = ep.load()
+            if callable(loaded) and not inspect.ismodule(loaded) and ep.name not in _REGISTRY:
+                reward(ep.name)(loaded)
+        except Exception as err:  # a broken plugin must not take the others (or rlad) down with it
+            _BROKEN[plugin] = f"{type(err).__name__}: {err}"
+            log.warning("reward plugin %s did not load, its rewards are unavailable: %s", plugin, _BROKEN[plugin])
+
+
+def broken_plugins() -> dict[str, str]:
+    """Entry points of the ``rlad.rewards`` group that failed to load -> the error, after the first lookup."""
+    _load_entry_points()
+    return dict(_BROKEN)
 
 
 def get_reward(name: str) -> RegisteredReward:
@@ -109,7 +138,15 @@ def get_reward(name: str) -> RegisteredReward:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise UnknownRewardError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())}")
+        known = known_rewards()
+        close = difflib.get_close_matches(name, known, n=1)
+        message = f"unknown reward {name!r}"
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        message += f"; known rewards: {', '.join(known)}"
+        if _BROKEN:
+            message += "; plugins that failed to load: " + "; ".join(f"{k}: {v}" for k, v in _BROKEN.items())
+        raise UnknownRewardError(message)
     return _REGISTRY[name]
 
 

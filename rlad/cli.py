@@ -40,13 +40,15 @@ def _cmd_config(args: argparse.Namespace) -> None:
 
 
 def _cmd_rewards(args: argparse.Namespace) -> None:
-    from rewards import get_reward, known_rewards
+    from rewards import broken_plugins, get_reward, known_rewards
 
     for name in known_rewards():
         r = get_reward(name)
         params = ", ".join(f"{k}={v!r}" for k, v in r.params.items()) or "-"
         doc = (r.fn.__doc__ or "").strip().splitlines()[0] if r.fn.__doc__ else ""
         print(f"{name:<12} {'batched ' if r.batched else ''}params: {params}\n{'':<12} {doc}")
+    for plugin, error in broken_plugins().items():
+        print(f"plugin {plugin} did not load: {error}")
 
 
 def _cmd_score(args: argparse.Namespace) -> None:

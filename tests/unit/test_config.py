@@ -96,7 +96,7 @@ def test_impossible_output_layouts_are_refused(overrides, says):
         ("sft:\n  lr: 0\n", r"c.yaml: sft.lr must be > 0"),
         (
             "rewards:\n  detektion: {weight: 1}\n",
-            r"c.yaml: unknown reward 'detektion'; known rewards: answer, detection",
+            r"c.yaml: unknown reward 'detektion' \(did you mean 'detection'\?\); known rewards: answer, detection",
         ),
         ("rewards:\n  detection: {alpha: two}\n", r"c.yaml: rewards.detection.alpha must be a number"),
         ("mask: [1, 2]\n", r"c.yaml"),

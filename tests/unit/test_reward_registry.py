@@ -88,3 +88,50 @@ def test_third_party_rewards_come_through_entry_points(clean_registry, tmp_path,
     assert {"acme_module_reward", "acme_count"} <= set(known_rewards())
     mix = RewardMix({"acme_count": {"scale": 2.0}, "acme_module_reward": {"weight": 1.0}})
     assert mix.score(["defect, defect"], [make_sample()]).total.tolist() == [4.5]
+
+
+def _plugin(tmp_path, name: str, entry_points: str) -> None:
+    dist = tmp_path / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[rlad.rewards]\n{entry_points}\n")
+
+
+def test_a_broken_plugin_is_named_and_the_others_still_load(clean_registry, tmp_path, monkeypatch, caplog):
+    (tmp_path / "good_rewards.py").write_text("def good(completion, sample):\n    return 1.0\n")
+    _plugin(tmp_path, "good-rewards", "good = good_rewards:good")
+    _plugin(tmp_path, "broken-rewards", "broken = no_such_module_here:fn")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_BROKEN", {})
+
+    assert get_reward("good").fn(None, None) == 1.0  # the good plugin loads, the broken one raises nothing
+    assert "broken = no_such_module_here:fn (package broken-rewards)" in caplog.text
+    assert registry.broken_plugins() == {
+        "broken = no_such_module_here:fn (package broken-rewards)": "ModuleNotFoundError: No module named "
+        "'no_such_module_here'"
+    }
+    with pytest.raises(registry.UnknownRewardError) as err:
+        get_reward("broken")
+    assert "plugins that failed to load: broken = no_such_module_here:fn (package broken-rewards): " in str(err.value)
+
+
+def test_a_misspelt_reward_gets_a_suggestion():
+    with pytest.raises(registry.UnknownRewardError, match=r"unknown reward 'detektion' \(did you mean 'detection'\?\)"):
+        get_reward("detektion")
+    with pytest.raises(registry.UnknownRewardError) as err:
+        get_reward("zzzz")
+    assert "did you mean" not in str(err.value)
+
+
+def test_parameter_types_are_checked_exactly(clean_registry):
+    from rewards import RewardSpecError
+
+    @reward("counted")
+    def counted(completion, sample, *, target: int = 300, scale: float = 1.0) -> float:
+        return 0.0
+
+    with pytest.raises(RewardSpecError, match=r"rewards.counted.target must be an integer \(default 300\), got 100.7"):
+        RewardMix({"counted": {"target": 100.7}})
+    RewardMix({"counted": {"target": 100, "scale": 2}})  # an integer is a number
+    with pytest.raises(RewardSpecError, match=r"rewards\.counted\.target must be an integer"):
+        RewardMix({"counted": {"target": True}})
