@@ -192,6 +192,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         n = result["patches"]
         print(f"anomalous patches ({config.mask.grid}x{config.mask.grid}): "
               f"{'unparseable' if n is None else int(n.sum())}\n{grid_text(n)}")  # fmt: skip
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     out = Path(args.out or f"{Path(args.image).stem}-prediction.png")
     prediction_overlay(sample, parsed, result["patches"], None, out, graded=False)
     print(f"overlay: {out}")

@@ -19,7 +19,7 @@ from rlad.completion import parse_completion
 from rlad.config import Config, ConfigError
 from rlad.sample import VerifiableSample
 
-__all__ = ["parse_options", "predict"]
+__all__ = ["contradictions", "parse_options", "predict"]
 
 DEFAULT_QUESTION = "Is there any defect in the object?\nA. Yes.\nB. No."
 _OPTION = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$")
@@ -45,8 +45,8 @@ def predict(
     from rollout.worker import make_engine
 
     for what, p in (("image", image), ("reference image", reference)):
-        if p is not None and not Path(p).is_file():
-            raise ConfigError(f"{what} {p} does not exist")
+        if p is not None:
+            _check_image(what, Path(p))
     question = question or DEFAULT_QUESTION
     options = parse_options(question)
     sample = VerifiableSample(
@@ -63,4 +63,35 @@ def predict(
     completion = make_engine(config, str(checkpoint), standalone=True).generate([sample], n=1, greedy=True)[0]
     parsed = parse_completion(completion.text)
     patches = mask_text.decode_or_none(parsed.seg, config.mask.grid) if "seg" in config.output.blocks else None
-    return {"sample": sample, "completion": completion.text, "parsed": parsed, "patches": patches}
+    warnings = contradictions(parsed.answer_letter, options, patches)
+    return {"sample": sample, "completion": completion.text, "parsed": parsed, "patches": patches, "warnings": warnings}
+
+
+def _check_image(what: str, path: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ConfigError(f"{what} {path} is not an image PIL can read ({type(err).__name__}: {err})") from err
+
+
+def contradictions(letter: str | None, options: dict[str, str], patches: np.ndarray | None) -> list[str]:
+    """What a reader of one answer should be warned about: no letter, a letter the question does not offer,
+    and (for a Yes/No defect question) an answer its own mask contradicts."""
+    if letter is None:
+        return ["the completion names no answer letter"]
+    if letter not in options:
+        return [f"answer {letter} is not among the question's options ({', '.join(options)})"]
+    if patches is None:
+        return []
+    said = options[letter].strip().lower()
+    marked = int(patches.sum())
+    if said.startswith("yes") and marked == 0:
+        return [f"answer {letter} ({options[letter]}) says there is a defect, but the mask marks no patch"]
+    if said.startswith("no") and marked > 0:
+        return [f"answer {letter} ({options[letter]}) says there is no defect, but the mask marks {marked} patches"]
+    return []

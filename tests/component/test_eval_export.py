@@ -197,3 +197,29 @@ def test_predict_prints_answer_and_grid_and_writes_an_overlay(checkpoint, small_
     with pytest.raises(SystemExit):
         main(["predict", str(checkpoint), str(tmp_path / "missing.png")])
     assert "missing.png does not exist" in capsys.readouterr().err
+
+
+def test_predict_names_a_file_that_is_not_an_image(checkpoint, tmp_path, capsys):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(checkpoint), str(notes)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"image {notes} is not an image PIL can read (UnidentifiedImageError" in err and "Traceback" not in err
+
+
+def test_predict_warns_when_mask_and_answer_disagree():
+    from rlad.predict import DEFAULT_QUESTION, contradictions, parse_options
+
+    options = parse_options(DEFAULT_QUESTION)  # A. Yes. / B. No.
+    empty, two = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    two[0, :2] = True
+    assert contradictions("A", options, two) == [] and contradictions("B", options, empty) == []
+    assert contradictions("A", options, empty) == [
+        "answer A (Yes.) says there is a defect, but the mask marks no patch"
+    ]
+    assert contradictions("B", options, two) == ["answer B (No.) says there is no defect, but the mask marks 2 patches"]
+    assert contradictions("D", options, two) == ["answer D is not among the question's options (A, B)"]
+    assert contradictions(None, options, None) == ["the completion names no answer letter"]
+    assert contradictions("A", {"A": "Top left", "B": "None"}, empty) == []  # not a Yes/No question
