@@ -128,6 +128,7 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _usual_file_modes(tmp)
     if final.exists():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -136,6 +137,16 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+def _usual_file_modes(folder: Path) -> None:
+    """Every file under ``folder`` readable as the umask allows (safetensors writes its files 0600 through a
+    temporary file, so an exported model was unreadable to the serving user while its config was not)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask | (path.stat().st_mode & 0o111))
 
 
 class RunFolderBusyError(RuntimeError):

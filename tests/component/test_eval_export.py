@@ -2,6 +2,7 @@
 exported folder reloading with plain transformers and answering exactly as its source, and bad input named."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -126,6 +127,10 @@ def test_export_reloads_with_transformers_and_answers_like_its_source(checkpoint
     assert {"model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "chat_template.jinja",
             "generation_config.json", "README.md", "rlad.yaml"} <= names  # fmt: skip
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]  # no pickles
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # the weights as readable as the config
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, local_files_only=True)
     source = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, local_files_only=True)
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values(), strict=True):
