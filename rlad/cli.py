@@ -133,21 +133,14 @@ def _cmd_sft(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
 
+    from rlad.run_dir import resume_config
     from rlad.train import run_train
 
     if args.config and "=" in args.config and not Path(args.config).is_file():  # `rlad train resume=RUN_DIR`
         args.overrides, args.config = [args.config, *args.overrides], None
     overrides = [o for o in args.overrides if not o.startswith("resume=")]
     resume = [o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")]
-    if resume:
-        run_dir = Path(resume[-1])
-        snapshot = run_dir / "config.yaml"
-        if not snapshot.is_file():
-            raise ConfigError(f"resume={run_dir}: not a run folder (no {snapshot})")
-        # The run's own config, then this command's file and overrides on top (e.g. more grpo.steps).
-        config = load_config(args.config or snapshot, [*overrides, f"train.run_dir={run_dir}"])
-    else:
-        config = load_config(args.config, overrides)
+    config = resume_config(resume[-1], args.config, overrides) if resume else load_config(args.config, overrides)
     _print_train_report(run_train(config, resume=bool(resume), ray_address=args.ray_address))
 
 

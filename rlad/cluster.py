@@ -26,6 +26,7 @@ import numpy as np
 from rlad.config import Config, ConfigError
 from rlad.faults import LearnerLostError
 from rlad.learner import Learner, Rollout, loss_units
+from rlad.policy import PolicySpec
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion
 from rollout.transport import rendezvous_url
@@ -112,6 +113,8 @@ class Cluster:
                 f"{plan.strategy}, train.placement {config.train.placement}) within 10 minutes"
             ) from err
 
+        policy = PolicySpec.of(config, checkpoint)  # what every copy of the policy is built from
+
         def where(bundle: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=bundle)
 
@@ -120,14 +123,14 @@ class Cluster:
                 num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=r.resources or None,
                 max_restarts=r.max_restarts, name=actor_name(run_dir, "rollout", i),
                 scheduling_strategy=where(plan.rollout[i]),
-            ).remote(config, checkpoint)
+            ).remote(policy, r, config.generation, config.seed)
             for i in range(r.workers)
         ]  # fmt: skip
         self.learners = [
             ray.remote(Learner).options(
                 num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, resources=lc.resources or None,
                 name=actor_name(run_dir, "learner", i), scheduling_strategy=where(plan.learner[i]),
-            ).remote(config, checkpoint, i, lc.workers)
+            ).remote(policy, config.grpo, lc, config.generation, config.seed, i, lc.workers)
             for i in range(lc.workers)
         ]  # fmt: skip
         addresses = ray.get([learner.address.remote() for learner in self.learners])

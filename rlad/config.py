@@ -8,6 +8,7 @@ file named, before anything starts. Each section holds the arguments of one comp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "OutputConfig",
     "RolloutConfig",
     "SFTConfig",
+    "ScoringConfig",
     "SynthConfig",
     "TrainConfig",
     "VLLMConfig",
@@ -41,6 +43,11 @@ __all__ = [
     "save_config",
     "to_yaml",
 ]
+
+log = logging.getLogger(__name__)
+
+MOVED = {"grpo.reward_chunk": "scoring.chunk"}
+"""Keys that moved: an older config (a run folder's snapshot) naming the old key is read with the new one."""
 
 
 class ConfigError(ValueError):
@@ -325,8 +332,6 @@ class GRPOConfig:
     """Share of the learner batch filled with past groups from the replay store that still carry signal."""
     max_staleness: int = 4
     """Replayed groups were generated at most this many policy versions ago."""
-    reward_chunk: int = 256
-    """Completions scored per Ray task; fewer than this in a step are scored in the driver."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1 or self.group_size < 2 or self.epochs_per_step < 1:
@@ -339,8 +344,8 @@ class GRPOConfig:
             raise ConfigError(f"grpo.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.tis_cap < 0:
             raise ConfigError(f"grpo.tis_cap must be >= 0 (0 turns TIS off), got {self.tis_cap}")
-        if self.kl_coef < 0 or self.reward_chunk < 1:
-            raise ConfigError("grpo.kl_coef must be >= 0 and grpo.reward_chunk >= 1")
+        if self.kl_coef < 0:
+            raise ConfigError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
 
 
 @dataclass
@@ -511,6 +516,19 @@ class TrainConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """How the driver scores completions (``rlad/scoring.py``): every reward of the mix on each one, during
+    training (the score phase) and in the held-out evaluation."""
+
+    chunk: int = 256
+    """Completions scored per Ray task; fewer than this at once are scored in the driver."""
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ConfigError(f"scoring.chunk must be >= 1, got {self.chunk}")
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for data generation, sampling and initialisation."""
@@ -534,6 +552,8 @@ class Config:
     """The learner workers (``rlad/learner.py``)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The run: folder, checkpoints, evaluation, placement, Ray."""
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    """How completions are scored against the rewards below (``rlad/scoring.py``)."""
     rewards: dict[str, Any] = field(default_factory=paper_rewards)
     """Reward name -> {weight, parameters of that reward}. total = sum(weight * reward). A reward with
     weight 0 is still computed and logged. Names come from the reward registry (``rlad rewards``)."""
@@ -564,14 +584,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(from_file, DictConfig):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got a list")
         try:
-            merged = OmegaConf.merge(merged, from_file)
+            merged = OmegaConf.merge(merged, _moved_keys(from_file, str(path)))
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_describe_omegaconf_error(err)}") from err
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command-line override {item!r} is not of the form key=value")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, _moved_keys(OmegaConf.from_dotlist([item]), f"override {item!r}"))
         except OmegaConfBaseException as err:
             raise ConfigError(f"command-line override {item!r}: {_describe_omegaconf_error(err)}") from err
     where = source + (f" with overrides {list(overrides)}" if overrides else "")
@@ -584,6 +604,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     _check_rewards(config, where)
     _check_cluster(config, where)
     return _derive(config)
+
+
+def _moved_keys(node: DictConfig, where: str) -> DictConfig:
+    """``node`` (a loaded file or one override) with every key of ``MOVED`` under its new name, and a warning."""
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(node.get(section), DictConfig) and key in node[section]:
+            value = node[section].pop(key)
+            OmegaConf.update(node, new, value, force_add=True)
+            log.warning("%s: %s is now %s (read as %s=%s)", where, old, new, new, value)
+    return node
 
 
 def _derive(config: Config) -> Config:

@@ -337,7 +337,7 @@ def evaluate_on_cluster(
             completions += cluster.generate(part, n, greedy=greedy, seed=config.seed + c * len(cluster.workers))
             bar.update(len(part))
         records = [ScoredRecord(c.text, samples[i // n], group) for i, c in enumerate(completions)]
-        scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+        scores = score_records_on_ray(records, config.rewards, config.scoring.chunk)
         (run_dir / "eval").mkdir(exist_ok=True)
         rows[group] = save_and_summarise(records, scores, group, run_dir / "eval" / f"{group}.jsonl")
     bar.close()

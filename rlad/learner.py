@@ -22,7 +22,6 @@ sync that left the rollout engine on stale weights shows up there at once.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -36,12 +35,12 @@ from typing import Any
 
 import torch
 
-from rlad.config import Config, ConfigError
+from rlad.config import Config, ConfigError, GenerationConfig, GRPOConfig, LearnerConfig
 from rlad.console import quiet_stdout
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, token_logprobs
-from rlad.policy import load_policy, merge_lora_state, set_threads
+from rlad.policy import PolicySpec, merge_lora_state, set_threads
 from rlad.replay import Group, informative, replay_candidates
 from rlad.run_dir import atomic_folder
 from rlad.sample import VerifiableSample
@@ -78,12 +77,7 @@ def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
     return sum(len(r.token_ids) for r in rollouts) if aggregation == "token_mean" else len(rollouts)
 
 
-def _policy_config(config: Config, checkpoint: str):
-    return dataclasses.replace(config.model, path=checkpoint)
-
-
-def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, Any]:
-    learner = config.learner
+def _deepspeed_config(learner: LearnerConfig, max_grad_norm: float, world_size: int, bf16: bool) -> dict[str, Any]:
     base: dict[str, Any] = {}
     if learner.deepspeed:
         if not Path(learner.deepspeed).is_file():
@@ -102,7 +96,7 @@ def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, 
         train_micro_batch_size_per_gpu=learner.micro_batch_size,
         gradient_accumulation_steps=1,  # rlad marks the accumulation boundary itself (batches vary in size)
         train_batch_size=learner.micro_batch_size * world_size,
-        gradient_clipping=config.grpo.max_grad_norm,
+        gradient_clipping=max_grad_norm,
         zero_optimization=zero,
         bf16={"enabled": bf16},
         steps_per_print=10**9,
@@ -113,20 +107,32 @@ def _deepspeed_config(config: Config, world_size: int, bf16: bool) -> dict[str, 
     return base
 
 
-def check_config(config: Config) -> None:
-    """What a learner would refuse, checked where it is cheap (the driver, before any actor starts)."""
-    _deepspeed_config(config, config.learner.workers, bf16=False)
+def check_config(learner: LearnerConfig) -> None:
+    """What a learner would refuse (``learner.deepspeed`` not a readable file), checked where it is cheap: the
+    driver, before any actor starts."""
+    _deepspeed_config(learner, 1.0, learner.workers, bf16=False)
 
 
 class Learner:
-    """Build, then ``setup`` (every rank at once: the process group forms there), then ``learn``."""
+    """Build, then ``setup`` (every rank at once: the process group forms there), then ``learn``.
 
-    def __init__(self, config: Config, checkpoint: str, rank: int = 0, world_size: int = 1):
-        self.config = config
-        self.checkpoint = checkpoint
+    It takes the config sections it uses: the policy to train (``PolicySpec``), GRPO's settings, its own
+    section, the sampling settings the rollout used (temperature, ``max_new_tokens``: the log-probs and the
+    ``dr_grpo`` normaliser depend on them) and the run's seed (rank r seeds with ``seed + r``)."""
+
+    def __init__(self, policy: PolicySpec, grpo: GRPOConfig, learner: LearnerConfig,
+                 generation: GenerationConfig, seed: int = 0, rank: int = 0, world_size: int = 1):  # fmt: skip
+        self.spec, self.grpo, self.settings, self.generation = policy, grpo, learner, generation
+        self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        set_threads(config.learner.threads)
+        set_threads(learner.threads)
+
+    @classmethod
+    def from_config(cls, config: Config, checkpoint: str, rank: int = 0, world_size: int = 1) -> Learner:
+        """A learner of the run ``config`` on the weights at ``checkpoint`` (tests, benchmarks)."""
+        spec = PolicySpec.of(config, checkpoint)
+        return cls(spec, config.grpo, config.learner, config.generation, config.seed, rank, world_size)
 
     def address(self) -> NodeAddress:
         return node_address()
@@ -136,28 +142,23 @@ class Learner:
         alone, through a fresh file), build the policy, the optimizer and the DeepSpeed engine."""
         import deepspeed
 
-        config, rank, world_size, checkpoint = self.config, self.rank, self.world_size, self.checkpoint
+        rank, world_size = self.rank, self.world_size
         if rendezvous is None:
             rendezvous = rendezvous_url([self.address()], uuid.uuid4().hex)
-        use_gpu = config.learner.num_gpus > 0 and torch.cuda.is_available()
+        use_gpu = self.settings.num_gpus > 0 and torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
         os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size)})
         with quiet_stdout():  # DeepSpeed prints "... shm_comm_op built successfully" on CPUs
             deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False,
                                        init_method=rendezvous, rank=rank, world_size=world_size)  # fmt: skip
-        torch.manual_seed(config.seed + rank)
+        torch.manual_seed(self.seed + rank)
 
-        model_config = _policy_config(config, checkpoint)
-        self.policy = load_policy(
-            model_config, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True
-        )
+        self.policy = self.spec.load(device, trainable=True)
         self.builder = self.policy.builder
         self.reference = None
-        if config.grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
-            self.reference = load_policy(
-                model_config, shots=config.data.shots, blocks=config.output.blocks, device=device
-            ).model
-        grpo = config.grpo
+        grpo = self.grpo
+        if grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
+            self.reference = self.spec.load(device).model
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=grpo.lr, weight_decay=grpo.weight_decay)
         warmup = grpo.warmup_steps
@@ -167,7 +168,7 @@ class Learner:
             model=self.policy.model,
             optimizer=optimizer,
             lr_scheduler=schedule,
-            config=_deepspeed_config(config, world_size, bf16),
+            config=_deepspeed_config(self.settings, grpo.max_grad_norm, world_size, bf16),
         )
         self.device = device
         self.version = 0
@@ -200,8 +201,8 @@ class Learner:
         """One optimizer step per epoch over ``rollouts`` (this rank's share) in ``micro_batches`` pieces (the
         same count on every rank: collectives must line up). ``global_units`` is ``loss_units`` of the whole
         step's batch over every rank, so the summed gradients are those of one loss over the batch."""
-        grpo = self.config.grpo
-        temperature = self.config.generation.temperature
+        grpo = self.grpo
+        temperature = self.generation.temperature
         engine = self.engine
         engine.train()
         start = time.perf_counter()
@@ -241,7 +242,7 @@ class Learner:
                     logp, old, torch.tensor([r.advantage for r in items], dtype=logp.dtype, device=logp.device),
                     mask, clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
                     kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
-                    max_completion_length=self.config.generation.max_new_tokens,
+                    max_completion_length=self.generation.max_new_tokens,
                     behaviour_logp=engine_logp, tis_cap=grpo.tis_cap,
                 )  # fmt: skip
                 nonfinite |= not bool(torch.isfinite(out.loss.detach()))
@@ -261,12 +262,12 @@ class Learner:
                     if fresh_mask.any():
                         add("logprob_mismatch", float(logprob_mismatch(engine_logp, logp.detach(), fresh_mask)), w)
             norm = None
-            if self.config.learner.zero_stage == 0:  # DeepSpeed reports a norm only for ZeRO; here grads are whole
+            if self.settings.zero_stage == 0:  # DeepSpeed reports a norm only for ZeRO; here grads are whole
                 grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
                 norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if self._nonfinite(nonfinite, norm):  # every rank decides alike: the step is skipped everywhere
                 skipped += 1
-                if self.config.learner.zero_stage:
+                if self.settings.zero_stage:
                     engine.optimizer.zero_grad()
                 else:
                     engine.zero_grad()
@@ -304,11 +305,11 @@ class Learner:
         must call, rank 0's copy is the one to send). On a CPU the tensors may be the live weights themselves
         (no copy): Ray serialises them when sent; clone to keep a snapshot. With LoRA: the adapters merged into
         the weights, under the plain model's names (the engines run the plain model)."""
-        lora = self.config.model.lora
+        lora = self.spec.model.lora
         if lora.r:
             module_state = self.engine.module.state_dict()
             state = {k: v.detach().cpu() for k, v in merge_lora_state(module_state, lora.alpha / lora.r).items()}
-        elif self.config.learner.zero_stage == 3:
+        elif self.settings.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full only on rank 0
             state = {k: v.cpu() for k, v in (state or {}).items()}
         else:
@@ -330,7 +331,7 @@ class Learner:
     def _sent_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """What the broadcast sends, by name: the parameters (LoRA: the merged weights, computed once per sync
         in :meth:`weight_meta`)."""
-        if self.config.model.lora.r:
+        if self.spec.model.lora.r:
             return self._merged
         return list(self.engine.module.named_parameters(remove_duplicate=False))
 
@@ -338,8 +339,8 @@ class Learner:
         """Name, dtype and full shape of every parameter, in the order :meth:`broadcast_weights` sends them. A tied
         weight is listed under each of its names (``lm_head`` and ``embed_tokens``): vLLM's CPU build keeps a
         processed copy per layer, and an ``lm_head`` not sent stays stale there (found by the freshness test)."""
-        if self.config.model.lora.r:
-            lora = self.config.model.lora
+        if self.spec.model.lora.r:
+            lora = self.spec.model.lora
             # the plain model's state dict: every parameter under each of its names (tied ones twice)
             self._merged = list(merge_lora_state(self.engine.module.state_dict(), lora.alpha / lora.r).items())
         return [
@@ -362,7 +363,7 @@ class Learner:
         for bucket in plan:
             chosen = [params[i] for i in bucket]
             unique = list({id(p): p for p in chosen}.values())  # a tied weight is gathered once
-            gathered = deepspeed.zero.GatheredParameters(unique) if self.config.learner.zero_stage == 3 else None
+            gathered = deepspeed.zero.GatheredParameters(unique) if self.settings.zero_stage == 3 else None
             with gathered or contextlib.nullcontext():
                 if self.rank != 0:
                     continue
@@ -410,7 +411,7 @@ class Learner:
         state = self.state_dict()
         if self.rank == 0:
             module = self.engine.module
-            plain = module.get_base_model() if self.config.model.lora.r else module  # LoRA: the merged model
+            plain = module.get_base_model() if self.spec.model.lora.r else module  # LoRA: the merged model
             plain.save_pretrained(folder, state_dict=state)
 
 

@@ -8,6 +8,7 @@ unless ``model.dtype`` says otherwise; LoRA (peft) on the language model when ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from rlad.inputs import InputBuilder
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "Policy",
+    "PolicySpec",
     "load_builder",
     "load_policy",
     "merge_lora_state",
@@ -48,6 +50,29 @@ class Policy:
     image_processor: Any
     builder: InputBuilder
     path: Path
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What builds one copy of the policy, the part of a run's config that the learners and the rollout
+    engines share: the model section with ``path`` at the checkpoint to load, the shots per prompt
+    (``data.shots``) and the answer layout (``output.blocks``)."""
+
+    model: ModelConfig
+    shots: int = 1
+    blocks: tuple[str, ...] = tuple(BLOCKS)
+
+    @classmethod
+    def of(cls, config: Any, checkpoint: str | Path) -> PolicySpec:
+        """The spec of a run's ``config`` (a ``rlad.config.Config``) with the weights at ``checkpoint``."""
+        model = dataclasses.replace(config.model, path=str(checkpoint))
+        return cls(model, config.data.shots, tuple(config.output.blocks))
+
+    def load(self, device: str | torch.device = "cpu", trainable: bool = False) -> Policy:
+        return load_policy(self.model, shots=self.shots, device=device, trainable=trainable, blocks=self.blocks)
+
+    def builder(self) -> InputBuilder:
+        return load_builder(self.model, shots=self.shots, blocks=self.blocks)
 
 
 def resolve_model_path(config: ModelConfig) -> Path:

@@ -184,7 +184,7 @@ def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: 
     from rlad.grpo import group_advantages
     from rlad.scoring import score_records_on_ray
 
-    scores = score_records_on_ray(records, config.rewards, config.grpo.reward_chunk)
+    scores = score_records_on_ray(records, config.rewards, config.scoring.chunk)
     totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
     advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
     names = [k for k in scores[0] if k != "total"]

@@ -31,7 +31,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,35 @@ __all__ = [
     "hold_run_dir",
     "last_checkpoint",
     "partial_path",
+    "resume_config",
+    "run_snapshot",
     "save_checkpoint",
     "set_aside_replay_parts",
     "write_text_atomic",
 ]
 
 LOCK_NAME = ".lock"
+SNAPSHOT_NAME = "config.yaml"
+
+
+def run_snapshot(run_dir: str | Path) -> Path:
+    """The resolved config a run wrote when it started; ConfigError when ``run_dir`` holds none (it is not a
+    run folder, so there is nothing to resume)."""
+    from rlad.config import ConfigError
+
+    snapshot = Path(run_dir) / SNAPSHOT_NAME
+    if not snapshot.is_file():
+        raise ConfigError(f"resume={run_dir}: not a run folder (no {snapshot})")
+    return snapshot
+
+
+def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """The config to continue ``run_dir`` with: the run's own snapshot (or ``config_file``), then ``overrides``
+    (e.g. more ``grpo.steps``), with ``train.run_dir`` at ``run_dir``."""
+    from rlad.config import load_config
+
+    snapshot = run_snapshot(run_dir)
+    return load_config(config_file or snapshot, [*overrides, f"train.run_dir={run_dir}"])
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:

@@ -46,10 +46,12 @@ from rlad.logbook import Logbook, step_metrics
 from rlad.ray_session import ray_session
 from rlad.replay import ReplayStore, informative, score_groups
 from rlad.run_dir import (
+    SNAPSHOT_NAME,
     check_run_dir,
     complete_checkpoints,
     hold_run_dir,
     last_checkpoint,
+    run_snapshot,
     save_checkpoint,
     set_aside_replay_parts,
     write_text_atomic,
@@ -138,8 +140,8 @@ def _prepare(config: Config, resume: bool):
     config = absolute_paths(config)
     run_dir = Path(config.train.run_dir)
     grpo = config.grpo
-    if resume and not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"resume: {run_dir} is not a run folder (no config.yaml)")
+    if resume:
+        run_snapshot(run_dir)  # a run folder (a programmatic resume; the CLI's resume_config checked it too)
     if not resume and last_checkpoint(run_dir) is not None:
         raise ConfigError(f"train.run_dir {run_dir} already holds a run: continue it with resume={run_dir}, "
                           "or choose another train.run_dir")  # fmt: skip
@@ -153,7 +155,7 @@ def _prepare(config: Config, resume: bool):
         )
     resolve_model_path(config.model)
     config = split_threads(config)
-    check_config(config)  # learner settings (LoRA, learner.deepspeed), here rather than inside an actor
+    check_config(config.learner)  # learner.deepspeed, here rather than inside an actor
     if not config.train.warm_start:
         check_sft_config(config)
     if config.train.warm_start and not Path(config.train.warm_start, "config.json").is_file():
@@ -176,7 +178,7 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
 
     run_dir, grpo = Path(config.train.run_dir), config.grpo
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    save_config(config, run_dir / SNAPSHOT_NAME)
     checkpoint = last_checkpoint(run_dir) if resume else None
     state = json.loads((checkpoint / "state.json").read_text()) if checkpoint else {"step": 0, "version": 0}
     start, version = state["step"], state["version"]

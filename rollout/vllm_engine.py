@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 
-from rlad.config import Config, GenerationConfig
+from rlad.config import GenerationConfig, RolloutConfig
 from rlad.inputs import InputBuilder
+from rlad.policy import PolicySpec
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, banned_tokens, stop_tokens
 from rollout.transport import TensorMeta, adapter_file_fingerprint
@@ -74,14 +75,14 @@ def sampling_kwargs(
     )
 
 
-def engine_kwargs(config: Config, checkpoint: str, vision: bool) -> dict[str, Any]:
-    """``vllm.LLM`` arguments for the policy at ``checkpoint`` from the config."""
-    v = config.rollout.vllm
+def engine_kwargs(policy: PolicySpec, rollout: RolloutConfig, seed: int, vision: bool) -> dict[str, Any]:
+    """``vllm.LLM`` arguments for ``policy`` (its ``model.path`` is the checkpoint) from the config sections."""
+    v, checkpoint = rollout.vllm, policy.model.path
     kwargs: dict[str, Any] = dict(
         model=checkpoint,
         tokenizer=checkpoint,
         dtype=v.dtype,
-        seed=config.seed,
+        seed=seed,
         gpu_memory_utilization=v.gpu_memory_utilization,
         tensor_parallel_size=v.tensor_parallel_size,
         max_model_len=v.max_model_len,
@@ -92,12 +93,12 @@ def engine_kwargs(config: Config, checkpoint: str, vision: bool) -> dict[str, An
         worker_extension_cls="rollout.vllm_extension.WeightLoader",
         max_logprobs=1,
     )
-    lora = config.model.lora
-    if lora.r and config.rollout.lora_sync == "adapter":
+    lora = policy.model.lora
+    if lora.r and rollout.lora_sync == "adapter":
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max(8, 1 << (lora.r - 1).bit_length()))
     if vision:
-        kwargs["limit_mm_per_prompt"] = {"image": 2 if config.data.shots else 1, "video": 0}
-        pixels = {k: getattr(config.model, k) for k in ("min_pixels", "max_pixels") if getattr(config.model, k)}
+        kwargs["limit_mm_per_prompt"] = {"image": 2 if policy.shots else 1, "video": 0}
+        pixels = {k: getattr(policy.model, k) for k in ("min_pixels", "max_pixels") if getattr(policy.model, k)}
         if pixels:
             kwargs["mm_processor_kwargs"] = pixels
     return kwargs
@@ -120,7 +121,7 @@ class VLLMEngine:
         self.banned = set(banned_tokens(builder.tokenizer))
 
     @classmethod
-    def start(cls, config: Config, checkpoint: str, builder: InputBuilder) -> VLLMEngine:
+    def start(cls, policy: PolicySpec, rollout: RolloutConfig, generation: GenerationConfig, seed: int) -> VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as err:
@@ -129,11 +130,12 @@ class VLLMEngine:
                 f"({err}); install it there (pip install 'rlad[vllm]' on CUDA machines) or use rollout.backend="
                 "transformers"
             ) from err
+        builder = policy.builder()
         # one tensor-parallel rank: the engine core runs in this process, so weights pass by reference
-        if config.rollout.vllm.tensor_parallel_size == 1:
+        if rollout.vllm.tensor_parallel_size == 1:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        llm = LLM(**engine_kwargs(config, checkpoint, builder.vision))
-        return cls(llm, builder, config.generation, config.rollout.vllm.sleep_level)
+        llm = LLM(**engine_kwargs(policy, rollout, seed, builder.vision))
+        return cls(llm, builder, generation, rollout.vllm.sleep_level)
 
     # -- sleep / wake (colocated) -------------------------------------------------------------------------
 

@@ -8,44 +8,48 @@ slice of the step's prompts and, after every optimizer step, the new weights wit
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from rlad.config import Config
-from rlad.policy import load_builder, load_policy, set_threads
+from rlad.config import Config, GenerationConfig, RolloutConfig
+from rlad.policy import PolicySpec, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
 from rollout.transport import NodeAddress, TensorMeta, adapter_file_fingerprint, from_shared, node_address
 
-__all__ = ["RolloutWorker", "make_engine"]
+__all__ = ["RolloutWorker", "build_engine", "make_engine"]
 
 
 def make_engine(config: Config, checkpoint: str, standalone: bool = False) -> RolloutEngine:
-    """The engine of ``rollout.backend`` for the policy at ``checkpoint``. In a Ray actor it takes a GPU when
-    ``rollout.num_gpus`` gives it one; ``standalone`` (``rlad eval``, ``rlad predict``: the process has the
-    machine to itself) takes one whenever there is one."""
+    """The engine of ``rollout.backend`` for the policy at ``checkpoint``, from a whole config (``rlad eval``,
+    ``rlad predict``, tests); see :func:`build_engine`."""
+    return build_engine(PolicySpec.of(config, checkpoint), config.rollout, config.generation, config.seed, standalone)
+
+
+def build_engine(policy: PolicySpec, rollout: RolloutConfig, generation: GenerationConfig, seed: int,
+                 standalone: bool = False) -> RolloutEngine:  # fmt: skip
+    """The engine of ``rollout.backend`` for ``policy``. In a Ray actor it takes a GPU when ``rollout.num_gpus``
+    gives it one; ``standalone`` (the process has the machine to itself) takes one whenever there is one."""
     from rollout.transformers_engine import TransformersEngine
 
-    model_config = dataclasses.replace(config.model, path=checkpoint)
-    if config.rollout.backend == "vllm":
+    if rollout.backend == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        builder = load_builder(model_config, shots=config.data.shots, blocks=config.output.blocks)
-        return VLLMEngine.start(config, checkpoint, builder)
-    use_gpu = (config.rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
-    policy = load_policy(
-        model_config, shots=config.data.shots, blocks=config.output.blocks, device="cuda" if use_gpu else "cpu"
-    )
-    return TransformersEngine(policy.model, policy.builder, config.generation, batch_size=config.rollout.batch_size)
+        return VLLMEngine.start(policy, rollout, generation, seed)
+    use_gpu = (rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
+    loaded = policy.load("cuda" if use_gpu else "cpu")
+    return TransformersEngine(loaded.model, loaded.builder, generation, batch_size=rollout.batch_size)
 
 
 class RolloutWorker:
-    def __init__(self, config: Config, checkpoint: str):
-        set_threads(config.rollout.threads)
-        self.engine = make_engine(config, checkpoint)
+    """One engine in a Ray actor; it takes the config sections it uses: the policy to serve, its own section,
+    the sampling settings and the run's seed (vLLM seeds its sampler with it)."""
+
+    def __init__(self, policy: PolicySpec, rollout: RolloutConfig, generation: GenerationConfig, seed: int = 0):
+        set_threads(rollout.threads)
+        self.engine = build_engine(policy, rollout, generation, seed)
 
     def generate(
         self, samples: Sequence[VerifiableSample], n: int, greedy: bool = False, seed: int | None = None

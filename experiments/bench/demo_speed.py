@@ -60,7 +60,8 @@ def serve(spec: dict) -> None:
     samples = read_mmad(Path(spec["data"]) / "mmad.json", Path(spec["data"]), grid=config.mask.grid, shots=0)[0]
     g, p = config.grpo.group_size, config.grpo.prompts_per_step
     engine = make_engine(config, spec["checkpoint"])
-    learner = Learner(config, spec["checkpoint"])
+    # a baseline revision's Learner took the whole Config
+    learner = getattr(Learner, "from_config", Learner)(config, spec["checkpoint"])
     learner.setup()
     mix = RewardMix(config.rewards)
     micro = -(-g * p // config.learner.micro_batch_size)

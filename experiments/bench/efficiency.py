@@ -42,7 +42,7 @@ def main() -> None:
     from rlad.inputs import to_model
     from rlad.learner import Learner, Rollout, loss_units
     from rlad.logprobs import token_logprobs
-    from rlad.policy import load_policy, resolve_model_path
+    from rlad.policy import PolicySpec, load_policy, resolve_model_path
     from rollout.worker import RolloutWorker, make_engine
 
     work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
@@ -59,7 +59,11 @@ def main() -> None:
     rows = []
 
     # -- rollout ------------------------------------------------------------------------------------------
-    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(config, checkpoint)
+    worker = (
+        ray.remote(RolloutWorker)
+        .options(num_cpus=0.5)
+        .remote(PolicySpec.of(config, checkpoint), config.rollout, config.generation, config.seed)
+    )
     engine = make_engine(config, checkpoint)
     run_remote = lambda: ray.get(worker.generate.remote(samples, args.group, False, 7))[0]  # noqa: E731
     run_local = lambda: engine.generate(samples, n=args.group, seed=7)  # noqa: E731
@@ -86,7 +90,11 @@ def main() -> None:
     ]
     units = loss_units(rollouts, "token_mean")
     micro = -(-len(rollouts) // args.micro)
-    learner = ray.remote(Learner).options(num_cpus=0.5).remote(config, checkpoint)
+    learner = (
+        ray.remote(Learner)
+        .options(num_cpus=0.5)
+        .remote(PolicySpec.of(config, checkpoint), config.grpo, config.learner, config.generation, config.seed)
+    )
     ray.get(learner.setup.remote())
     learn_remote = lambda: ray.get(learner.learn.remote(rollouts, units, micro))  # noqa: E731
 

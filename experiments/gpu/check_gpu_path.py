@@ -88,7 +88,7 @@ def main() -> None:
         "learner.micro_batch_size=8", f"rollout.batch_size={args.group * args.prompts}",
     ])  # fmt: skip
     samples = read_mmad(work / "data" / "mmad.json", work / "data", grid=16, shots=1)[0][: args.prompts]
-    learner = Learner(config, checkpoint)
+    learner = Learner.from_config(config, checkpoint)
     learner.setup()
     engine = make_engine(config, checkpoint)
     params = sum(p.numel() for p in engine.model.parameters())

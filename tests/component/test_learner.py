@@ -23,8 +23,10 @@ def _config(root, *more):
 
 def _learner(small_benchmark, tiny_dir, *more):
     root, _ = small_benchmark
-    learner = Learner(_config(root, *more), str(tiny_dir))
+    config = _config(root, *more)
+    learner = Learner.from_config(config, str(tiny_dir))
     learner.setup()
+    learner.run_config = config  # the test's record of the run it belongs to (an export reads the run's snapshot)
     return learner
 
 
@@ -32,9 +34,9 @@ def _learner(small_benchmark, tiny_dir, *more):
 def rollouts(small_benchmark, tiny_dir):
     """Six sampled completions of two questions with hand-set advantages (two groups of three)."""
     root, samples = small_benchmark
-    learner = Learner(_config(root), str(tiny_dir))
+    learner = Learner.from_config(_config(root), str(tiny_dir))
     learner.setup()
-    engine = TransformersEngine(learner.policy.model, learner.builder, learner.config.generation)
+    engine = TransformersEngine(learner.policy.model, learner.builder, learner.generation)
     chosen = samples[:2]  # data.shots=0: the builder leaves their reference images out
     completions = engine.generate(chosen, n=3, seed=0)
     advantages = [1.0, -0.5, -0.5, 0.0, 1.2, -1.2]
@@ -52,7 +54,7 @@ def _gradients(learner, batch, micro_batches, monkeypatch):
             p.grad = None
 
     monkeypatch.setattr(learner.engine, "step", record)
-    learner.learn(batch, loss_units(batch, learner.config.grpo.aggregation), micro_batches)
+    learner.learn(batch, loss_units(batch, learner.grpo.aggregation), micro_batches)
     return seen
 
 
@@ -98,13 +100,13 @@ def test_a_bf16_policy_samples_and_learns_on_fp32_master_weights(small_benchmark
     assert next(learner.engine.module.parameters()).dtype == torch.bfloat16
     masters = [p for group in learner.engine.optimizer.fp32_groups for p in group]
     assert masters and all(p.dtype == torch.float32 for p in masters)
-    engine = TransformersEngine(learner.policy.model, learner.builder, learner.config.generation)
+    engine = TransformersEngine(learner.policy.model, learner.builder, learner.generation)
     completions = engine.generate(samples[:2], n=3, seed=0)
     batch = [Rollout(samples[i // 3], c.token_ids, c.logprobs, a)
              for i, (c, a) in enumerate(zip(completions, [1.0, -0.5, -0.5, 0.0, 1.2, -1.2], strict=True))]  # fmt: skip
     before = [p.detach().clone() for p in masters]
     metrics = learner.learn(batch, loss_units(batch, "token_mean"), 2)
-    assert metrics["logprob_mismatch"] < learner.config.rollout.freshness_tolerance
+    assert metrics["logprob_mismatch"] < learner.run_config.rollout.freshness_tolerance
     assert metrics["skipped_steps"] == 0 and metrics["grad_norm"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, masters, strict=True))
 
@@ -146,7 +148,7 @@ def _exported_from_checkpoint(learner, tiny_dir, tmp_path):
     step = run / "checkpoints" / "step-000001"
     learner.save(str(step / "learner"))
     (step / "state.json").write_text(json.dumps({"step": 1, "version": 1}))
-    save_config(learner.config, run / "config.yaml")
+    save_config(learner.run_config, run / "config.yaml")
     (run / "report.json").write_text(json.dumps({"warm_start": str(tiny_dir)}))
     return load_file(export_policy(run, tmp_path / "exported", step=1) / "model.safetensors")
 

@@ -55,3 +55,18 @@ def test_rlad_train_into_a_held_folder_stops_before_it_writes(holder, small_benc
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"in use by rlad process {process.pid}" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # no config, no metrics, no replay store
+
+
+def test_resume_reads_the_runs_own_snapshot_and_refuses_a_folder_that_is_not_a_run(tmp_path):
+    """``rlad train resume=DIR`` and ``run_train(config, resume=True)`` meet one check: the folder must hold the
+    snapshot the run wrote; the snapshot is then the config, overrides on top, ``train.run_dir`` at the folder."""
+    from rlad.config import ConfigError, load_config, save_config
+    from rlad.run_dir import resume_config
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"resume={run_dir}: not a run folder \(no {run_dir}/config.yaml\)"):
+        resume_config(run_dir)
+    run_dir.mkdir()
+    save_config(load_config(None, ["grpo.steps=3", "mask.grid=6", "train.run_dir=elsewhere"]), run_dir / "config.yaml")
+    config = resume_config(run_dir, overrides=["grpo.steps=5"])
+    assert (config.grpo.steps, config.mask.grid, config.train.run_dir) == (5, 6, str(run_dir))

@@ -67,7 +67,7 @@ def test_a_learner_listens_on_loopback_only(small_benchmark, tiny_dir):
 
     root, _ = small_benchmark
     config = load_config(None, [f"data.root={root}", "mask.grid=8", "model.image_size=224", f"model.path={tiny_dir}"])
-    Learner(config, str(tiny_dir)).setup()
+    Learner.from_config(config, str(tiny_dir)).setup()
     listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
     mine = [line.split()[3] for line in listening if f"pid={os.getpid()}," in line]
     assert all(address.startswith(("127.0.0.1:", "[::1]:")) for address in mine), mine

@@ -8,6 +8,7 @@ import pytest
 
 from rlad.config import load_config
 from rlad.inputs import IMAGE_PLACEHOLDER
+from rlad.policy import PolicySpec
 from rollout.vllm_engine import engine_kwargs, sampling_kwargs, vllm_request
 
 
@@ -54,7 +55,8 @@ def test_engine_arguments_come_from_the_config(shots):
     config = load_config(None, [f"data.shots={shots}", "model.min_pixels=3136", "model.max_pixels=262144",
                                 "rollout.vllm.sleep_level=1", "rollout.vllm.gpu_memory_utilization=0.4",
                                 "rollout.vllm.tensor_parallel_size=2", "seed=3"])  # fmt: skip
-    kwargs = engine_kwargs(config, "/ckpt", vision=True)
+    policy = PolicySpec.of(config, "/ckpt")
+    kwargs = engine_kwargs(policy, config.rollout, config.seed, vision=True)
     assert kwargs["limit_mm_per_prompt"] == {"image": 1 + shots, "video": 0}
     assert kwargs["mm_processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 262144}
     assert kwargs["enable_sleep_mode"] and kwargs["gpu_memory_utilization"] == 0.4
@@ -62,7 +64,7 @@ def test_engine_arguments_come_from_the_config(shots):
     assert kwargs["logprobs_mode"] == "processed_logprobs"
     module, _, name = kwargs["worker_extension_cls"].rpartition(".")
     assert hasattr(__import__(module, fromlist=[name]), name)
-    assert "limit_mm_per_prompt" not in engine_kwargs(config, "/ckpt", vision=False)
+    assert "limit_mm_per_prompt" not in engine_kwargs(policy, config.rollout, config.seed, vision=False)
 
 
 def test_a_text_only_model_takes_image_free_samples_on_the_transformers_path(sample_factory):

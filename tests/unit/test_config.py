@@ -40,6 +40,19 @@ def test_snapshot_round_trip(tmp_path):
     assert load_config(tmp_path / "snap.yaml") == cfg
 
 
+def test_a_moved_key_in_an_older_snapshot_is_read_under_its_new_name(tmp_path, caplog):
+    """A run folder written before ``grpo.reward_chunk`` became ``scoring.chunk`` still resumes, with a warning
+    naming the file and both keys; the other ``grpo`` keys of that file are kept."""
+    f = tmp_path / "config.yaml"
+    f.write_text("grpo:\n  reward_chunk: 32\n  group_size: 4\n")
+    with caplog.at_level("WARNING", logger="rlad.config"):
+        cfg = load_config(f, ["grpo.reward_chunk=64"])
+    assert cfg.scoring.chunk == 64 and cfg.grpo.group_size == 4
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"{f}: grpo.reward_chunk is now scoring.chunk (read as scoring.chunk=32)" in m for m in said), said
+    assert any("override 'grpo.reward_chunk=64': grpo.reward_chunk is now scoring.chunk" in m for m in said), said
+
+
 def test_format_reward_follows_the_output_layout():
     assert load_config().rewards["format"]["blocks"] == ["seg", "think", "answer"]
     cfg = load_config(None, ["output.blocks=[think,answer]", "rewards.detection.weight=0"])
@@ -94,6 +107,7 @@ def test_impossible_output_layouts_are_refused(overrides, says):
         ),
         ("train:\n  placement: mixed\n", r"c.yaml: key 'train.placement': Invalid value 'mixed', expected one of"),
         ("sft:\n  lr: 0\n", r"c.yaml: sft.lr must be > 0"),
+        ("scoring:\n  chunk: 0\n", r"c.yaml: scoring.chunk must be >= 1, got 0"),
         (
             "rewards:\n  detektion: {weight: 1}\n",
             r"c.yaml: unknown reward 'detektion' \(did you mean 'detection'\?\); known rewards: answer, detection",

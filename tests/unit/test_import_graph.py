@@ -65,3 +65,20 @@ def test_rlad_rollout_and_rewards_import_without_cycles():
     graph = import_graph()
     assert "rollout.weight_sync" in graph["rlad.cluster"] and "rlad.cluster" in graph["rlad.train"]  # read for real
     assert cycles(graph) == []
+
+
+def test_each_actor_takes_the_config_sections_it_uses():
+    """The Ray actors' constructors name the sections they read (policy spec, their own section, sampling,
+    seed), never the whole ``Config``: what an actor depends on is visible in its signature."""
+    actors = {("rollout/worker.py", "RolloutWorker"): [], ("rlad/learner.py", "Learner"): []}
+    for (file, cls), annotations in actors.items():
+        tree = ast.parse((ROOT / file).read_text())
+        init = next(
+            f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == cls
+            for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"
+        )  # fmt: skip
+        annotations += [ast.unparse(a.annotation) for a in init.args.args if a.annotation is not None]
+    assert actors[("rollout/worker.py", "RolloutWorker")] == ["PolicySpec", "RolloutConfig", "GenerationConfig", "int"]
+    assert actors[("rlad/learner.py", "Learner")] == [
+        "PolicySpec", "GRPOConfig", "LearnerConfig", "GenerationConfig", "int", "int", "int"
+    ]  # fmt: skip
