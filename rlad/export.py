@@ -27,7 +27,7 @@ import torch
 
 from rlad.config import Config, ConfigError, load_config, save_config, to_yaml
 from rlad.inputs import system_prompt
-from rlad.run_dir import atomic_folder, checkpoint_dir
+from rlad.run_dir import SNAPSHOT_NAME, atomic_folder, checkpoint_dir
 
 __all__ = ["Source", "export_policy", "find_source", "serving_chat_template"]
 
@@ -60,7 +60,7 @@ def find_source(path: str | Path, step: int | None = None) -> Source:
         if not (Path(base) / "config.json").is_file():
             raise ConfigError(f"export: LoRA adapter {path} names base model {base!r}, which is not a local checkpoint")
         return Source("lora", path, Path(base), _config_of(path / "rlad.yaml", Path(base) / "rlad.yaml"), None)
-    is_run = ((path / "config.yaml").is_file() and (path / "checkpoints").is_dir()) or (path / "report.json").is_file()
+    is_run = ((path / SNAPSHOT_NAME).is_file() and (path / "checkpoints").is_dir()) or (path / "report.json").is_file()
     if step is None:
         if (path / "config.json").is_file():
             return Source("checkpoint", path, path, _config_of(path / "rlad.yaml"), path.parent)
@@ -74,7 +74,7 @@ def find_source(path: str | Path, step: int | None = None) -> Source:
     ds = checkpoint_dir(path, step)
     if (ds / "state.json").is_file():  # rlad train: a DeepSpeed checkpoint; the architecture is the warm start's
         report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else {}
-        config = _config_of(path / "config.yaml")
+        config = _config_of(path / SNAPSHOT_NAME)
         warm = report.get("warm_start") or config.train.warm_start or str(path / "sft" / "final")
         if not (Path(warm) / "config.json").is_file():
             raise ConfigError(f"export: {path}: the warm-start checkpoint {warm} (the model's architecture) is gone")
