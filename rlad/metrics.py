@@ -43,8 +43,13 @@ SUBTASKS = (
     "Object Classification",
     "Object Analysis",
 )
-# MMAD's mmad.json calls the first subtask "Anomaly Detection".
-_SUBTASK_ALIASES = {"anomaly detection": "Anomaly Discrimination"} | {s.lower(): s for s in SUBTASKS}
+# MMAD's mmad.json calls the first subtask "Anomaly Detection", and asks object questions as "Object Structure"
+# and "Object Details", which its scorer (evaluation/examples/helper/summary.py) merges into "Object Analysis".
+_SUBTASK_ALIASES = {
+    "anomaly detection": "Anomaly Discrimination",
+    "object structure": "Object Analysis",
+    "object details": "Object Analysis",
+} | {s.lower(): s for s in SUBTASKS}
 
 
 def canonical_subtask(name: str) -> str:

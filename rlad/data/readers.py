@@ -300,15 +300,7 @@ def _mmad_samples(root: Path, key: str, entry: Any, g: _Grid, shots: int, what: 
     mask_rel = entry.get("mask_path")
     masks: list[Path] = []
     if mask_rel:
-        # MMAD writes mask paths relative to the dataset root or to the image's class folder.
-        parts = Path(key).parts
-        candidates = [_inside(root, mask_rel, what)] + (
-            [_inside(root / Path(*parts[:2]), mask_rel, what)] if len(parts) > 2 else []
-        )
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            raise DataError(f"{what}: mask file not found at {' or '.join(map(str, candidates))}")
-        masks = found[:1]
+        masks = [_mmad_mask(root, key, mask_rel, what)]
     pixels = _read_mask(masks, shape, what) if masks else np.zeros(shape, bool)
     meta = entry.get("rlad_meta", {})
     parts = Path(key).parts
@@ -355,6 +347,24 @@ def _mmad_samples(root: Path, key: str, entry: Any, g: _Grid, shots: int, what: 
             subtask=canonical_subtask(str(q.get("type", ""))),
             extra={"mask_paths": [str(p) for p in masks], "rlad_meta": meta},
         )
+
+
+def _mmad_mask(root: Path, key: str, mask_rel: str, what: str) -> Path:
+    """An entry's mask file, found as MMAD's own code finds it: ``mask_path`` relative to the first three parts
+    of the image key (``'/'.join(key.split('/')[:3])``, e.g. ``MVTec-AD/bottle/test`` + ``../ground_truth/…``),
+    so it may climb with ``..`` from the image's folder; also relative to the dataset root (how rlad's own
+    ``mmad.json`` writes it). Either way the file must stay inside ``root``."""
+    if Path(mask_rel).is_absolute():
+        raise DataError(f"{what}: path {mask_rel!r} leaves the dataset root {root} (an absolute path)")
+    prefix = "/".join(key.split("/")[:3])
+    candidates = [f"{prefix}/{mask_rel}", mask_rel] if key.count("/") >= 2 else [mask_rel]
+    inside = [p for p in ((root / rel).resolve() for rel in candidates) if p.is_relative_to(root.resolve())]
+    if not inside:
+        raise DataError(f"{what}: path {mask_rel!r} leaves the dataset root {root} (read from {prefix!r} and the root)")
+    for path in inside:
+        if path.is_file():
+            return path
+    raise DataError(f"{what}: mask file not found at {' or '.join(map(str, inside))}")
 
 
 def read_mmad(

@@ -25,7 +25,7 @@ from rlad.data.readers import (
 from rlad.data.render import CLASSES, DEFECTS, inject_defect, render_normal
 from rlad.data.show import contact_sheet
 from rlad.data.synth import SynthSpec, synthesize
-from rlad.metrics import SUBTASKS
+from rlad.metrics import SUBTASKS, AnswerRecord, mmad_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -271,12 +271,57 @@ def test_mmad_answer_not_among_options(synth, tmp_path):
         read_mmad(path, grid=8)
 
 
-@pytest.mark.parametrize("bad_path", ["../outside.png", "/etc/passwd"])
+@pytest.mark.parametrize("bad_path", ["../../../../outside.png", "/etc/passwd"])
 def test_mmad_path_outside_root(synth, tmp_path, bad_path):
     root = copy_of(synth, tmp_path)
     path, _ = edit_mmad(root, lambda d, k: d[k].update(mask_path=bad_path))
     with pytest.raises(DataError, match=rf"path '{bad_path}' leaves the dataset root"):
         read_mmad(path, grid=8)
+
+
+def test_mmad_read_as_mmads_own_tools_read_it(synth, tmp_path):
+    """MMAD's layout: keys ``<dataset>/<class>/test/<defect>/<file>``, mask paths relative to the key's first three
+    parts and climbing with ``..`` (jam-cc/MMAD dataset/MMAD/generate_metadata.py); object questions typed
+    "Object Structure" / "Object Details", scored as one "Object Analysis" (its helper/summary.py)."""
+    src, _ = synth
+    root = tmp_path / "MMAD"
+    test = root / "MVTec-AD" / "pill" / "test"
+    (test / "crack").mkdir(parents=True)
+    (test / "good").mkdir(parents=True)
+    (root / "MVTec-AD" / "pill" / "ground_truth" / "crack").mkdir(parents=True)
+    shutil.copy(src / "pill/test/crack/000.png", test / "crack/000.png")
+    shutil.copy(src / "pill/ground_truth/crack/000_mask.png", root / "MVTec-AD/pill/ground_truth/crack/000_mask.png")
+    shutil.copy(src / "pill/test/good/000.png", test / "good/000.png")
+    q = {"Question": "Is there any defect in the object?", "Options": {"A": "Yes.", "B": "No."}}
+    structure = {"Question": "What shape is it?", "Options": {"A": "Round.", "B": "Square."}, "Answer": "A",
+                 "type": "Object Structure"}  # fmt: skip
+    details = {**structure, "Question": "What colour is it?", "type": "Object Details"}
+    mmad = {
+        "MVTec-AD/pill/test/crack/000.png": {
+            "mask_path": "../ground_truth/crack/000_mask.png",
+            "conversation": [{**q, "Answer": "A", "type": "Anomaly Detection"}, structure, details],
+        },
+        "MVTec-AD/pill/test/good/000.png": {"conversation": [{**q, "Answer": "B", "type": "Anomaly Detection"}]},
+    }
+    (root / "mmad.json").write_text(json.dumps(mmad))
+    samples, report = read_mmad(root / "mmad.json", grid=8)
+    assert not report.skipped and len(samples) == 4
+    crack = samples[0]
+    assert crack.anomalous and crack.mask.any()
+    assert crack.extra["mask_paths"] == [str((root / "MVTec-AD/pill/ground_truth/crack/000_mask.png").resolve())]
+    assert [s.subtask for s in samples] == ["Anomaly Discrimination", "Object Analysis", "Object Analysis",
+                                            "Anomaly Discrimination"]  # fmt: skip
+    # MMAD's scorer: "Anomaly Detection" is the mean of the accuracy on normal (0/1) and anomalous (1/1) images,
+    # and the two object subtasks are one: 1 right of 2 -> 0.5 (as two subtasks they would be 1.0 and 0.0).
+    answers = [AnswerRecord(s.subtask, p, s.answer, s.anomalous) for s, p in zip(samples, "AABA", strict=True)]
+    acc = mmad_accuracy(answers)
+    assert set(acc) == {"Anomaly Discrimination", "Object Analysis", "mean"}
+    assert acc["Anomaly Discrimination"]["accuracy"] == 0.5 and acc["Object Analysis"] == {"accuracy": 0.5, "n": 2.0}
+    # a climb that leaves the root is still refused, naming the path
+    mmad["MVTec-AD/pill/test/crack/000.png"]["mask_path"] = "../../../../secret.png"
+    (root / "mmad.json").write_text(json.dumps(mmad))
+    with pytest.raises(DataError, match=r"path '../../../../secret.png' leaves the dataset root"):
+        read_mmad(root / "mmad.json", grid=8)
 
 
 def test_visa_path_outside_root(tmp_path):

@@ -96,4 +96,5 @@ def test_mmad_accuracy_hand_computed():
 def test_canonical_subtask():
     assert canonical_subtask("Anomaly Detection") == "Anomaly Discrimination"
     assert canonical_subtask(" object analysis ") == "Object Analysis"
+    assert canonical_subtask("Object Structure") == canonical_subtask("object details") == "Object Analysis"
     assert canonical_subtask("Counting") == "Counting"
