@@ -17,6 +17,7 @@ from rewards.registry import (
     get_reward,
     known_rewards,
     reward,
+    reward_origin,
 )
 
 # reward modules: importing one registers its @reward functions; add yours on a line of its own below
@@ -34,4 +35,5 @@ __all__ = [
     "get_reward",
     "known_rewards",
     "reward",
+    "reward_origin",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "get_reward",
     "known_rewards",
     "reward",
+    "reward_origin",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class RegisteredReward:
 _REGISTRY: dict[str, RegisteredReward] = {}
 _entry_points_loaded = False
 _BROKEN: dict[str, str] = {}  # entry point "name = value" -> why it did not load
+_PLUGIN_OF: dict[str, str] = {}  # reward name -> the entry point "name = value (package P)" that registered it
 
 
 def reward(
@@ -118,13 +120,26 @@ def _load_entry_points() -> None:
         plugin = f"{ep.name} = {ep.value}"
         if ep.dist is not None:
             plugin += f" (package {ep.dist.name})"
+        before = set(_REGISTRY)
         try:
             loaded = ep.load()
             if callable(loaded) and not inspect.ismodule(loaded) and ep.name not in _REGISTRY:
                 reward(ep.name)(loaded)
+            _PLUGIN_OF.update(dict.fromkeys(set(_REGISTRY) - before, plugin))
         except Exception as err:  # a broken plugin must not take the others (or rlad) down with it
             _BROKEN[plugin] = f"{type(err).__name__}: {err}"
             log.warning("reward plugin %s did not load, its rewards are unavailable: %s", plugin, _BROKEN[plugin])
+
+
+def reward_origin(name: str) -> str:
+    """Where the reward ``name`` comes from, for a reader who must install it: rlad's own ``rewards``
+    package (a module of it, when someone added one), or the plugin's entry point and package."""
+    fn = get_reward(name).fn
+    if name in _PLUGIN_OF:
+        return f"plugin: entry point {_PLUGIN_OF[name]}"
+    if fn.__module__ == "rewards.builtin":
+        return "built into rlad"
+    return f"module {fn.__module__} (function {fn.__qualname__})"
 
 
 def broken_plugins() -> dict[str, str]:

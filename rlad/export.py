@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from rlad.config import Config, ConfigError, load_config, save_config, to_yaml
-from rlad.inputs import system_prompt
+from rlad.inputs import REFERENCE_TEXT, system_prompt
 from rlad.run_dir import SNAPSHOT_NAME, atomic_folder, checkpoint_dir
 
-__all__ = ["Source", "export_policy", "find_source", "serving_chat_template"]
+__all__ = ["SERVING_SNIPPET", "Source", "export_policy", "find_source", "serving_chat_template", "serving_snippet"]
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -147,30 +147,172 @@ def serving_chat_template(template: str, prompt: str) -> str:
     return template.replace(DEFAULT_SYSTEM, prompt)
 
 
-def _model_card(config: Config, source: Source, out_name: str, evals: dict[str, Any]) -> str:
+# Plain transformers, no rlad and no torchvision (which transformers' Qwen2.5-VL *processor* needs): the tokenizer
+# and the image processor build the inputs as rlad's input builder does. ``mm_token_type_ids`` (1 at image tokens)
+# must be passed: without it transformers 5.x silently gives the image tokens 1-D text positions instead of
+# M-RoPE's 2-D ones, and the policy answers from a scrambled picture. Run as ``python card.py FOLDER IMAGE``.
+SERVING_SNIPPET = """\
+import sys
+
+import numpy as np
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+folder, image_path = sys.argv[1], sys.argv[2]
+tokenizer = AutoTokenizer.from_pretrained(folder)
+image_processor = AutoImageProcessor.from_pretrained(folder)
+model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+
+# The policy was trained on {size}x{size} images: pad a non-square image to a square, then resize.
+image = Image.open(image_path).convert("RGB")
+side = max(image.size)
+a = np.asarray(image)  # the padding takes the mean colour of the image's border
+border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean(axis=0).round().astype(int)
+square = Image.new("RGB", (side, side), tuple(int(c) for c in border))
+square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+image = square if image.width != image.height else image
+image = image.resize(({size}, {size}), Image.BICUBIC)  # as in training
+
+question = "Is there any defect in the object?\\nA. Yes.\\nB. No."  # options on their own lines
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question}}]}}]
+text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # trained system prompt
+vision = image_processor(images=[image], return_tensors="pt")
+n_image_tokens = int(vision["image_grid_thw"][0].prod()) // image_processor.merge_size**2
+text = text.replace("<|image_pad|>", "<|image_pad|>" * n_image_tokens)
+inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+mm_token_type_ids = (inputs["input_ids"] == image_pad).long()  # needed: M-RoPE's 2-D positions of the image
+
+out = model.generate(**inputs, **vision, mm_token_type_ids=mm_token_type_ids)  # greedy: generation_config.json
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+"""
+
+SEG_SNIPPET = """\
+import re
+
+import numpy as np
+
+def decode_seg(completion: str, grid: int = {grid}) -> np.ndarray:
+    \"\"\"The {grid}x{grid} boolean patch mask of a completion's <seg> block (empty block: a normal image).\"\"\"
+    seg = re.search(r"<seg>(.*?)</seg>", completion, re.S).group(1)
+    mask = np.zeros((grid, grid), bool)
+    for r0, c0, r1, c1 in re.findall(r"\\((\\d+), *(\\d+)\\)(?:-\\((\\d+), *(\\d+)\\))?", seg):
+        r1, c1 = (r1, c1) if r1 else (r0, c0)
+        assert r0 == r1, f"a run stays in one row: {{(r0, c0)}}-{{(r1, c1)}}"
+        mask[int(r0), int(c0) : int(c1) + 1] = True
+    return mask  # row r, column c covers pixels [r*H/grid, (r+1)*H/grid) x [c*W/grid, (c+1)*W/grid)
+"""
+
+
+def serving_snippet(image_size: int | None) -> str:
+    """The model card's plain-transformers recipe for a policy trained on ``image_size`` images (None: as given)."""
+    text = SERVING_SNIPPET.format(size=image_size or 0)
+    if image_size is None:
+        text = "\n".join(line for line in text.splitlines() if "# as in training" not in line) + "\n"
+        text = text.replace("was trained on 0x0 images", "keeps an image's size")
+    return text
+
+
+def _reward_rows(config: Config) -> tuple[list[list[str]], list[str]]:
+    """The reward mix with every parameter (the config's value, else the reward's default), and where each
+    reward that is not built into rlad comes from."""
+    from rewards import get_reward, reward_origin
+
+    rows, needs = [], []
+    for name, spec in config.rewards.items():
+        spec = dict(spec or {})
+        weight = spec.pop("weight", 1.0)
+        params = {**get_reward(name).params, **spec}
+        rows.append([name, str(weight), ", ".join(f"{k}={v!r}" for k, v in params.items()) or "—"])
+        origin = reward_origin(name)
+        if origin != "built into rlad":
+            needs.append(f"`{name}`: {origin}")
+    return rows, needs
+
+
+def _base_model(config: Config) -> tuple[str, str | None]:
+    """How the card names the base model (never a local cache path), and its hub-style name if it has one."""
+    if config.model.path == "tiny":
+        return ("rlad's tiny Qwen2.5-VL-architecture model, built from `model.tiny` on the training machine: random "
+                "initialisation and rlad's own small tokenizer, no pretrained weights"), None  # fmt: skip
+    name = Path(config.model.path).name
+    return f"`{name}` (a local checkpoint folder of that name)", name
+
+
+def _model_card(config: Config, source: Source, model: Any, evals: dict[str, Any]) -> str:
     from rlad.tables import markdown_table
 
-    g = config.grpo
+    g, grid, size = config.grpo, config.mask.grid, config.model.image_size
     blocks = list(config.output.blocks)
     layout = "".join(f"<{b}>…</{b}>" for b in blocks)
-    mix = "\n".join(f"| {name} | {spec.get('weight', 1.0)} | "
-                    f"{', '.join(f'{k}={v}' for k, v in spec.items() if k != 'weight') or '—'} |"
-                    for name, spec in config.rewards.items())  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    size_words = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"
+    base, base_name = _base_model(config)
+    reward_rows, plugins = _reward_rows(config)
+    title = f"rlad inspection policy ({size_words} parameters, Qwen2.5-VL architecture)"
+    front = ("---\nlibrary_name: transformers\npipeline_tag: image-text-to-text\n"
+             + (f"base_model: {base_name}\n" if base_name else "")
+             + "tags: [anomaly-detection, industrial-inspection, grpo, rlad]\n---\n")  # fmt: skip
     parts = [
-        "---\nlibrary_name: transformers\npipeline_tag: image-text-to-text\n"
-        "tags: [anomaly-detection, industrial-inspection, grpo, rlad]\n---\n",
-        f"# {out_name}\n",
-        f"A vision-language policy for industrial inspection trained with rlad ({_stages(source)}). "
-        "It answers a multiple-choice question about an "
-        f"image in one pass, `{layout}`: the anomalous patches of a {config.mask.grid}x{config.mask.grid} grid "
-        "as run-length text (`(row, col_start)-(row, col_end)`, 0-based), its reasoning, and the option letter.\n",
-        f"Exported from `{source.weights}` ({source.kind}).\n",
-        "## Training\n",
+        front,
+        f"# {title}\n",
+        f"A vision-language policy for industrial inspection trained with rlad ({_stages(source)}). It answers "
+        f"a multiple-choice question about an image in one pass, `{layout}`: the anomalous patches of a "
+        f"{grid}x{grid} grid over the image as text, its reasoning, and the option's letter.\n",
+        markdown_table(
+            ["", ""],
+            [
+                ["base model", base],
+                ["parameters", f"{params:,}"],
+                [
+                    "trained on",
+                    config.data.root
+                    or "rlad's generated benchmark (8 object classes, 6 synthetic defect types; `rlad data synth`)",
+                ],
+                [
+                    "input",
+                    f"one image ({config.data.shots}-shot: "
+                    + ("a normal reference image of the same part first" if config.data.shots else "no reference")
+                    + f"), resized to {size}x{size}",
+                ],
+                ["exported from", f"`{source.weights.name}` ({source.kind})"],
+            ],
+        ),
+        "\n## Intended use and limitations\n",
+        "- For: finding and explaining defects on parts like the ones it was trained on, as a research artefact "
+        "of the method (SFT warm-start, then GRPO with verifiable rewards). A person checks its answers.\n"
+        "- Not for: safety decisions, parts or defect kinds unlike its training data, free-form chat. The mask is "
+        f"coarse ({grid}x{grid} patches), and a patch counts as anomalous when it touches the defect.\n"
+        "- Square images: a non-square image must be padded to a square (below) or its parts are stretched.\n"
+        "- Trust the numbers below only for data like the evaluation data they name.\n"
+        + (
+            "- This is the demo's **tiny** model: it shows the pipeline end to end on generated images; it is not "
+            "an inspection model for real parts.\n"
+            if base_name is None
+            else ""
+        ),
+        "\n## Prompt format\n",
+        "The chat template carries the trained system prompt as its default system message, so a client sends "
+        "only the user turn: the image (after a normal reference image and the text "
+        f"`{REFERENCE_TEXT.strip()}` for 1-shot), then the question with one option per line (`A. text`). "
+        "The completion is one line:\n",
+        f"```\n{_example_completion(blocks)}\n```\n",
+        f"System prompt used in training:\n\n> {system_prompt(blocks)}\n",
+    ]
+    if "seg" in blocks:
+        parts += [
+            "\n## Decoding `<seg>`\n",
+            f"The block lists the anomalous patches of a {grid}x{grid} grid, row by row: `(row, col_start)-(row, "
+            "col_end)` runs of touching patches in one row, 0-based, joined by `, ` (a single patch may be `(r, c)`);"
+            " an empty block means no anomaly. Without rlad:\n",
+            f"```python\n{SEG_SNIPPET.format(grid=grid)}```\n",
+            "With rlad installed, `rlad.mask_text.decode(text, grid)` does the same and refuses malformed text.\n",
+        ]
+    parts += [
+        "\n## Training\n",
         markdown_table(
             ["setting", "value"],
             [
-                ["base model", f"`{config.model.path}`"],
-                ["images", f"resized to {config.model.image_size} px, {config.data.shots}-shot"],
                 ["SFT", f"lr {config.sft.lr}, {config.sft.epochs} epochs, batch {config.sft.batch_size}"],
                 [
                     "GRPO",
@@ -178,25 +320,48 @@ def _model_card(config: Config, source: Source, out_name: str, evals: dict[str, 
                     f"clip [{g.clip_eps_low}, {g.clip_eps_high}], KL {g.kl_coef} ({g.kl_kind}), "
                     f"advantages / {g.advantage_scale}",
                 ],
-                ["data", config.data.root or "the generated benchmark (rlad data synth)"],
+                [
+                    "sampling",
+                    f"temperature {config.generation.temperature}, top_p {config.generation.top_p}, "
+                    f"up to {config.generation.max_new_tokens} new tokens",
+                ],
             ],
         ),
-        "\n## Reward mix\n\n| reward | weight | parameters |\n|---|---|---|\n" + mix + "\n",
+        "\n## Reward mix\n\nEvery parameter, as used in training (`total = sum(weight x reward)`):\n\n"
+        + markdown_table(["reward", "weight", "parameters"], reward_rows),
+        "\nRewards are needed only to train or re-score (`rlad rescore`), not to serve. "
+        + (
+            "Not built into rlad, so install them first:\n\n" + "\n".join(f"- {p}" for p in plugins) + "\n"
+            if plugins
+            else "All are built into rlad.\n"
+        ),
     ]
     if evals:
         parts.append("\n## Evaluation (greedy)\n")
         for name, rows in evals.items():
             parts.append(f"\n{name}\n\n" + rows)
-    parts.append(
-        "\n## Use\n\nServe it with vLLM (GPU; the chat template carries the system prompt):\n\n"
-        f"```\nvllm serve {out_name} --max-model-len 4096 --limit-mm-per-prompt '{{\"image\": 2}}'\n```\n\n"
-        "or answer one image with rlad (prints the mask as a grid, writes an overlay PNG):\n\n"
-        f"```\nrlad predict {out_name} part.png  # the default question: is there any defect?\n```\n\n"
-        f"System prompt used in training:\n\n> {system_prompt(blocks)}\n\n"
-        "The full training config is `rlad.yaml` beside this card:\n\n"
-        f"<details><summary>rlad.yaml</summary>\n\n```yaml\n{to_yaml(config)}```\n</details>\n"
-    )
+    parts += [
+        "\n## Use\n",
+        "**vLLM** (GPU; the chat template carries the system prompt):\n\n"
+        "```\nvllm serve FOLDER --max-model-len 4096 --limit-mm-per-prompt '{\"image\": 2}'\n```\n",
+        "**transformers with torchvision**: `AutoProcessor.from_pretrained(FOLDER)` builds the inputs (its output "
+        "includes `mm_token_type_ids`); resize the image as below first.\n",
+        "\n**Plain transformers without torchvision** (transformers' Qwen2.5-VL processor needs torchvision; the "
+        "tokenizer and the image processor do not). Pass `mm_token_type_ids`: without it transformers gives the "
+        "image tokens text positions and the answer is garbage. `python this.py FOLDER IMAGE`:\n",
+        f"```python\n{serving_snippet(size)}```\n",
+        "**rlad** (prints the mask as a grid, writes an overlay PNG):\n\n"
+        "```\nrlad predict FOLDER part.png  # the default question: is there any defect?\n```\n",
+        "\nThe full training config is `rlad.yaml` beside this card:\n\n"
+        f"<details><summary>rlad.yaml</summary>\n\n```yaml\n{to_yaml(config)}```\n</details>\n",
+    ]
     return "\n".join(parts)
+
+
+def _example_completion(blocks: list[str]) -> str:
+    example = {"seg": "(2, 3)-(2, 4), (3, 3)", "think": "A dark scratch crosses the upper middle of the part.",
+               "answer": "A"}  # fmt: skip
+    return "".join(f"<{b}>{example[b]}</{b}>" for b in blocks)
 
 
 def _stages(source: Source) -> str:
@@ -272,7 +437,7 @@ def export_policy(
                          pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)  # fmt: skip
         save_config(config, tmp / "rlad.yaml")
         (tmp / "README.md").write_text(
-            _model_card(config, source, out.name, _evaluations(source, [Path(e) for e in evals]))
+            _model_card(config, source, model, _evaluations(source, [Path(e) for e in evals]))
         )
     return out
 

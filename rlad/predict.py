@@ -19,7 +19,7 @@ from rlad.completion import parse_completion
 from rlad.config import Config, ConfigError
 from rlad.sample import VerifiableSample
 
-__all__ = ["contradictions", "parse_options", "predict"]
+__all__ = ["contradictions", "letterbox", "parse_options", "predict"]
 
 DEFAULT_QUESTION = "Is there any defect in the object?\nA. Yes.\nB. No."
 _OPTION = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$")
@@ -37,11 +37,24 @@ def parse_options(question: str) -> dict[str, str]:
 
 
 def predict(
-    checkpoint: Path, image: str | Path, config: Config, question: str | None = None, reference: str | None = None
+    checkpoint: Path,
+    image: str | Path,
+    config: Config,
+    question: str | None = None,
+    reference: str | None = None,
+    overlay: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Greedy answer of the policy at ``checkpoint``; returns the completion, its parts and the decoded mask."""
-    import dataclasses
+    """Greedy answer of the policy at ``checkpoint``; returns the completion, its parts, the decoded mask,
+    ``warnings`` (contradictions in the answer) and ``notes`` (what was done to the inputs). ``overlay``: a PNG
+    of the image as the policy saw it, with its predicted patches.
 
+    The policy was trained on square images, and the input builder resizes every image to a square: a
+    non-square image is first padded to a square (letterboxed, with its mean border colour), so that its
+    content keeps its aspect and the patch grid covers the padded square."""
+    import dataclasses
+    import tempfile
+
+    from rlad.data.show import prediction_overlay
     from rollout.worker import make_engine
 
     for what, p in (("image", image), ("reference image", reference)):
@@ -49,22 +62,52 @@ def predict(
             _check_image(what, Path(p))
     question = question or DEFAULT_QUESTION
     options = parse_options(question)
-    sample = VerifiableSample(
-        sample_id=Path(image).name,
-        question=question,
-        options=options,
-        answer=next(iter(options)),  # unknown; nothing is scored, the overlay shows no "right" answer
-        mask=np.zeros((config.mask.grid, config.mask.grid), bool),
-        anomalous=False,
-        image=str(image),
-        reference=str(reference) if reference else None,
-    )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, shots=1 if reference else 0))
-    completion = make_engine(config, str(checkpoint), standalone=True).generate([sample], n=1, greedy=True)[0]
-    parsed = parse_completion(completion.text)
-    patches = mask_text.decode_or_none(parsed.seg, config.mask.grid) if "seg" in config.output.blocks else None
+    with tempfile.TemporaryDirectory(prefix="rlad-predict-") as tmp:
+        notes: list[str] = []
+        seen = {}
+        for what, p in (("image", image), ("reference", reference)):
+            if p is not None:
+                seen[what], note = letterbox(Path(p), Path(tmp) / f"{what}.png")
+                notes += [f"{what} {p}: {note}"] if note else []
+        sample = VerifiableSample(
+            sample_id=Path(image).name,
+            question=question,
+            options=options,
+            answer=next(iter(options)),  # unknown; nothing is scored, the overlay shows no "right" answer
+            mask=np.zeros((config.mask.grid, config.mask.grid), bool),
+            anomalous=False,
+            image=str(seen["image"]),
+            reference=str(seen["reference"]) if reference else None,
+        )
+        completion = make_engine(config, str(checkpoint), standalone=True).generate([sample], n=1, greedy=True)[0]
+        parsed = parse_completion(completion.text)
+        patches = mask_text.decode_or_none(parsed.seg, config.mask.grid) if "seg" in config.output.blocks else None
+        if overlay is not None:
+            prediction_overlay(sample, parsed, patches, None, overlay, graded=False)
+    sample = dataclasses.replace(sample, image=str(image), reference=str(reference) if reference else None)
     warnings = contradictions(parsed.answer_letter, options, patches)
-    return {"sample": sample, "completion": completion.text, "parsed": parsed, "patches": patches, "warnings": warnings}
+    return {"sample": sample, "completion": completion.text, "parsed": parsed, "patches": patches,
+            "warnings": warnings, "notes": notes}  # fmt: skip
+
+
+def letterbox(path: Path, out: Path) -> tuple[Path, str]:
+    """``path`` padded to a square with its mean border colour, centred, written to ``out``; a square image is
+    used as it is. Returns the path to use and a note saying what was done (empty when nothing was)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    w, h = img.size
+    if w == h:
+        return path, ""
+    a = np.asarray(img)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean(axis=0).round().astype(int)
+    side = max(w, h)
+    square = Image.new("RGB", (side, side), tuple(int(c) for c in border))
+    square.paste(img, ((side - w) // 2, (side - h) // 2))
+    square.save(out)
+    return out, f"{w}x{h} letterboxed to {side}x{side} (content keeps its aspect; the grid covers the square)"
 
 
 def _check_image(what: str, path: Path) -> None:

@@ -114,7 +114,8 @@ def prediction_overlay(
     if graded:
         lines += [f"right:  {sample.answer} {sample.options.get(sample.answer, '')}".rstrip()]
     n = "unparseable" if predicted is None else f"{int(np.count_nonzero(predicted))} patches"
-    lines += [f"<seg>: {n} (red); ground truth: green outline", "", "<think>:"]
+    truth = "; ground truth: green outline" if pixel_mask is not None else ""
+    lines += [f"<seg>: {n} (red){truth}", "", "<think>:"]
     lines += textwrap.wrap(parsed.think or "(none)", 68)[: max(1, (size + 40) // line_h - len(lines) - 1)]
     canvas = Image.new("RGB", (size + panel_w, max(size, (len(lines) + 1) * line_h)), (20, 20, 20))
     canvas.paste(img, (0, 0))

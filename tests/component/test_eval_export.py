@@ -148,6 +148,58 @@ def test_export_reloads_with_transformers_and_answers_like_its_source(checkpoint
     assert ids_source == ids_export
 
 
+def test_the_model_cards_transformers_recipe_answers_like_rlad_predict(checkpoint, small_benchmark, tmp_path):
+    """The serving journey: export, then the model card's plain-transformers recipe (no rlad, no torchvision) run
+    as written in a fresh process, on a square and a non-square image: exactly rlad predict's completion."""
+    import re
+    import subprocess
+    import sys
+
+    from rlad.policy import policy_config
+    from rlad.predict import predict
+
+    out = tmp_path / "served"
+    main(["export", str(checkpoint), "--out", str(out)])
+    card = (out / "README.md").read_text()
+    assert re.search(r"^# rlad inspection policy \(\S+ M parameters", card, re.M)  # a title, not the folder name
+    for part in ("## Intended use and limitations", "## Prompt format", "## Decoding `<seg>`", "## Reward mix",
+                 "| detection | 1.0 | alpha=2.0 |", "| answer | 1.0 | correct=1.0, wrong=0.1 |",
+                 "All are built into rlad", "rlad's tiny Qwen2.5-VL-architecture model",
+                 "mm_token_type_ids"):  # fmt: skip
+        assert part in card, part
+    assert "cache" not in card.split("<details>")[0].lower()  # no local cache path named as the base model
+    script = tmp_path / "recipe.py"
+    script.write_text(re.search(r"\*\*Plain transformers without torchvision\*\*.*?```python\n(.*?)```", card, re.S)[1])
+    square = small_benchmark[1][0].image
+    wide = tmp_path / "wide.png"
+    Image.open(square).crop((0, 40, 224, 184)).save(wide)  # 224x144
+    config = policy_config(out, None, [])
+    for image in (square, wide):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        run = subprocess.run([sys.executable, str(script), str(out), str(image)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        want = predict(out, image, config)["completion"]
+        assert run.stdout.rstrip("\n") == want, (image, run.stdout, want)
+
+
+def test_predict_letterboxes_a_non_square_image(tmp_path):
+    from rlad.predict import letterbox
+
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :, 0] = 100  # border mean (100, 0, 0)
+    img[5:15, 10:30] = 255
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    path, note = letterbox(tmp_path / "wide.png", tmp_path / "square.png")
+    assert note.startswith("40x20 letterboxed to 40x40")
+    square = np.asarray(Image.open(path))
+    assert square.shape == (40, 40, 3)
+    assert (square[:10] == (100, 0, 0)).all() and (square[30:] == (100, 0, 0)).all()  # padding above and below
+    assert (square[10:30] == img).all()  # the image itself, centred and unscaled
+    Image.fromarray(img[:, :20]).save(tmp_path / "sq.png")
+    assert letterbox(tmp_path / "sq.png", tmp_path / "unused.png") == (tmp_path / "sq.png", "")
+
+
 def test_export_merges_a_lora_adapter(checkpoint, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5_VLForConditionalGeneration
