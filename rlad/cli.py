@@ -35,7 +35,15 @@ from rlad.run_dir import RunFolderBusyError
 from rlad.scoring import CompletionFileError, print_summary
 
 
+def _config_or_override(args: argparse.Namespace) -> None:
+    """``rlad config grpo.steps=3`` / ``rlad train resume=RUN``: a first word with ``=`` that is no file is an
+    override (argparse cannot tell the optional CONFIG from the first override)."""
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None
+
+
 def _cmd_config(args: argparse.Namespace) -> None:
+    _config_or_override(args)
     print(to_yaml(load_config(args.config, args.overrides)), end="")
 
 
@@ -107,16 +115,65 @@ def _print_train_report(report: dict) -> None:
 def _cmd_rescore(args: argparse.Namespace) -> None:
     from rewards import RewardMix
     from rlad.replay import ReplayStore, stored_completions
+    from rlad.rescore import compare_mixes, mix_signal, per_completion_rows, stored_signal, write_rows
+    from rlad.run_dir import SNAPSHOT_NAME
     from rlad.scoring import score_records, summarise
+    from rlad.tables import text_table
 
-    folder = Path(args.run) / "replay" if (Path(args.run) / "replay").is_dir() else Path(args.run)
+    run = Path(args.run)
+    folder = run / "replay" if (run / "replay").is_dir() else run
     if not folder.is_dir():
         raise FileNotFoundError(f"{args.run}: no replay store (expected a run folder holding replay/)")
-    records = stored_completions(ReplayStore(folder))
-    if not records:
+    store = ReplayStore(folder)
+    groups = store.groups()
+    if not groups:
         raise SystemExit(f"rlad rescore: {folder} holds no completions")
-    config = load_config(args.config, args.overrides)
+    snapshot = folder.parent / SNAPSHOT_NAME
+    own = str(snapshot) if snapshot.is_file() else None
+    if own is None:
+        print(f"note: {folder.parent} has no {SNAPSHOT_NAME}; the run's own mix is unknown, the schema's default "
+              "stands in for it", file=sys.stderr)  # fmt: skip
+    # The mix of the per-step table: --config and key=value words, on top of the run's own config.
+    config = load_config(args.config or own, args.overrides)
+    records = stored_completions(store)
+    print(f"{len(records)} completions of {len(groups)} groups, steps {groups[0].step}-{groups[-1].step}, from "
+          f"{folder}; mix: {args.config or own or 'schema defaults'} {' '.join(args.overrides)}".rstrip())  # fmt: skip
     print_summary(summarise(records, score_records(records, RewardMix(config.rewards))))
+
+    mixes = {"run's mix" if own else "default mix": load_config(own, [])}
+    if args.config or args.overrides:
+        mixes["this mix"] = config
+    for spec in args.mix or []:
+        name, cfg = _mix_of(spec, own)
+        mixes[name] = cfg
+    scale = load_config(own, []).grpo.advantage_scale
+    baseline = stored_signal(groups)
+    signals = [baseline, *(mix_signal(n, groups, RewardMix(c.rewards), scale) for n, c in mixes.items())]
+    rows = compare_mixes(signals, baseline)
+    columns = list(rows[0])
+    print(f"\nthe mixes side by side (stored: what the run trained on; advantages by {scale}, compared with the "
+          "stored ones)")  # fmt: skip
+    print(text_table(["mix", *columns], [[s.name, *(_cell(r[c]) for c in columns)] for s, r in
+                                          zip(signals, rows, strict=True)]), end="")  # fmt: skip
+    if args.out:
+        out = write_rows(list(per_completion_rows(groups, signals)), args.out)
+        print(f"per-completion table: {out}")
+
+
+def _cell(x: float) -> str:
+    return "—" if x != x else f"{x:.3f}"  # NaN: a reward the mix does not name, a constant ranking
+
+
+def _mix_of(spec: str, own: str | None) -> tuple[str, object]:
+    """``--mix``: ``[NAME:] [FILE.yaml] [key=value ...]``; the file (else the run's own config) with the
+    overrides on top. Without a name the mix is named by what it says."""
+    name, _, rest = spec.partition(":") if ":" in spec.split("=", 1)[0] else ("", "", spec)
+    words = rest.split()
+    files = [w for w in words if "=" not in w]
+    if len(files) > 1:
+        raise ConfigError(f"--mix {spec!r}: one config file at most, got {files}")
+    overrides = [w for w in words if "=" in w]
+    return (name.strip() or rest.strip() or spec), load_config(files[0] if files else own, overrides)
 
 
 def _cmd_sft(args: argparse.Namespace) -> None:
@@ -136,8 +193,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rlad.run_dir import resume_config
     from rlad.train import run_train
 
-    if args.config and "=" in args.config and not Path(args.config).is_file():  # `rlad train resume=RUN_DIR`
-        args.overrides, args.config = [args.config, *args.overrides], None
+    _config_or_override(args)  # `rlad train resume=RUN_DIR`
     overrides = [o for o in args.overrides if not o.startswith("resume=")]
     resume = [o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")]
     config = resume_config(resume[-1], args.config, overrides) if resume else load_config(args.config, overrides)
@@ -153,7 +209,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     config = policy_config(checkpoint, args.config, overrides)
     data_name = "held-out" if args.data == "held-out" else Path(args.data).stem
     out = Path(args.out or Path("runs/eval") / f"{checkpoint.parent.name}-{checkpoint.name}-{data_name}")
-    result = run_eval(checkpoint, args.data, out, config, fmt=args.format, limit=args.limit, overlays=args.overlays)
+    result = run_eval(
+        checkpoint, args.data, out, config, fmt=args.format, limit=args.limit or 0, overlays=args.overlays
+    )
     print((out / "eval.md").read_text())
     took = result["seconds"]
     print(f"{result['questions']} questions in {took['generate']} s of generation; "
@@ -169,15 +227,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from rlad.data.show import grid_text, prediction_overlay
+    from rlad.data.show import grid_text
     from rlad.policy import policy_config, resolve_checkpoint
     from rlad.predict import predict
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     config = policy_config(checkpoint, None, args.overrides)
     question = args.question.replace("\\n", "\n") if args.question else None
-    result = predict(checkpoint, args.image, config, question, args.reference)
+    out = Path(args.out or f"{Path(args.image).stem}-prediction.png")
+    result = predict(checkpoint, args.image, config, question, args.reference, overlay=out)
     parsed, sample = result["parsed"], result["sample"]
+    for note in result["notes"]:
+        print(f"note: {note}")
     letter = parsed.answer_letter
     print(f"completion: {result['completion']}\n")
     print(f"answer: {letter or '(none)'} {sample.options.get(letter, '') if letter else ''}".rstrip())
@@ -187,8 +248,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
               f"{'unparseable' if n is None else int(n.sum())}\n{grid_text(n)}")  # fmt: skip
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    out = Path(args.out or f"{Path(args.image).stem}-prediction.png")
-    prediction_overlay(sample, parsed, result["patches"], None, out, graded=False)
     print(f"overlay: {out}")
 
 
@@ -233,41 +292,88 @@ def _cmd_data_show(args: argparse.Namespace) -> None:
     print(f"contact sheet of {len(pick)} samples ({config.mask.grid}x{config.mask.grid} grid): {out}")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (where it has one worth showing) and keeps the examples' lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+        return f"{text} (default: %(default)s)" if shown and "default" not in text else text
+
+
+def _command(parent, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` says what it does, shows the defaults and ends with an example."""
+    epilog = "example:\n" + "\n".join(f"  {line}" for line in example.splitlines()) if example else None
+    p = parent.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=_HelpFormatter)
+    return p
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of questions, got {n} (leave it out for all)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlad", description="Reinforcement fine-tuning of VLMs for anomaly detection")
     quiet = "default: a progress bar and one line per stage"
     parser.add_argument("-v", "--verbose", action="store_true", help=f"print all the libraries and Ray say ({quiet})")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("config", help="print the resolved config")
+    p = _command(
+        sub,
+        "config",
+        "print the resolved config",
+        "rlad config configs/demo.yaml grpo.steps=80\nrlad config grpo.group_size=4",
+    )
     p.add_argument("config", nargs="?", help="YAML config file (default: schema defaults)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides")
     p.set_defaults(fn=_cmd_config)
 
-    p = sub.add_parser("rewards", help="list registered rewards")
+    p = _command(sub, "rewards", "list registered rewards", "rlad rewards")
     p.set_defaults(fn=_cmd_rewards)
 
-    p = sub.add_parser("score", help="score stored completions (JSONL) with the config's reward mix")
+    p = _command(
+        sub,
+        "score",
+        "score stored completions (JSONL) with the config's reward mix",
+        "rlad score runs/demo/latest/eval/grpo.jsonl rewards.answer.weight=0 --out scores.jsonl",
+    )
     p.add_argument("completions", help="JSONL of {completion, sample, group?}")
     p.add_argument("--config", help="YAML config whose `rewards` section is the mix")
     p.add_argument("--out", help="write per-completion scores to this JSONL")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="key=value overrides, e.g. rewards.answer.weight=0"
+    )
     p.set_defaults(fn=_cmd_score)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset: JSON, Markdown tables, PNG overlays")
+    p = _command(
+        sub,
+        "eval",
+        "evaluate a checkpoint on a dataset: JSON, Markdown tables, PNG overlays",
+        "rlad eval runs/demo/latest held-out --limit 64 --out runs/eval/demo",
+    )
     p.add_argument("checkpoint", help="a checkpoint folder, or a run / SFT folder (its final/)")
     p.add_argument("data", help="a dataset folder or mmad.json (MMAD, MVTec-AD, VisA, MVTec-LOCO, generated), "
                                 "or 'held-out': the held-out split of the checkpoint's own training data")  # fmt: skip
     p.add_argument("--shots", type=int, choices=(0, 1), default=None, help="default: the checkpoint's training value")
     p.add_argument("--out", help="output folder (default runs/eval/<checkpoint>-<data>)")
-    p.add_argument("--format", default="auto", choices=("auto", "mmad", "mvtec", "visa", "loco"))
-    p.add_argument("--limit", type=int, default=0, help="score a seeded subset of this many questions")
+    p.add_argument("--format", default="auto", choices=("auto", "mmad", "mvtec", "visa", "loco"),
+                   help="the dataset's layout; auto: told by its files")  # fmt: skip
+    p.add_argument("--limit", type=_positive, default=None,
+                   help="score a seeded subset of this many questions (default: all of them)")  # fmt: skip
     p.add_argument("--overlays", type=int, default=12, help="PNG overlays written, half hits, half misses")
     p.add_argument("--config", help="a config to use instead of the checkpoint's rlad.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.batch_size=32")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides, e.g. rollout.batch_size=32")
     p.set_defaults(fn=_cmd_eval)
 
-    p = sub.add_parser("export", help="a plain Hugging Face folder for serving (safetensors, template, card)")
+    p = _command(
+        sub,
+        "export",
+        "a plain Hugging Face folder for serving (safetensors, template, card)",
+        "rlad export runs/demo/latest --out served/rlad-tiny --eval runs/eval/demo",
+    )
     p.add_argument("source", help="a run folder (rlad train / rlad sft), a checkpoint or a LoRA adapter folder")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--step", type=int, help="export the run's checkpoint of this step instead of its final policy")
@@ -275,20 +381,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(fn=_cmd_export)
 
-    p = sub.add_parser("predict", help="answer one question about one image; mask grid and overlay PNG")
+    p = _command(
+        sub,
+        "predict",
+        "answer one question about one image; mask grid and overlay PNG",
+        "rlad predict served/rlad-tiny part.png --reference normal_part.png",
+    )
     p.add_argument("checkpoint", help="an exported or trained policy folder, or a run folder")
     p.add_argument("image")
     p.add_argument("--question", help="the question with its options on their own lines (\\n allowed); "
                                       "default: is there any defect? A. Yes B. No")  # fmt: skip
     p.add_argument("--reference", help="a normal image of the same part (1-shot prompt)")
     p.add_argument("--out", help="overlay PNG (default: <image>-prediction.png here)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. generation.max_new_tokens=512")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="key=value overrides, e.g. generation.max_new_tokens=512"
+    )
     p.set_defaults(fn=_cmd_predict)
 
-    data = sub.add_parser("data", help="generate or inspect datasets").add_subparsers(
-        dest="data_command", required=True
+    data = _command(sub, "data", "generate or inspect datasets", "").add_subparsers(dest="data_command", required=True)
+    p = _command(
+        data,
+        "synth",
+        "write the generated benchmark (MVTec-AD layout + mmad.json)",
+        "rlad data synth --out data/synth --per-class 100 --classes pill,screw",
     )
-    p = data.add_parser("synth", help="write the generated benchmark (MVTec-AD layout + mmad.json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", default="", help="comma-separated subset of the classes (default: all 8)")
     p.add_argument("--per-class", type=int, default=40, help="test images per class, half normal")
@@ -298,36 +414,66 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--fixed-options", action="store_true", help="all options in a fixed order (not shuffled)")
     p.set_defaults(fn=_cmd_data_synth)
-    p = data.add_parser("show", help="contact sheet PNG of a dataset in MVTec-AD layout")
+    p = _command(
+        data,
+        "show",
+        "contact sheet PNG of a dataset in MVTec-AD layout",
+        "rlad data show data/synth --out sheet.png --n 36",
+    )
     p.add_argument("data", help="dataset root")
     p.add_argument("--out", default="contact_sheet.png")
     p.add_argument("--n", type=int, default=24, help="samples on the sheet")
     p.add_argument("--config", default=None, help="YAML config (its mask section sets the grid)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides")
     p.set_defaults(fn=_cmd_data_show)
 
-    p = sub.add_parser("rescore", help="re-score a run's stored completions under another reward mix")
+    p = _command(
+        sub,
+        "rescore",
+        "re-score a run's stored completions under other reward mixes, side by side",
+        "rlad rescore runs/demo/latest --mix 'no-answer: rewards.answer.weight=0' --out rescored.csv",
+    )
     p.add_argument("run", help="run folder (holding replay/) or a replay folder")
-    p.add_argument("--config", help="YAML config whose `rewards` section is the new mix")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rewards.answer.weight=0")
+    p.add_argument("--config", help="YAML config whose `rewards` section is the mix of the per-step table "
+                                    "(default: the run's own config.yaml)")  # fmt: skip
+    p.add_argument("--mix", action="append", metavar="[NAME:] [FILE] [key=value ...]",
+                   help="another mix to compare (repeatable): a config file and/or overrides on the run's own "
+                        "config, e.g. --mix 'no-answer: rewards.answer.weight=0'")  # fmt: skip
+    p.add_argument("--out", help="write the per-completion table (every mix's rewards and advantages) to this "
+                                 ".csv or .jsonl")  # fmt: skip
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides of the per-step table's mix")
     p.set_defaults(fn=_cmd_rescore)
 
-    p = sub.add_parser("sft", help="stage 1: SFT warm-start on dense <seg><think><answer> targets")
+    p = _command(
+        sub,
+        "sft",
+        "stage 1: SFT warm-start on dense <seg><think><answer> targets",
+        "rlad sft configs/demo.yaml sft.epochs=1",
+    )
     p.add_argument("config", help="YAML config (e.g. configs/demo.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_steps=50")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides, e.g. sft.max_steps=50")
     p.set_defaults(fn=_cmd_sft)
 
-    p = sub.add_parser("train", help="SFT warm-start, GRPO on Ray, held-out evaluation: the whole method")
+    p = _command(
+        sub,
+        "train",
+        "SFT warm-start, GRPO on Ray, held-out evaluation: the whole method",
+        "rlad train configs/demo.yaml grpo.steps=100\nrlad train resume=runs/demo/latest",
+    )
     p.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); optional with resume=RUN_DIR")
-    p.add_argument("overrides", nargs="*", help="key=value overrides; resume=RUN_DIR continues a run")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="key=value overrides; resume=RUN_DIR continues a run"
+    )
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     p.set_defaults(fn=_cmd_train)
 
-    p = sub.add_parser("demo", help="run the main job on this machine: benchmark, checks, then rlad train")
+    p = _command(
+        sub, "demo", "run the main job on this machine: benchmark, checks, then rlad train", "rlad demo grpo.steps=80"
+    )
     p.add_argument("--out", default="runs/demo", help="output folder; the run goes to OUT/<time>, linked as OUT/latest")
     p.add_argument("--no-train", action="store_true", help="only the benchmark and its scoring checks (seconds)")
     p.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml values)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="key=value overrides")
     p.set_defaults(fn=_cmd_demo)
 
     # Overrides may stand before or after options (`score f.jsonl --out s.jsonl k=v`): argparse's

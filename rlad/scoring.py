@@ -100,11 +100,11 @@ def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> di
 
 def print_summary(summary: dict[str, dict[str, float]]) -> None:
     """``summarise``'s rows as the fixed-width table the commands print."""
+    from rlad.tables import text_table
+
     columns = list(next(iter(summary.values())))
-    width = max(len(g) for g in summary) + 2
-    print(f"{'group':<{width}}" + "".join(f"{c:>11}" for c in columns))
-    for group, row in summary.items():
-        print(f"{group:<{width}}{int(row['n']):>11}" + "".join(f"{row[c]:>11.3f}" for c in columns[1:]))
+    rows = [[group, str(int(row["n"])), *(f"{row[c]:.3f}" for c in columns[1:])] for group, row in summary.items()]
+    print(text_table(["group", *columns], rows), end="")
 
 
 def score_records_on_ray(records: list[ScoredRecord], rewards: dict, chunk: int) -> list[dict[str, float]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rlad.metrics import SUBTASKS
 
-__all__ = ["SHORT_SUBTASKS", "detection_table", "markdown_table", "percent", "understanding_table"]
+__all__ = ["SHORT_SUBTASKS", "detection_table", "markdown_table", "percent", "text_table", "understanding_table"]
 
 SHORT_SUBTASKS = dict(
     zip(SUBTASKS, ("Anom Dis.", "Def Cls.", "Def Loc.", "Def Des.", "Def Ana.", "Obj Cls.", "Obj Ana."), strict=True)
@@ -27,6 +27,17 @@ def percent(x: float | None) -> str:
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(header: list[str], rows: list[list[str]], min_width: int = 11) -> str:
+    """A fixed-width table for the console: the first column left-aligned, the others right-aligned, every
+    column as wide as its longest cell plus a space (at least ``min_width``), so long names never run together."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    first = widths[0] + 2
+    rest = [max(min_width, w + 1) for w in widths[1:]]
+    lines = [f"{h:<{first}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, rest, strict=True))
+             for h, *cells in [header, *rows]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
