@@ -487,6 +487,9 @@ class TrainConfig:
     eval_sampled: int = 4
     """Also this many sampled completions per held-out question at the rollout temperature (what GRPO
     optimises: the policy's expected reward); 0 evaluates greedy only."""
+    eval_examples: int = 4
+    """Held-out completions shown in TensorBoard at each evaluation, as text and as overlay images (half hits,
+    half misses, a seeded choice); 0 shows none."""
     async_rollout: bool = False
     """Overlap rollout with learning: while the learners train on step t, the engines generate step t+1 with the
     weights of step t-1 (staleness exactly 1 policy version, logged per step as ``async/staleness``); the
@@ -511,8 +514,9 @@ class TrainConfig:
             raise ConfigError(f"train.max_learner_restarts must be >= 0, got {self.max_learner_restarts}")
         if self.save_steps < 1 or self.save_total_limit < 1 or self.eval_steps < 0 or self.eval_samples < 0:
             raise ConfigError("train.save_steps and save_total_limit must be >= 1, eval_steps/eval_samples >= 0")
-        if self.eval_sampled < 0:
-            raise ConfigError(f"train.eval_sampled must be >= 0, got {self.eval_sampled}")
+        if self.eval_sampled < 0 or self.eval_examples < 0:
+            raise ConfigError(f"train.eval_sampled and eval_examples must be >= 0, got {self.eval_sampled}, "
+                              f"{self.eval_examples}")  # fmt: skip
 
 
 @dataclass

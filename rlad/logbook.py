@@ -19,7 +19,22 @@ from rlad.console import progress
 from rlad.run_dir import write_text_atomic
 from rlad.scoring import summarise
 
-__all__ = ["Logbook", "read_metrics", "step_metrics"]
+__all__ = ["Logbook", "eval_policy", "read_metrics", "step_metrics"]
+
+
+def eval_policy(name: str) -> str:
+    """Which policy an evaluation named ``name`` scored: the warm start, or GRPO's (finally or at a step)."""
+    return "warm_start" if name == "warm_start" else "grpo"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -39,13 +54,18 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 class Logbook:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True,
+                 config: Any = None):  # fmt: skip
+        """``config``: the run's, for TensorBoard's HParams tab and the held-out examples' layout."""
         from torch.utils.tensorboard import SummaryWriter
 
+        self.run_dir, self.config = run_dir, config
         self.metrics_path, self.show_progress = run_dir / "metrics.jsonl", show_progress
         kept = [m for m in read_metrics(self.metrics_path) if m["step"] < start_step]
         write_text_atomic(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+        if config is not None:
+            self._log_hparams(config)
         self.bar = progress(total_steps, "GRPO", "step", initial=start_step, disable=not show_progress)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -61,12 +81,53 @@ class Logbook:
         self.bar.set_postfix({k: f"{metrics[tag]:.3f}" for k, tag in shown.items() if tag in metrics})
 
     def log_eval(self, step: int, rows: dict[str, dict[str, float]], name: str) -> None:
-        """Rows ``name`` (greedy) and ``name_sampled`` under ``eval/`` and ``eval_sampled/``."""
+        """An evaluation's rows ``name`` (greedy) and ``name_sampled`` under ``eval/<policy>/`` and
+        ``eval_sampled/<policy>/``, where the policy is ``warm_start`` or ``grpo`` (a ``step-N`` evaluation is the
+        GRPO policy at step N); and, from ``eval/<name>.jsonl``, a few held-out completions as text and images."""
+        policy = eval_policy(name)
         for suffix, prefix in (("", "eval"), ("_sampled", "eval_sampled")):
             for metric, value in rows.get(name + suffix, {}).items():
                 if metric != "n":
-                    self.writer.add_scalar(f"{prefix}/{metric}", value, step)
+                    self.writer.add_scalar(f"{prefix}/{policy}/{metric}", value, step)
+        completions = self.run_dir / "eval" / f"{name}.jsonl"
+        k = self.config.train.eval_examples if self.config is not None else 0
+        if k and completions.is_file():
+            self._log_examples(step, policy, completions, k)
         self.writer.flush()
+
+    def _log_examples(self, step: int, policy: str, completions: Path, k: int) -> None:
+        import tempfile
+
+        from PIL import Image
+
+        from rlad.evaluate import write_overlays
+        from rlad.scoring import read_completions
+
+        records = list(read_completions(completions))
+        with tempfile.TemporaryDirectory() as tmp:
+            pictures = write_overlays(records, self.config.output.blocks, Path(tmp), k, self.config.seed + step)
+            for i, path in enumerate(sorted(pictures)):
+                image = np.asarray(Image.open(path).convert("RGB"))
+                self.writer.add_image(f"examples/{policy}/{i}", image, step, dataformats="HWC")
+        shown = records[:k]
+        text = "\n\n".join(
+            f"**{r.sample.sample_id}** ({r.sample.class_name or '?'} / {r.sample.defect or '?'}; right answer "
+            f"{r.sample.answer})\n\n    {r.sample.question.splitlines()[0]}\n\n    {r.completion}"
+            for r in shown
+        )  # indented lines: TensorBoard renders text as Markdown, and <seg> tags must show as written
+        self.writer.add_text(f"examples/{policy}", text, step)
+
+    def _log_hparams(self, config: Any) -> None:
+        """The run's config, flattened, in TensorBoard's HParams tab, with the held-out results as its metrics."""
+        from omegaconf import OmegaConf
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {}
+        for key, value in _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True)).items():
+            flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        metrics = {f"eval/{p}/{m}": 0.0 for p in ("warm_start", "grpo") for m in ("total", "patch_F1", "answer_acc")}
+        for summary in hparams(flat, metrics):  # into this run's own event file (add_hparams would make a new run)
+            self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
         self.bar.close()

@@ -198,7 +198,7 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
         if "warm_start" not in report["rows"] and eval_set:  # eval
             report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "warm_start", show_progress))
             _write_report(run_dir, report)
-        logbook = Logbook(run_dir, grpo.steps, start, show_progress)
+        logbook = Logbook(run_dir, grpo.steps, start, show_progress, config)
         if start == 0 and eval_set:
             logbook.log_eval(0, report["rows"], "warm_start")
         _loop(config, cluster, train, eval_set, store, logbook, start, version)  # loop
@@ -293,8 +293,9 @@ def _loop(
                 with timer("freshness"):  # a completion just sampled, scored under the new weights by both sides
                     metrics.update(cluster.check_freshness(samples[0], completions[0].token_ids))
         metrics["faults/rollout_restarts"] = float(cluster.worker_restarts)
-        metrics["async/staleness_mean"] = float(np.mean(staleness))
-        metrics["async/staleness_max"] = float(max(staleness))
+        if config.train.async_rollout:  # a synchronous run is never stale: no curve of zeros
+            metrics["async/staleness_mean"] = float(np.mean(staleness))
+            metrics["async/staleness_max"] = float(max(staleness))
         metrics["rollout/tokens_per_s"] = sum(len(c.token_ids) for c in completions) / max(pending.seconds, 1e-9)
         metrics["time/engine_generate"] = pending.engine_seconds
         metrics["time/engine_learn"] = learned.get("learn_seconds", 0.0)

@@ -93,14 +93,35 @@ def test_metrics_cover_rewards_losses_and_phases(full_run):
     # the freshness check ran after the first sync (and every rollout.freshness_steps): engine == learner
     assert metrics[0]["sync/freshness_mean_abs"] < 1e-5 and "time/freshness" in metrics[0]
     assert "sync/freshness_mean_abs" not in metrics[1]
-    assert all(m["async/staleness_max"] == 0 for m in metrics)  # the synchronous loop learns on-policy
+    assert not any(k.startswith("async/") for m in metrics for k in m)  # a synchronous run logs no staleness
     assert all(m["train/tis_mean"] == pytest.approx(1.0, abs=1e-4) for m in metrics)  # engine == learner: w = 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert wanted <= tags and {"eval/total", "eval_sampled/detection"} <= tags
+    assert wanted <= tags and not any(t.startswith("async/") for t in tags)
+    # the warm start and the GRPO policy have tags of their own (not one eval/ curve told apart by step)
+    assert {"eval/warm_start/total", "eval/grpo/total", "eval_sampled/warm_start/detection",
+            "eval_sampled/grpo/detection"} <= tags  # fmt: skip
+    assert [e.step for e in events.Scalars("eval/warm_start/total")] == [0]
+    assert [e.step for e in events.Scalars("eval/grpo/total")] == [4]
+    # held-out examples: completions as text, overlays as images, at each evaluation; the run's hparams
+    text_tags = set(events.Tags()["tensors"])
+    assert {"examples/warm_start/text_summary", "examples/grpo/text_summary"} <= text_tags
+    shown = events.Tensors("examples/grpo/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "<answer>" in shown or "right answer" in shown
+    images = set(events.Tags()["images"])
+    assert {"examples/warm_start/0", "examples/grpo/0"} <= images and len(images) == 2 * 3  # 3 held-out questions
+    assert events.Images("examples/grpo/0")[0].width > 384  # the image beside its text panel
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    assert "_hparams_/session_start_info" in events.summary_metadata, "no HParams session"
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ).session_start_info
+    assert start.hparams["grpo.steps"].number_value == 4 and start.hparams["grpo.group_size"].number_value == 3
+    assert start.hparams["model.tiny"].string_value  # a nested mapping is shown as its text
 
 
 def test_the_same_config_twice_on_one_machine_gives_the_same_run(full_run, tiny_dir, tmp_path):
