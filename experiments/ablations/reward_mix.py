@@ -22,49 +22,45 @@ VARIANTS = [
 
 
 def rescored_table(run: Path, args) -> str:
-    """The "All" run's replay store re-scored under each mix (nothing generated): the mean total each mix gives
-    early and late in the run, and how the learning signal differs — the share of groups with no signal at all
-    (every completion scored alike) and the share of completions whose advantage has the opposite sign to the
-    one the run trained with."""
+    """The "All" run's replay store re-scored under each mix (nothing generated, ``rlad.rescore``): the mean total
+    each mix gives early and late in the run, and how the learning signal differs — the share of groups with no
+    signal at all (every completion scored alike), the share of completions whose advantage has the opposite sign
+    to the one the run trained with, and the rank correlation of the advantages with the trained ones."""
     import numpy as np
-    import torch
 
     from rewards import RewardMix
     from rlad.config import load_config
-    from rlad.grpo import group_advantages
     from rlad.replay import ReplayStore
+    from rlad.rescore import compare_mixes, mix_signal, stored_signal
     from rlad.tables import markdown_table
 
     groups = ReplayStore(run / "replay").groups()
     steps = sorted({g.step for g in groups})
     quarter = max(1, len(steps) // 4)
     early, late = set(steps[:quarter]), set(steps[-quarter:])
-    signal = {}
-    for v in VARIANTS:
-        mix = RewardMix(load_config(args.config, [*args.overrides, *v.overrides]).rewards)
-        totals = [mix.score(g.completions, [g.sample] * len(g.completions)).total for g in groups]
-        advantages = [group_advantages(torch.tensor(t), len(t), "none").numpy() for t in totals]
-        signal[v.name] = (totals, advantages)
-    trained = signal[VARIANTS[-1].name][1]
-    rows = []
-    for name, (totals, advantages) in signal.items():
-        flat = np.concatenate(advantages)
-        flipped = np.mean(np.sign(flat) * np.sign(np.concatenate(trained)) < 0)
-        rows.append([
-            name,
-            f"{np.mean([t.mean() for t, g in zip(totals, groups, strict=True) if g.step in early]):.3f}",
-            f"{np.mean([t.mean() for t, g in zip(totals, groups, strict=True) if g.step in late]):.3f}",
-            f"{np.mean([np.ptp(t) < 1e-9 for t in totals]):.3f}",
-            f"{flipped:.3f}",
-        ])  # fmt: skip
+    scale = load_config(run / "config.yaml").grpo.advantage_scale
+    signals = [
+        mix_signal(v.name, groups, RewardMix(load_config(args.config, [*args.overrides, *v.overrides]).rewards), scale)
+        for v in VARIANTS
+    ]
+    compared = compare_mixes(signals, stored_signal(groups))
+
+    def mean_total(s, when):
+        return np.mean([t.mean() for t, g in zip(s.totals, groups, strict=True) if g.step in when])
+
+    rows = [
+        [s.name, f"{mean_total(s, early):.3f}", f"{mean_total(s, late):.3f}",
+         *(f"{c[k]:.3f}" if c[k] == c[k] else "—" for k in ("no_signal_groups", "sign_flips", "rank_corr"))]
+        for s, c in zip(signals, compared, strict=True)
+    ]  # fmt: skip
     header = ["mix", f"mean total, steps {min(early)}-{max(early)}", f"mean total, steps {min(late)}-{max(late)}",
-              "groups without signal", "advantages of opposite sign"]  # fmt: skip
+              "groups without signal", "advantages of opposite sign", "rank correlation"]  # fmt: skip
     return (
         '# The reward mixes by re-scoring the replay store of the "All" run\n\n'
-        f"{len(groups)} stored groups of `{run.name}`, scored again under each mix (nothing generated). The policy "
-        "is the one trained with all rewards: this shows how each mix would have rated the same samples and how "
-        "different a learning signal it would have given (advantages centred per group, as the run's).\n\n"
-        + markdown_table(header, rows)
+        f"{len(groups)} stored groups of `{run.name}`, scored again under each mix (nothing generated; what "
+        "`rlad rescore` does). The policy is the one trained with all rewards: this shows how each mix would have "
+        "rated the same samples and how different a learning signal it would have given (advantages as the run "
+        "computed them, compared with the ones it stored).\n\n" + markdown_table(header, rows)
     )
 
 
