@@ -427,6 +427,7 @@ def export_policy(
         template = serving_chat_template(template, system_prompt(config.output.blocks))
         tokenizer.chat_template = template
         tokenizer.save_pretrained(tmp)
+        _drop_loading_flags(tmp / "tokenizer_config.json")
         (tmp / "chat_template.jinja").write_text(template)
         (tmp / "chat_template.json").write_text(json.dumps({"chat_template": template}, indent=2))
         load_image_processor(source.base, config.model).save_pretrained(tmp)
@@ -440,6 +441,16 @@ def export_policy(
             _model_card(config, source, model, _evaluations(source, [Path(e) for e in evals]))
         )
     return out
+
+
+def _drop_loading_flags(path: Path) -> None:
+    """transformers writes the flags this process loaded with (``local_files_only``, ``is_local``) into the saved
+    tokenizer config; a served folder should not tell its users' loaders how to behave."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        for key in ("local_files_only", "is_local"):
+            data.pop(key, None)
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def export_from_learners(learners: list[Any], warm: str, out: Path, config: Config) -> Path:

@@ -136,6 +136,7 @@ def test_export_reloads_with_transformers_and_answers_like_its_source(checkpoint
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert not {"local_files_only", "is_local"} & set(json.loads((out / "tokenizer_config.json").read_text()))
     AutoImageProcessor.from_pretrained(out, local_files_only=True)
     served = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert SYSTEM_PROMPT in served  # a client that sends no system message gets the trained one
