@@ -1,0 +1,122 @@
+"""The demo recipe over several seeds: every held-out row as mean ± 95 % CI, and GRPO − SFT paired by seed.
+
+    python experiments/learning/seeds.py [--config configs/demo.yaml] [--seeds 0 1 2] [--out runs/seeds] [key=value ...]
+
+Each seed is one ``rlad train`` (SFT warm start, GRPO, held-out evaluation) with ``seed=S`` — the generated
+benchmark, the held-out split, the sampling and the learner's shuffling — and ``model.tiny.seed=S`` (the tiny
+model's initialisation and tokenizer corpus) when the policy is the tiny model. A seed whose run finished
+(``report.json``) is not run again; a stopped sweep continues where it stopped (``rlad train resume=``).
+
+Printed and written to ``<out>/seeds.md``:
+
+- for the greedy rows (``warm_start``, ``grpo``) and the sampled ones (the expected reward GRPO optimises),
+  every column as mean ± half-width of the 95 % Student-t interval over seeds;
+- ``grpo − warm_start``: the difference paired by seed (same held-out questions, same seed), with its interval.
+  Marked ``*`` where the interval excludes 0: a difference beyond the noise of these seeds;
+- the training reward's rise: the mean total reward of the last fifth of GRPO steps minus the first fifth,
+  per seed, against the spread of the per-step rewards (their standard deviation) in those steps.
+
+Float results differ between machines: compare rows of one sweep, never across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from rlad.logbook import read_metrics  # noqa: E402
+from rlad.stats import Interval, mean_ci, paired_difference  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
+
+COLUMNS = ["total", "format", "detection", "answer", "image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc"]
+PAIRS = [("grpo", "warm_start"), ("grpo_sampled", "warm_start_sampled")]
+
+
+def seed_overrides(seed: int, config_path: str, overrides: list[str]) -> list[str]:
+    """What makes a run seed ``seed``: the config's seed and, for the tiny model, its initialisation."""
+    from rlad.config import load_config
+
+    out = [f"seed={seed}"]
+    if load_config(config_path, overrides).model.path == "tiny":
+        out.append(f"model.tiny.seed={seed}")
+    return out
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> Path:
+    run_dir = Path(args.out) / f"seed-{seed}"
+    if (run_dir / "report.json").is_file() and (run_dir / "final" / "config.json").is_file():
+        return run_dir
+    extra = [*args.overrides, *seed_overrides(seed, args.config, args.overrides), f"train.run_dir={run_dir}"]
+    resume = [f"resume={run_dir}"] if (run_dir / "config.yaml").is_file() else []
+    command = [sys.executable, "-m", "rlad.cli", "train", args.config, *extra, *resume]
+    print("$ " + " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return run_dir
+
+
+def reward_rise(metrics: list[dict]) -> tuple[float, float]:
+    """(mean reward of the last fifth of steps − mean of the first fifth, the larger per-step std of the two)."""
+    totals = [m["reward/total"] for m in metrics]
+    k = max(1, len(totals) // 5)
+    first, last = totals[:k], totals[-k:]
+    spread = max(statistics.stdev(first) if k > 1 else 0.0, statistics.stdev(last) if k > 1 else 0.0)
+    return statistics.mean(last) - statistics.mean(first), spread
+
+
+def sweep_table(reports: dict[int, dict], rises: dict[int, tuple[float, float]]) -> str:
+    """The sweep as Markdown: rows over seeds with intervals, paired differences, the training reward's rise."""
+    seeds = sorted(reports)
+    rows_by_name = {name: [reports[s]["rows"][name] for s in seeds] for name in reports[seeds[0]]["rows"]}
+    body = []
+    for name, rows in rows_by_name.items():
+        if rows and all(rows):
+            body.append([name, str(int(rows[0]["n"])), *(str(mean_ci([r[c] for r in rows])) for c in COLUMNS)])
+    for after, before in PAIRS:
+        if after in rows_by_name and before in rows_by_name and all(rows_by_name[after]):
+            cells = []
+            for c in COLUMNS:
+                d: Interval = paired_difference(
+                    [r[c] for r in rows_by_name[after]], [r[c] for r in rows_by_name[before]]
+                )
+                cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
+            body.append([f"{after} − {before}", "paired", *cells])
+    text = markdown_table(["row", "n", *COLUMNS], body)
+    rise = mean_ci([rises[s][0] for s in seeds])
+    per_seed = ", ".join(f"seed {s}: {rises[s][0]:+.3f} (step spread {rises[s][1]:.3f})" for s in seeds)
+    text += (f"\nTraining reward, last fifth of GRPO steps − first fifth: {rise}{' *' if rise.excludes_zero() else ''}"
+             f" ({per_seed}).\n")  # fmt: skip
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="the recipe every seed runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least 3 for an interval worth reading")
+    p.add_argument("--out", default=str(ROOT / "runs/seeds"), help="one run folder per seed, and seeds.md")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80")
+    args = p.parse_args()
+    if len(args.seeds) < 2:
+        p.error("an interval needs at least 2 seeds (3 or more to be worth reading)")
+    reports, rises = {}, {}
+    for seed in args.seeds:
+        run_dir = run_seed(seed, args)
+        reports[seed] = json.loads((run_dir / "report.json").read_text())
+        rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
+    command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *args.overrides])
+    text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); mean ± 95 % CI "
+            "over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
+    out = Path(args.out) / "seeds.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text + f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""experiments/learning/seeds.py's table: intervals over seeds and paired GRPO − SFT differences, by hand."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
+from seeds import COLUMNS, reward_rise, sweep_table
+
+
+def _row(total, patch_f1, n=128):
+    return {"n": n, **dict.fromkeys(COLUMNS, 0.5), "total": total, "patch_F1": patch_f1}
+
+
+def test_sweep_table_pairs_by_seed():
+    # warm start totals 2.0, 2.2, 1.8; GRPO +0.10, +0.12, +0.08 on the same seeds: mean 0.10, sd 0.02,
+    # half-width 4.303 * 0.02 / sqrt(3) = 0.050 -> excludes 0 (marked *), though the rows' own intervals overlap
+    reports = {s: {"rows": {"warm_start": _row(w, 0.1), "grpo": _row(w + d, 0.1)}}
+               for s, w, d in ((0, 2.0, 0.10), (1, 2.2, 0.12), (2, 1.8, 0.08))}  # fmt: skip
+    text = sweep_table(reports, {0: (0.3, 0.1), 1: (0.2, 0.1), 2: (0.1, 0.1)})
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+             if line.startswith("| ")}  # fmt: skip
+    assert lines["warm_start"][:2] == ["128", "2.000 ± 0.497"]  # sd 0.2 -> 4.303 * 0.2 / sqrt(3)
+    assert lines["grpo − warm_start"][:2] == ["paired", "0.100 ± 0.050 *"]
+    assert lines["grpo − warm_start"][1 + COLUMNS.index("patch_F1")] == "0.000 ± 0.000"  # no change, no star
+    assert "last fifth of GRPO steps − first fifth: 0.200 ± 0.248 (seed 0: +0.300" in text
+
+
+def test_reward_rise_compares_the_last_fifth_with_the_first():
+    metrics = [{"reward/total": v} for v in (1.0, 1.2, 1.1, 1.3, 1.4, 1.5, 1.6, 1.7, 2.0, 2.2)]
+    rise, spread = reward_rise(metrics)
+    assert rise == pytest.approx(2.1 - 1.1) and spread == pytest.approx(0.1414, abs=1e-4)
