@@ -272,9 +272,15 @@ class SFTConfig:
     """Held-out questions scored (greedy) before and after training; 0 skips the check."""
     num_workers: int = 0
     """DataLoader processes that load and preprocess images."""
+    seg_loss_weight: float = 1.0
+    """Weight of the ``<seg>…</seg>`` tokens in the SFT loss, relative to the other completion tokens (a weighted
+    token mean). 1: the paper's plain loss. The mask is a short span of a long target whose think text would
+    otherwise dominate the loss; > 1 is a departure from the paper, measured in the README."""
 
     def __post_init__(self) -> None:
         check_output_path("sft.output_dir", self.output_dir)
+        if self.seg_loss_weight <= 0:
+            raise ConfigError(f"sft.seg_loss_weight must be > 0, got {self.seg_loss_weight}")
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("sft.lr must be > 0, sft.batch_size and sft.grad_accum >= 1")
         if self.max_steps <= 0 and self.epochs <= 0:

@@ -26,6 +26,7 @@ templating; our builder would have to be bolted around it. rlad adds only three 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,14 @@ from rlad.policy import Policy, load_policy, resolve_model_path
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
 from rlad.sample import VerifiableSample
 
-__all__ = ["check_sft_config", "last_complete_checkpoint", "run_sft", "save_policy"]
+__all__ = [
+    "check_sft_config",
+    "last_complete_checkpoint",
+    "run_sft",
+    "save_policy",
+    "seg_token_weights",
+    "seg_weighted_loss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +235,15 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         disable_tqdm=True,  # our own bar (_ProgressBar): Trainer's would be forwarded by Ray line by line
         bf16=torch_is_bf16(policy.model),
     )
+    loss = None
+    if sft.seg_loss_weight != 1.0:  # the plain loss stays transformers' own
+        tok = policy.tokenizer
+        ids = (tok.convert_tokens_to_ids("<seg>"), tok.convert_tokens_to_ids("</seg>"))
+        loss = functools.partial(seg_weighted_loss, seg_ids=ids, weight=sft.seg_loss_weight, accum=sft.grad_accum)
     trainer = Trainer(
         model=policy.model,
         args=args,
+        compute_loss_func=loss,
         train_dataset=SFTDataset(examples, policy.builder),
         data_collator=policy.builder.collate,
         processing_class=policy.tokenizer,
@@ -266,6 +280,32 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     if main:
         write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
+
+
+def seg_token_weights(labels: torch.Tensor, seg_ids: tuple[int, int], weight: float) -> torch.Tensor:
+    """(B, L) label ids -> (B, L) float weights: ``weight`` from each ``<seg>`` through its ``</seg>`` (both tags
+    included), 1 elsewhere on the completion, 0 where the label is ignored (-100: the prompt, padding)."""
+    opened = torch.cumsum(labels == seg_ids[0], dim=1)
+    closed = torch.cumsum(labels == seg_ids[1], dim=1) - (labels == seg_ids[1]).long()  # a close counts after itself
+    inside = (opened - closed) > 0
+    w = torch.where(inside, torch.full(labels.shape, weight), torch.ones(labels.shape))
+    return w * (labels != -100)
+
+
+def seg_weighted_loss(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None, *, seg_ids: tuple[int, int], weight: float,
+    accum: int = 1,
+) -> torch.Tensor:  # fmt: skip
+    """The SFT loss with the ``<seg>`` span weighted (``sft.seg_loss_weight``): the weighted mean over completion
+    tokens of next-token cross-entropy. Trainer no longer divides a custom loss by the accumulation steps, so it
+    is done here (each micro-batch's weighted mean counts 1/accum)."""
+    logits = outputs.logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
+    target = labels[:, 1:].to(logits.device)  # (B, L-1)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
+    w = seg_token_weights(target, seg_ids, weight).to(ce.device)
+    return (ce * w).sum() / w.sum().clamp_min(1e-9) / accum
 
 
 def _progress_callback() -> Any:
