@@ -173,7 +173,8 @@ def _mix_of(spec: str, own: str | None) -> tuple[str, object]:
     if len(files) > 1:
         raise ConfigError(f"--mix {spec!r}: one config file at most, got {files}")
     overrides = [w for w in words if "=" in w]
-    return (name.strip() or rest.strip() or spec), load_config(files[0] if files else own, overrides)
+    default = " ".join([Path(files[0]).stem, *overrides] if files else overrides)  # a file by its stem
+    return (name.strip() or default or spec), load_config(files[0] if files else own, overrides)
 
 
 def _cmd_sft(args: argparse.Namespace) -> None:

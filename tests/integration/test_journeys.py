@@ -121,7 +121,7 @@ def test_rescore_a_run_trained_with_plugin_rewards_under_its_own_mix_and_others(
     assert float(rows["run's mix"][col]) == pytest.approx(trained_total, abs=1e-3)  # its own mix, not the schema's
     assert rows["run's mix"][header.index("rank_corr") - 1] == "1.000"
     assert float(rows["no-answer"][col]) < trained_total
-    assert rows["configs/demo.yaml"][header.index("think_length_bonus") - 1] == "—"  # a mix without that reward
+    assert rows["demo"][header.index("think_length_bonus") - 1] == "—"  # a mix without that reward, named by its file
     with (tmp_path / "table.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == 12 and float(table[0]["stored/total"]) == pytest.approx(groups[0].totals[0])
