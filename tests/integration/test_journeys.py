@@ -128,6 +128,25 @@ def test_rescore_a_run_trained_with_plugin_rewards_under_its_own_mix_and_others(
     assert "no-answer/advantage" in table[0] and "run's mix/think_length_bonus" in table[0]
 
 
+def test_serve_an_export_as_its_model_card_says(checkpoint, small_benchmark, tmp_path):
+    """``rlad export``, then the card's plain-transformers recipe copied into a file and run, then ``rlad predict``
+    on the export: the same completion, and files as readable as each other."""
+    served = tmp_path / "served"
+    done = rlad("export", str(checkpoint), "--out", str(served), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {oct(p.stat().st_mode & 0o044) for p in served.iterdir()} == {oct(0o044)}  # group/world readable
+    card = (served / "README.md").read_text()
+    (tmp_path / "serve.py").write_text(re.search(r"without torchvision\*\*.*?```python\n(.*?)```", card, re.S)[1])
+    image = small_benchmark[1][1].image
+    recipe = subprocess.run([sys.executable, "serve.py", str(served), image], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert recipe.returncode == 0, recipe.stderr[-2000:]
+    predicted = rlad("predict", str(served), image, "--out", str(tmp_path / "p.png"), cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    completion = predicted.stdout.split("completion: ", 1)[1].split("\n\nanswer: ", 1)[0]
+    assert recipe.stdout.rstrip("\n") == completion
+
+
 def test_predict_on_a_wide_image_and_on_a_file_that_is_not_one(checkpoint, small_benchmark, tmp_path):
     wide = tmp_path / "wide.png"
     Image.open(small_benchmark[1][0].image).crop((0, 40, 224, 184)).save(wide)
