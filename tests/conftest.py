@@ -59,6 +59,23 @@ def small_benchmark(tmp_path_factory):
     return root, samples
 
 
+@pytest.fixture(scope="module")
+def checkpoint(small_benchmark, tiny_dir, tmp_path_factory):
+    """The tiny model as a trained checkpoint would look: weights plus the rlad.yaml it was trained with (grid 8,
+    224 px, 0-shot, 12 new tokens). A copy per test module, so a module may change its own."""
+    import shutil
+
+    from rlad.config import load_config, save_config
+
+    root, _ = small_benchmark
+    ckpt = tmp_path_factory.mktemp("ckpt") / "final"
+    shutil.copytree(tiny_dir, ckpt)
+    overrides = [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.shots=0",
+                 "generation.max_new_tokens=12", "rollout.batch_size=8"]  # fmt: skip
+    save_config(load_config(None, overrides), ckpt / "rlad.yaml")
+    return ckpt
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks_between_tests():
     """What one test may leave in this process for the next: the torch.distributed variables a learner built

@@ -3,7 +3,6 @@ exported folder reloading with plain transformers and answering exactly as its s
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from PIL import Image
 
 from rewards import RewardMix
 from rlad.cli import main
-from rlad.config import ConfigError, load_config, save_config
+from rlad.config import ConfigError, load_config
 from rlad.evaluate import evaluation_metrics, evaluation_report
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records
@@ -65,18 +64,6 @@ def test_metrics_by_hand(tmp_path):
     # a layout without <seg> detects nothing: no detection figures, format judged on its own blocks
     no_seg = evaluation_metrics(records, scores, ("think", "answer"))
     assert no_seg["detection"] is None and no_seg["format_rate"] == 0.0
-
-
-@pytest.fixture(scope="module")
-def checkpoint(small_benchmark, tiny_dir, tmp_path_factory):
-    """The tiny model as a trained checkpoint would look: weights plus the rlad.yaml it was trained with."""
-    root, _ = small_benchmark
-    ckpt = tmp_path_factory.mktemp("ckpt") / "final"
-    shutil.copytree(tiny_dir, ckpt)
-    overrides = [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.shots=0",
-                 "generation.max_new_tokens=12", "rollout.batch_size=8"]  # fmt: skip
-    save_config(load_config(None, overrides), ckpt / "rlad.yaml")
-    return ckpt
 
 
 def test_eval_command_writes_json_tables_completions_and_overlays(checkpoint, small_benchmark, tmp_path, capsys):

@@ -44,17 +44,6 @@ def rlad(*args: str, cwd: Path, extra_path: Path | None = None, timeout: int = 3
                           text=True, timeout=timeout)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def checkpoint(small_benchmark, tiny_dir, tmp_path_factory):
-    root, _ = small_benchmark
-    ckpt = tmp_path_factory.mktemp("journeys") / "final"
-    shutil.copytree(tiny_dir, ckpt)
-    overrides = [f"data.root={root}", "mask.grid=8", "model.image_size=224", "data.shots=0",
-                 "generation.max_new_tokens=12", "rollout.batch_size=8"]  # fmt: skip
-    save_config(load_config(None, overrides), ckpt / "rlad.yaml")
-    return ckpt
-
-
 def _plugin(folder: Path) -> Path:
     """An installed reward plugin, as pip leaves one: a module and its dist-info with ``rlad.rewards`` entry points."""
     folder.mkdir(parents=True, exist_ok=True)
