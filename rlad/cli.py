@@ -140,13 +140,14 @@ def _cmd_rescore(args: argparse.Namespace) -> None:
           f"{folder}; mix: {args.config or own or 'schema defaults'} {' '.join(args.overrides)}".rstrip())  # fmt: skip
     print_summary(summarise(records, score_records(records, RewardMix(config.rewards))))
 
-    mixes = {"run's mix" if own else "default mix": load_config(own, [])}
+    run_config = load_config(own, [])
+    mixes = {"run's mix" if own else "default mix": run_config}
     if args.config or args.overrides:
         mixes["this mix"] = config
     for spec in args.mix or []:
         name, cfg = _mix_of(spec, own)
         mixes[name] = cfg
-    scale = load_config(own, []).grpo.advantage_scale
+    scale = run_config.grpo.advantage_scale
     baseline = stored_signal(groups)
     signals = [baseline, *(mix_signal(n, groups, RewardMix(c.rewards), scale) for n, c in mixes.items())]
     rows = compare_mixes(signals, baseline)

@@ -207,16 +207,23 @@ def _is_hit(record: ScoredRecord, blocks: Sequence[str]) -> bool:
     return pred is not None and bool(pred.any()) == record.sample.anomalous
 
 
-def write_overlays(records: Sequence[ScoredRecord], blocks: Sequence[str], folder: Path, k: int, seed: int) -> list:
-    """Up to ``k`` PNGs, half of them hits and half misses (seeded choice); their paths."""
-    from rlad.data.show import prediction_overlay
-
+def pick_examples(
+    records: Sequence[ScoredRecord], blocks: Sequence[str], k: int, seed: int
+) -> list[tuple[str, ScoredRecord]]:
+    """Up to ``k`` records worth showing, half of them hits and half misses (seeded choice), as (kind, record)."""
     hits = [r for r in records if _is_hit(r, blocks)]
     misses = [r for r in records if not _is_hit(r, blocks)]
     rng = random.Random(seed)
     n_miss = min(len(misses), max(k - min(len(hits), k // 2), 0))
     chosen = [("hit", r) for r in rng.sample(hits, min(len(hits), k - n_miss))]
-    chosen += [("miss", r) for r in rng.sample(misses, n_miss)]
+    return chosen + [("miss", r) for r in rng.sample(misses, n_miss)]
+
+
+def write_overlays(records: Sequence[ScoredRecord], blocks: Sequence[str], folder: Path, k: int, seed: int) -> list:
+    """PNGs of :func:`pick_examples`' records, in its order; their paths."""
+    from rlad.data.show import prediction_overlay
+
+    chosen = pick_examples(records, blocks, k, seed)
     truth, paths = PixelTruth(), []
     for i, (kind, r) in enumerate(chosen):
         parsed = parse_completion(r.completion)

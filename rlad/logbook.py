@@ -100,20 +100,18 @@ class Logbook:
 
         from PIL import Image
 
-        from rlad.evaluate import write_overlays
+        from rlad.evaluate import pick_examples, write_overlays
         from rlad.scoring import read_completions
 
-        records = list(read_completions(completions))
-        with tempfile.TemporaryDirectory() as tmp:
-            pictures = write_overlays(records, self.config.output.blocks, Path(tmp), k, self.config.seed + step)
-            for i, path in enumerate(sorted(pictures)):
+        records, blocks, seed = list(read_completions(completions)), self.config.output.blocks, self.config.seed + step
+        with tempfile.TemporaryDirectory() as tmp:  # the same records as the text below, in the same order
+            for i, path in enumerate(write_overlays(records, blocks, Path(tmp), k, seed)):
                 image = np.asarray(Image.open(path).convert("RGB"))
                 self.writer.add_image(f"examples/{policy}/{i}", image, step, dataformats="HWC")
-        shown = records[:k]
         text = "\n\n".join(
-            f"**{r.sample.sample_id}** ({r.sample.class_name or '?'} / {r.sample.defect or '?'}; right answer "
-            f"{r.sample.answer})\n\n    {r.sample.question.splitlines()[0]}\n\n    {r.completion}"
-            for r in shown
+            f"**{i}. {kind}: {r.sample.sample_id}** ({r.sample.class_name or '?'} / {r.sample.defect or '?'}; right "
+            f"answer {r.sample.answer})\n\n    {r.sample.question.splitlines()[0]}\n\n    {r.completion}"
+            for i, (kind, r) in enumerate(pick_examples(records, blocks, k, seed))
         )  # indented lines: TensorBoard renders text as Markdown, and <seg> tags must show as written
         self.writer.add_text(f"examples/{policy}", text, step)
 
