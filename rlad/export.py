@@ -232,10 +232,12 @@ def _reward_rows(config: Config) -> tuple[list[list[str]], list[str]]:
 
 def _base_model(config: Config) -> tuple[str, str | None]:
     """How the card names the base model (never a local cache path), and its hub-style name if it has one."""
-    if config.model.path == "tiny":
+    path = Path(config.model.path)
+    # A run's snapshot names the tiny model by its cache folder (tiny-qwen2.5-vl-<spec hash>, with rlad_tiny.json)
+    if config.model.path == "tiny" or (path / "rlad_tiny.json").is_file() or path.name.startswith("tiny-qwen"):
         return ("rlad's tiny Qwen2.5-VL-architecture model, built from `model.tiny` on the training machine: random "
                 "initialisation and rlad's own small tokenizer, no pretrained weights"), None  # fmt: skip
-    name = Path(config.model.path).name
+    name = path.name
     return f"`{name}` (a local checkpoint folder of that name)", name
 
 

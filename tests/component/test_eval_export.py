@@ -171,6 +171,18 @@ def test_the_model_cards_transformers_recipe_answers_like_rlad_predict(checkpoin
         assert run.stdout.rstrip("\n") == want, (image, run.stdout, want)
 
 
+def test_the_card_names_the_tiny_model_as_such_and_a_real_base_by_its_name(tiny_dir, tmp_path):
+    from rlad.export import _base_model
+
+    # a run's snapshot names the tiny model by its cache folder: the card must still call it the tiny model
+    for path in ("tiny", str(tiny_dir)):
+        words, hub_name = _base_model(load_config(None, [f"model.path={path}"]))
+        assert words.startswith("rlad's tiny Qwen2.5-VL") and hub_name is None
+    real = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    real.mkdir()
+    assert _base_model(load_config(None, [f"model.path={real}"]))[1] == "Qwen2.5-VL-7B-Instruct"
+
+
 def test_predict_letterboxes_a_non_square_image(tmp_path):
     from rlad.predict import letterbox
 
