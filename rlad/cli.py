@@ -22,7 +22,6 @@ rlad demo [--config C] [--out DIR] [key=value ...]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -69,9 +68,10 @@ def _cmd_score(args: argparse.Namespace) -> None:
         raise SystemExit(f"rlad score: {args.completions} holds no completions")
     scores = score_records(records, RewardMix(config.rewards))
     if args.out:
-        with Path(args.out).open("w") as f:
-            for r, s in zip(records, scores, strict=True):
-                f.write(json.dumps({"sample_id": r.sample.sample_id, "group": r.group, **s}) + "\n")
+        from rlad.rescore import write_rows
+
+        rows = [{"sample_id": r.sample.sample_id, "group": r.group, **s} for r, s in zip(records, scores, strict=True)]
+        write_rows(rows, args.out)
     print_summary(summarise(records, scores))
 
 
@@ -114,18 +114,17 @@ def _print_train_report(report: dict) -> None:
 
 def _cmd_rescore(args: argparse.Namespace) -> None:
     from rewards import RewardMix
-    from rlad.replay import ReplayStore, stored_completions
-    from rlad.rescore import compare_mixes, mix_signal, per_completion_rows, stored_signal, write_rows
+    from rlad.replay import ReplayStore, completions_of
+    from rlad.rescore import compare_mixes, mix_signal, per_completion_rows, signal_scores, stored_signal, write_rows
     from rlad.run_dir import SNAPSHOT_NAME
-    from rlad.scoring import score_records, summarise
+    from rlad.scoring import summarise
     from rlad.tables import text_table
 
     run = Path(args.run)
     folder = run / "replay" if (run / "replay").is_dir() else run
     if not folder.is_dir():
         raise FileNotFoundError(f"{args.run}: no replay store (expected a run folder holding replay/)")
-    store = ReplayStore(folder)
-    groups = store.groups()
+    groups = ReplayStore(folder).groups()
     if not groups:
         raise SystemExit(f"rlad rescore: {folder} holds no completions")
     snapshot = folder.parent / SNAPSHOT_NAME
@@ -133,23 +132,22 @@ def _cmd_rescore(args: argparse.Namespace) -> None:
     if own is None:
         print(f"note: {folder.parent} has no {SNAPSHOT_NAME}; the run's own mix is unknown, the schema's default "
               "stands in for it", file=sys.stderr)  # fmt: skip
-    # The mix of the per-step table: --config and key=value words, on top of the run's own config.
-    config = load_config(args.config or own, args.overrides)
-    records = stored_completions(store)
-    print(f"{len(records)} completions of {len(groups)} groups, steps {groups[0].step}-{groups[-1].step}, from "
-          f"{folder}; mix: {args.config or own or 'schema defaults'} {' '.join(args.overrides)}".rstrip())  # fmt: skip
-    print_summary(summarise(records, score_records(records, RewardMix(config.rewards))))
-
     run_config = load_config(own, [])
     mixes = {"run's mix" if own else "default mix": run_config}
-    if args.config or args.overrides:
-        mixes["this mix"] = config
+    if args.config or args.overrides:  # the per-step table's mix: --config and key=value words on the run's config
+        mixes["this mix"] = load_config(args.config or own, args.overrides)
     for spec in args.mix or []:
         name, cfg = _mix_of(spec, own)
         mixes[name] = cfg
     scale = run_config.grpo.advantage_scale
     baseline = stored_signal(groups)
     signals = [baseline, *(mix_signal(n, groups, RewardMix(c.rewards), scale) for n, c in mixes.items())]
+
+    records = completions_of(groups)
+    per_step = signals[2] if args.config or args.overrides else signals[1]
+    print(f"{len(records)} completions of {len(groups)} groups, steps {groups[0].step}-{groups[-1].step}, from "
+          f"{folder}; mix: {args.config or own or 'schema defaults'} {' '.join(args.overrides)}".rstrip())  # fmt: skip
+    print_summary(summarise(records, signal_scores(per_step)))
     rows = compare_mixes(signals, baseline)
     columns = list(rows[0])
     print(f"\nthe mixes side by side (stored: what the run trained on; advantages by {scale}, compared with the "

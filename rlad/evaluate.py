@@ -219,11 +219,10 @@ def pick_examples(
     return chosen + [("miss", r) for r in rng.sample(misses, n_miss)]
 
 
-def write_overlays(records: Sequence[ScoredRecord], blocks: Sequence[str], folder: Path, k: int, seed: int) -> list:
-    """PNGs of :func:`pick_examples`' records, in its order; their paths."""
+def write_overlays(chosen: Sequence[tuple[str, ScoredRecord]], blocks: Sequence[str], folder: Path) -> list:
+    """One PNG per (kind, record) of :func:`pick_examples`, in its order; their paths."""
     from rlad.data.show import prediction_overlay
 
-    chosen = pick_examples(records, blocks, k, seed)
     truth, paths = PixelTruth(), []
     for i, (kind, r) in enumerate(chosen):
         parsed = parse_completion(r.completion)
@@ -298,7 +297,8 @@ def run_eval(
     blocks = tuple(config.output.blocks)
     report = evaluation_report(records, scores, blocks)
     shutil.rmtree(out / "overlays", ignore_errors=True)  # a re-run's pictures never mix with an older run's
-    pictures = write_overlays(records, blocks, out / "overlays", overlays, config.seed) if overlays else []
+    chosen = pick_examples(records, blocks, overlays, config.seed) if overlays else []
+    pictures = write_overlays(chosen, blocks, out / "overlays")
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data),

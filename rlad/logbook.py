@@ -54,9 +54,8 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 class Logbook:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True,
-                 config: Any = None):  # fmt: skip
-        """``config``: the run's, for TensorBoard's HParams tab and the held-out examples' layout."""
+    def __init__(self, run_dir: Path, config: Any, start_step: int = 0, show_progress: bool = True):
+        """``config``: the run's (its step count, TensorBoard's HParams tab, the held-out examples' layout)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir, self.config = run_dir, config
@@ -64,9 +63,8 @@ class Logbook:
         kept = [m for m in read_metrics(self.metrics_path) if m["step"] < start_step]
         write_text_atomic(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
-        if config is not None:
-            self._log_hparams(config)
-        self.bar = progress(total_steps, "GRPO", "step", initial=start_step, disable=not show_progress)
+        self._log_hparams(config)
+        self.bar = progress(config.grpo.steps, "GRPO", "step", initial=start_step, disable=not show_progress)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """``metrics`` keys are TensorBoard tags (``reward/format``, ``time/generate``, ...)."""
@@ -90,7 +88,7 @@ class Logbook:
                 if metric != "n":
                     self.writer.add_scalar(f"{prefix}/{policy}/{metric}", value, step)
         completions = self.run_dir / "eval" / f"{name}.jsonl"
-        k = self.config.train.eval_examples if self.config is not None else 0
+        k = self.config.train.eval_examples
         if k and completions.is_file():
             self._log_examples(step, policy, completions, k)
         self.writer.flush()
@@ -103,15 +101,16 @@ class Logbook:
         from rlad.evaluate import pick_examples, write_overlays
         from rlad.scoring import read_completions
 
-        records, blocks, seed = list(read_completions(completions)), self.config.output.blocks, self.config.seed + step
+        records, blocks = list(read_completions(completions)), self.config.output.blocks
+        chosen = pick_examples(records, blocks, k, self.config.seed + step)
         with tempfile.TemporaryDirectory() as tmp:  # the same records as the text below, in the same order
-            for i, path in enumerate(write_overlays(records, blocks, Path(tmp), k, seed)):
+            for i, path in enumerate(write_overlays(chosen, blocks, Path(tmp))):
                 image = np.asarray(Image.open(path).convert("RGB"))
                 self.writer.add_image(f"examples/{policy}/{i}", image, step, dataformats="HWC")
         text = "\n\n".join(
             f"**{i}. {kind}: {r.sample.sample_id}** ({r.sample.class_name or '?'} / {r.sample.defect or '?'}; right "
             f"answer {r.sample.answer})\n\n    {r.sample.question.splitlines()[0]}\n\n    {r.completion}"
-            for i, (kind, r) in enumerate(pick_examples(records, blocks, k, seed))
+            for i, (kind, r) in enumerate(chosen)
         )  # indented lines: TensorBoard renders text as Markdown, and <seg> tags must show as written
         self.writer.add_text(f"examples/{policy}", text, step)
 

@@ -31,7 +31,16 @@ import torch
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records
 
-__all__ = ["Group", "ReplayStore", "informative", "replay_candidates", "rescore", "score_groups", "stored_completions"]
+__all__ = [
+    "Group",
+    "ReplayStore",
+    "completions_of",
+    "informative",
+    "replay_candidates",
+    "rescore",
+    "score_groups",
+    "stored_completions",
+]
 
 
 @dataclass
@@ -167,7 +176,12 @@ def replay_candidates(groups: Iterable[Group], policy_version: int, max_stalenes
 def stored_completions(store: ReplayStore, min_step: int = 0) -> list[ScoredRecord]:
     """Every stored completion with its sample, grouped by training step: what ``rlad score``'s path
     (``scoring.score_records`` / ``summarise``) re-scores under any reward mix, with nothing generated."""
-    return [ScoredRecord(text, g.sample, f"step {g.step}") for g in store.groups(min_step) for text in g.completions]
+    return completions_of(store.groups(min_step))
+
+
+def completions_of(groups: Iterable[Group]) -> list[ScoredRecord]:
+    """The completions of ``groups`` (already read from a store), labelled by training step."""
+    return [ScoredRecord(text, g.sample, f"step {g.step}") for g in groups for text in g.completions]
 
 
 def rescore(store: ReplayStore, mix) -> list[dict[str, float]]:

@@ -28,7 +28,16 @@ from rewards import RewardMix
 from rlad.grpo import group_advantages
 from rlad.replay import Group
 
-__all__ = ["MixSignal", "compare_mixes", "mix_signal", "per_completion_rows", "spearman", "stored_signal", "write_rows"]
+__all__ = [
+    "MixSignal",
+    "compare_mixes",
+    "mix_signal",
+    "per_completion_rows",
+    "signal_scores",
+    "spearman",
+    "stored_signal",
+    "write_rows",
+]
 
 STORED = "stored"
 
@@ -57,6 +66,16 @@ def mix_signal(name: str, groups: Sequence[Group], mix: RewardMix, scale: str) -
         for k, v in s.components.items():
             components.setdefault(k, []).append(v)
     return MixSignal(name, totals, components, advantages)
+
+
+def signal_scores(signal: MixSignal) -> list[dict[str, float]]:
+    """A signal's per-completion totals and components in store order, shaped as ``scoring.score_records``
+    returns them (for ``scoring.summarise``): the per-step table needs no second scoring pass."""
+    return [
+        {"total": float(total[i]), **{k: float(v[gi][i]) for k, v in signal.components.items()}}
+        for gi, total in enumerate(signal.totals)
+        for i in range(len(total))
+    ]
 
 
 def stored_signal(groups: Sequence[Group]) -> MixSignal:
@@ -124,6 +143,7 @@ def write_rows(rows: Sequence[Mapping], path: str | Path) -> Path:
     from rlad.run_dir import write_text_atomic
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         import io
 

@@ -198,7 +198,7 @@ def _run(config: Config, train, eval_set, resume: bool, show_progress: bool) -> 
         if "warm_start" not in report["rows"] and eval_set:  # eval
             report["rows"].update(evaluate_on_cluster(cluster, eval_set, config, run_dir, "warm_start", show_progress))
             _write_report(run_dir, report)
-        logbook = Logbook(run_dir, grpo.steps, start, show_progress, config)
+        logbook = Logbook(run_dir, config, start, show_progress)
         if start == 0 and eval_set:
             logbook.log_eval(0, report["rows"], "warm_start")
         _loop(config, cluster, train, eval_set, store, logbook, start, version)  # loop

@@ -10,7 +10,15 @@ from test_replay import group
 
 from rewards import RewardMix
 from rlad.config import paper_rewards
-from rlad.rescore import compare_mixes, mix_signal, per_completion_rows, spearman, stored_signal, write_rows
+from rlad.rescore import (
+    compare_mixes,
+    mix_signal,
+    per_completion_rows,
+    signal_scores,
+    spearman,
+    stored_signal,
+    write_rows,
+)
 
 RIGHT = "<seg>(1, 1)-(1, 1)</seg><think>t</think><answer>A</answer>"  # format 1, detection 2*F1=2, answer 1
 NO_MASK = "<seg></seg><think>t</think><answer>A</answer>"  # format 1, detection 0 (defect missed), answer 1
@@ -56,10 +64,16 @@ def test_mixes_compared_with_what_the_run_stored(tmp_path):
     assert rows[2]["sign_flips"] == pytest.approx(2 / 6)
     assert rows[2]["no_signal_groups"] == rows[0]["no_signal_groups"] == 0.5
 
+    # the per-step table's scores come from the signal, in store order, as score_records gives them
+    from rlad.replay import completions_of
+    from rlad.scoring import score_records
+
+    for got, want in zip(signal_scores(same), score_records(completions_of(groups), paper), strict=True):
+        assert got == pytest.approx(want)
     table = list(per_completion_rows(groups, [stored, no_detection]))
     assert len(table) == 6 and table[1]["no-det/advantage"] == pytest.approx(0.3)
     assert table[1]["stored/total"] == pytest.approx(2.0) and table[1]["completion"] == NO_MASK
     out = write_rows(table, tmp_path / "t.jsonl")
     assert json.loads(out.read_text().splitlines()[2])["no-det/total"] == pytest.approx(1.1)
-    csv_text = write_rows(table, tmp_path / "t.csv").read_text()
+    csv_text = write_rows(table, tmp_path / "new" / "t.csv").read_text()  # its folder made on the way
     assert csv_text.splitlines()[0].startswith("step,group_id,sample_id,index,completion,stored/total")
