@@ -81,11 +81,23 @@ class TinySpec:
     head_dim: int = 0
     """Attention head size; 0: hidden_size / num_heads. vLLM's CPU attention needs 64 (or another size it
     supports)."""
+    rope_theta: float = 10000.0
+    """Rotary base of the language model. With M-RoPE the rotary frequencies are cut into contiguous
+    (time, height, width) sections, highest first, so at a small head size the width section gets only the
+    slowest ones: at the default 10000 and 32-wide heads one 8-token image row turns the width phases by
+    at most 0.03 rad, and the model can hardly tell columns apart. A smaller base (e.g. 50) gives the
+    height and width sections phases that move visibly across the image."""
+    mrope_section: tuple[int, ...] = ()
+    """(time, height, width) rotary pairs of M-RoPE, summing to head_dim / 2; empty: Qwen's 1 : 1.5 : 1.5
+    split (time takes the remainder)."""
 
     def key(self) -> str:
         fields = asdict(self)
-        for name in ("text_only", "head_dim"):  # added later: left out at their defaults, so cached models stay
-            if fields[name] == TinySpec.__dataclass_fields__[name].default:
+        fields["mrope_section"] = list(fields["mrope_section"])
+        fields["rope_theta"] = float(fields["rope_theta"])  # 50 from YAML and 50.0 are one model
+        for name in ("text_only", "head_dim", "rope_theta", "mrope_section"):  # added later: left out at their
+            # defaults, so cached models stay
+            if fields[name] in (TinySpec.__dataclass_fields__[name].default, []):
                 del fields[name]
         blob = json.dumps({**fields, "factory": FACTORY_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -177,7 +189,7 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
         "num_key_value_heads": spec.num_kv_heads,
         **({"head_dim": spec.head_dim} if spec.head_dim else {}),
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(spec.rope_theta)},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -190,7 +202,12 @@ def build_tiny(spec: TinySpec, out: str | Path) -> Path:
         model = Qwen2ForCausalLM(Qwen2Config(**text))
     else:
         half = head_dim // 2  # M-RoPE splits the rotary half-dimension into (time, height, width) sections
-        mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        mrope = list(spec.mrope_section) or [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        if len(mrope) != 3 or sum(mrope) != half or min(mrope) < 1:
+            raise ValueError(
+                f"model.tiny.mrope_section {list(spec.mrope_section)} must be 3 positive numbers summing to "
+                f"head_dim / 2 = {half}"
+            )
         text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": mrope}
         config = Qwen2_5_VLConfig(
             text_config=text,

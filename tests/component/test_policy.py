@@ -43,6 +43,19 @@ def test_tiny_model_is_cached_and_deterministic(tiny_dir, tmp_path):
         assert digest(again, name) == digest(tiny_dir, name), name
 
 
+def test_tiny_rotary_layout_is_configurable_and_changes_no_weight(tiny_dir, tmp_path):
+    spec = TinySpec(rope_theta=50, mrope_section=(2, 7, 7))
+    assert spec.key() == TinySpec(rope_theta=50.0, mrope_section=[2, 7, 7]).key() != TinySpec().key()
+    assert TinySpec(rope_theta=10000.0, mrope_section=()).key() == TinySpec().key()  # old caches stay valid
+    out = build_tiny(spec, tmp_path / "rope")
+    rope = json.loads((out / "config.json").read_text())["text_config"]["rope_parameters"]
+    assert rope["rope_theta"] == 50.0 and rope["mrope_section"] == [2, 7, 7]
+    # the same seed draws the same weights: a rotary layout is compared against the default on one init
+    assert (out / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"model.tiny.mrope_section \[2, 7, 8\] must be 3 positive numbers summing to"):
+        build_tiny(TinySpec(mrope_section=(2, 7, 8)), tmp_path / "bad")
+
+
 def test_missing_or_foreign_checkpoints_are_refused_without_download(tmp_path):
     with pytest.raises(ConfigError, match="never downloads"):
         resolve_model_path(ModelConfig(path="Qwen/Qwen2.5-VL-7B-Instruct"))
