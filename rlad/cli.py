@@ -177,10 +177,10 @@ def _mix_of(spec: str, own: str | None) -> tuple[str, object]:
 
 
 def _cmd_sft(args: argparse.Namespace) -> None:
+    from rlad.base_stage import with_base_stage
     from rlad.sft import run_sft
 
-    config = load_config(args.config, args.overrides)
-    report = run_sft(config)
+    report = run_sft(with_base_stage(load_config(args.config, args.overrides)))
     rows = report["rows"]
     if rows:
         print(f"held-out questions: {report['held_out']} (greedy); training examples: {report['train_examples']}")

@@ -108,6 +108,33 @@ class LoraConfig:
 
 
 @dataclass
+class BaseStageConfig:
+    """The base stage of ``path: tiny`` (``rlad/base_stage.py``). A pretrained instruct model already sees and
+    writes grounded answers; the tiny model starts from random weights. Before any task data it is taught
+    generic questions about generated objects with plain coloured spots pasted on (``rlad/data/base_set.py``:
+    no defect, no anomaly mask, no anomaly label), answered in the output format with the spots' cells in
+    ``<seg>``. Built once per (``model.tiny``, this section) and cached like the tiny model; SFT, GRPO alone
+    (``train.warm_start: base``) and SFT + GRPO then all start from it."""
+
+    images: int = 0
+    """Images in the base set, one question each (a fifth held out for its check); 0: no base stage."""
+    epochs: float = 2.0
+    """Passes over the base set."""
+    lr: float = 1e-3
+    """Peak learning rate (cosine schedule, as the SFT stage)."""
+    batch_size: int = 8
+    """Examples per optimizer step."""
+    grid: int = 8
+    """The grid of the ``<seg>`` cells the base stage writes; must equal ``mask.grid``."""
+
+    def __post_init__(self) -> None:
+        if self.images < 0 or 0 < self.images < 50:
+            raise ConfigError(f"model.base.images must be 0 (no base stage) or >= 50, got {self.images}")
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1 or self.grid < 1:
+            raise ConfigError("model.base: epochs, lr, batch_size and grid must be positive")
+
+
+@dataclass
 class ModelConfig:
     """The policy: a local Qwen2.5-VL / Qwen2-VL checkpoint directory, or ``tiny`` (built here, no download)."""
 
@@ -132,6 +159,8 @@ class ModelConfig:
     """Low-rank adapters instead of full fine-tuning (``r: 0``, the default, trains every weight)."""
     tiny: dict[str, Any] = field(default_factory=dict)
     """Sizes for ``path: tiny`` (fields of ``rlad.tiny.TinySpec``); empty takes its defaults."""
+    base: BaseStageConfig = field(default_factory=BaseStageConfig)
+    """``path: tiny`` only: the base stage the tiny model goes through before any task training."""
 
     def __post_init__(self) -> None:
         if self.image_size is not None and self.image_size < 28:
@@ -613,6 +642,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{where}: {_describe_omegaconf_error(err)}") from err
     _check_rewards(config, where)
     _check_cluster(config, where)
+    base = config.model.base
+    if config.model.path == "tiny" and base.images and base.grid != config.mask.grid:
+        raise ConfigError(f"{where}: model.base.grid {base.grid} must equal mask.grid {config.mask.grid}: the base "
+                          "stage teaches the cells of the grid the run writes")  # fmt: skip
     return _derive(config)
 
 

@@ -234,9 +234,12 @@ def _base_model(config: Config) -> tuple[str, str | None]:
     """How the card names the base model (never a local cache path), and its hub-style name if it has one."""
     path = Path(config.model.path)
     # A run's snapshot names the tiny model by its cache folder (tiny-qwen2.5-vl-<spec hash>, with rlad_tiny.json)
-    if config.model.path == "tiny" or (path / "rlad_tiny.json").is_file() or path.name.startswith("tiny-qwen"):
+    if config.model.path == "tiny" or (path / "rlad_tiny.json").is_file() or path.name.startswith("tiny-"):
+        based = (path / "rlad_base_stage.json").is_file() or path.name.startswith("tiny-base-")
+        stage = (", then rlad's base stage (`model.base`: generic questions about generated objects with pasted "
+                 "spots, no defects)") if based else ""  # fmt: skip
         return ("rlad's tiny Qwen2.5-VL-architecture model, built from `model.tiny` on the training machine: random "
-                "initialisation and rlad's own small tokenizer, no pretrained weights"), None  # fmt: skip
+                f"initialisation and rlad's own small tokenizer, no pretrained weights{stage}"), None  # fmt: skip
     name = path.name
     return f"`{name}` (a local checkpoint folder of that name)", name
 

@@ -77,10 +77,17 @@ class PolicySpec:
 
 def resolve_model_path(config: ModelConfig) -> Path:
     """The checkpoint directory for ``model.path``: ``tiny`` is built (once, cached); anything else must be
-    a local directory holding ``config.json``."""
+    a local directory holding ``config.json``. The tiny model's base stage trains a model, so it is resolved
+    above this module, by the commands (``rlad.base_stage.with_base_stage``)."""
     if config.path == "tiny":
         from rlad.tiny import TinySpec, tiny_model_dir
 
+        if config.base.images:
+            raise ConfigError(
+                "model.base.images is set but model.path is still 'tiny': build the base stage first with "
+                "rlad.base_stage.with_base_stage(config) (rlad sft and rlad train do), or the run would silently "
+                "start from random weights"
+            )
         return tiny_model_dir(TinySpec(**config.tiny))
     path = Path(config.path).expanduser()
     if not path.is_dir():

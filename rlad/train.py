@@ -133,6 +133,7 @@ def run_train(
 def _prepare(config: Config, resume: bool):
     """The config with absolute paths and a built model, the training and evaluation samples; every check
     that needs no cluster, before anything is written."""
+    from rlad.base_stage import with_base_stage
     from rlad.data.sources import rl_samples
     from rlad.policy import resolve_model_path
     from rlad.sft import check_sft_config
@@ -145,6 +146,7 @@ def _prepare(config: Config, resume: bool):
     if not resume and last_checkpoint(run_dir) is not None:
         raise ConfigError(f"train.run_dir {run_dir} already holds a run: continue it with resume={run_dir}, "
                           "or choose another train.run_dir")  # fmt: skip
+    config = with_base_stage(config)  # the tiny model's base stage, built (once, cached) here
     if config.model.path == "tiny":  # built once here, not by every actor
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, path=str(resolve_model_path(config.model)))

@@ -177,7 +177,12 @@ def test_the_card_names_the_tiny_model_as_such_and_a_real_base_by_its_name(tiny_
     # a run's snapshot names the tiny model by its cache folder: the card must still call it the tiny model
     for path in ("tiny", str(tiny_dir)):
         words, hub_name = _base_model(load_config(None, [f"model.path={path}"]))
-        assert words.startswith("rlad's tiny Qwen2.5-VL") and hub_name is None
+        assert words.startswith("rlad's tiny Qwen2.5-VL") and hub_name is None and "base stage" not in words
+    based = tmp_path / "tiny-base-0123456789ab"  # the base stage's cache entry (rlad/base_stage.py)
+    based.mkdir()
+    (based / "rlad_base_stage.json").write_text("{}")
+    words, hub_name = _base_model(load_config(None, [f"model.path={based}"]))
+    assert words.startswith("rlad's tiny Qwen2.5-VL") and "base stage" in words and hub_name is None
     real = tmp_path / "Qwen2.5-VL-7B-Instruct"
     real.mkdir()
     assert _base_model(load_config(None, [f"model.path={real}"]))[1] == "Qwen2.5-VL-7B-Instruct"
