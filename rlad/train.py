@@ -146,6 +146,7 @@ def _prepare(config: Config, resume: bool):
     if not resume and last_checkpoint(run_dir) is not None:
         raise ConfigError(f"train.run_dir {run_dir} already holds a run: continue it with resume={run_dir}, "
                           "or choose another train.run_dir")  # fmt: skip
+    check_config(config.learner)  # learner.deepspeed, here rather than inside an actor (and before a base stage)
     config = with_base_stage(config)  # the tiny model's base stage, built (once, cached) here
     if config.model.path == "tiny":  # built once here, not by every actor
         config = dataclasses.replace(
@@ -157,7 +158,6 @@ def _prepare(config: Config, resume: bool):
         )
     resolve_model_path(config.model)
     config = split_threads(config)
-    check_config(config.learner)  # learner.deepspeed, here rather than inside an actor
     if not config.train.warm_start:
         check_sft_config(config)
     if config.train.warm_start and not Path(config.train.warm_start, "config.json").is_file():

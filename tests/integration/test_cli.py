@@ -114,6 +114,8 @@ def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says
         (["configs/demo.yaml", "model.path=/no/such/checkpoint"], r"model.path '/no/such/checkpoint' is not a local"),
         (["configs/demo.yaml", "grpo.group_size=1"], r"group_size >= 2"),
         (["configs/demo.yaml", "learner.deepspeed=/no/ds.json"], r"learner.deepspeed: '/no/ds.json' is not a file"),
+        # named before minutes of the tiny model's base stage, not after
+        (["configs/demo.yaml", "model.base.images=100", "learner.deepspeed=/no/ds.json"], r"learner.deepspeed: '/no"),
         (["configs/demo.yaml", "sft.deepspeed=/no/ds.json"], r"sft.deepspeed: '/no/ds.json' is not a file"),
         (
             ["configs/demo.yaml", "model.lora.r=4", "learner.zero_stage=3"],
