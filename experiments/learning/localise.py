@@ -11,7 +11,8 @@ the ``(row, col)`` it writes at all.
 
 Per spec and seed (``model.tiny.seed`` = the seed: same initial weights across specs that change only the
 rotary layout), after ``--steps`` AdamW steps: the held-out teacher-forced loss of the target, the greedy
-patch F1 on the 8x8 grid, and the F1 of the rows and of the columns the masks touch (which axis is lost).
+patch F1 on the 8x8 grid, and the F1 of the rows and of the columns the masks touch (which axis is lost);
+``--eval-every N`` prints them along the way too (is it a matter of steps?).
 Printed as mean ± 95 % CI over seeds, and each spec minus the first paired by seed (``*``: beyond noise).
 """
 
@@ -134,6 +135,8 @@ def run(spec: dict, seed: int, args: argparse.Namespace, folder: Path) -> dict[s
         opt.zero_grad()
         if step % 100 == 0:
             print(f"  step {step} loss {loss.item():.3f} ({time.time() - started:.0f} s)", flush=True)
+        if args.eval_every and step % args.eval_every == 0 and step < args.steps:  # the learning curve
+            print(f"  step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in evaluate(policy, held).items()), flush=True)
     return evaluate(policy, held)
 
 
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--held-out", type=int, default=128)
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     args = parser.parse_args()
     specs = args.spec or [""]
     torch.set_num_threads(max(1, torch.get_num_threads()))

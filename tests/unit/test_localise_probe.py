@@ -1,0 +1,34 @@
+"""experiments/learning/localise.py's pieces: the spec parser, the axis F1 and the spotted images, by hand."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
+from localise import GRID, axis_f1, parse_spec, spotted_image, target
+
+
+def test_spec_text_becomes_tiny_spec_fields():
+    assert parse_spec("") == {}
+    assert parse_spec("rope_theta=50 mrope_section=2,7,7 head_dim=64") == {
+        "rope_theta": 50, "mrope_section": (2, 7, 7), "head_dim": 64}  # fmt: skip
+    assert parse_spec("rope_theta=12.5") == {"rope_theta": 12.5}
+    with pytest.raises(SystemExit, match="'rope_theta' is not key=value"):
+        parse_spec("rope_theta")
+
+
+def test_axis_f1_counts_hits_twice_over_both_sides():
+    pred, truth = np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool)
+    assert axis_f1(pred, truth) == (2, 4)  # F1 = 2*1 / (2 + 2) = 0.5
+
+
+def test_spotted_images_are_seeded_and_their_mask_is_the_target(tmp_path):
+    a = spotted_image(np.random.default_rng(4), tmp_path, "a")
+    b = spotted_image(np.random.default_rng(4), tmp_path, "b")
+    assert np.array_equal(a.mask, b.mask) and a.mask.shape == (GRID, GRID)
+    assert Path(a.image).read_bytes() == Path(b.image).read_bytes()
+    masks = [spotted_image(np.random.default_rng(s), tmp_path, f"s{s}").mask for s in range(12)]
+    assert any(m.any() for m in masks) and any(not m.any() for m in masks)  # 0-2 discs: both kinds occur
+    assert target(a).startswith("<seg>") and target(a).endswith("</seg>")
