@@ -151,7 +151,6 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     args = parser.parse_args()
     specs = args.spec or [""]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results: dict[str, list[dict[str, float]]] = {s: [] for s in specs}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

@@ -98,11 +98,11 @@ def _row(rng: np.random.Generator, spec: BaseSetSpec, index: int, folder: Path) 
         else "There are no spots on it."
     )
     if rng.random() < 0.5:
-        options = {letter: text for letter, text in zip("ABCD", COUNTS, strict=True)}
+        options = dict(zip("ABCD", COUNTS, strict=True))
         question, answer = f"How many {colour} spots are there?", "ABCD"[count]
     else:
         names = [c.replace("_", " ") for c in classes]
-        options = {letter: text for letter, text in zip("ABCDEFGH", names, strict=True)}
+        options = dict(zip("ABCDEFGH", names, strict=True))
         question, answer = "What is the object in the image?", "ABCDEFGH"[names.index(what)]
     shown = question + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())  # as the MMAD reader writes it
     # the object by its name only: the benchmark's descriptions of a normal part name the defects it lacks
