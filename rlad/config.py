@@ -479,7 +479,12 @@ class LearnerConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward; gradients accumulate over a worker's share of the step's batch."""
+    """Completions per forward/backward; gradients accumulate over a worker's share of the step's batch."""
+    pack_groups: bool = True
+    """Lay the completions of one prompt behind a single copy of it, with a 4-D attention mask
+    (``rlad/packing.py``): the prompt and its images run once per group, not once per completion; the log-probs
+    are the plain layout's up to rounding. False: one padded row per completion (a model or attention kernel that
+    takes no 4-D mask, e.g. ``flash_attention_2``)."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage 0-3 (CPU runs: gloo backend)."""
     deepspeed: str | None = None

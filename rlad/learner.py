@@ -39,7 +39,8 @@ from rlad.config import Config, ConfigError, GenerationConfig, GRPOConfig, Learn
 from rlad.console import quiet_stdout
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
-from rlad.logprobs import completion_logprobs, token_logprobs
+from rlad.logprobs import completion_logprobs, packed_logprobs, token_logprobs
+from rlad.packing import PackedBatch, pack_groups, rope_index_of
 from rlad.policy import PolicySpec, merge_lora_state, set_threads
 from rlad.replay import Group, informative, replay_candidates
 from rlad.run_dir import atomic_folder
@@ -155,6 +156,7 @@ class Learner:
 
         self.policy = self.spec.load(device, trainable=True)
         self.builder = self.policy.builder
+        self.rope_index = rope_index_of(self.policy.model)  # the packed rows' M-RoPE positions
         self.reference = None
         grpo = self.grpo
         if grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
@@ -179,30 +181,45 @@ class Learner:
         size = math.ceil(len(rollouts) / count) if rollouts else 0
         return [list(rollouts[i * size : (i + 1) * size]) for i in range(count)]
 
-    def _encode(self, chunks: list[list[Rollout]], rollouts: Sequence[Rollout]) -> list[tuple[list[Rollout], dict]]:
+    def _encode(
+        self, chunks: list[list[Rollout]], rollouts: Sequence[Rollout]
+    ) -> list[tuple[list[Rollout], dict | PackedBatch]]:
         """(completions, model inputs) per micro-batch; an empty one stands in with the share's first completion.
-        Each prompt (images read and processed) is encoded once for the whole group of its completions."""
+        Each prompt (images read and processed) is encoded once for the whole group of its completions, and, with
+        ``learner.pack_groups``, run once per micro-batch too (``rlad.packing``)."""
         prompts: dict[str, Any] = {}
         dtype = next(self.engine.module.parameters()).dtype
         out = []
         for chunk in chunks:
             items = chunk or [rollouts[0]]
-            encoded = []
             for r in items:
                 if r.sample.sample_id not in prompts:
                     prompts[r.sample.sample_id] = self.builder.encode_prompt(r.sample)
-                encoded.append(self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id]))
+            if self.settings.pack_groups:
+                order = list(dict.fromkeys(r.sample.sample_id for r in items))  # this micro-batch's prompts
+                completions = [(order.index(r.sample.sample_id), r.token_ids) for r in items]
+                packed = pack_groups(self.builder, [prompts[i] for i in order], completions, self.rope_index)
+                out.append((items, packed.to(self.device, dtype)))
+                continue
+            encoded = [self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id])
+                       for r in items]  # fmt: skip
             # left padding: completions end together, so only their logits are computed (rlad.logprobs)
             batch = to_model(self.builder.collate(encoded, padding_side="left"), self.device, dtype)
             out.append((items, batch))
         return out
+
+    def _logprobs(self, model: Any, batch: dict | PackedBatch, entropy: bool = False) -> tuple[torch.Tensor, ...]:
+        """(logprobs, mask[, entropy]) of a micro-batch from ``_encode``, one row per completion."""
+        temperature = self.generation.temperature
+        if isinstance(batch, PackedBatch):
+            return packed_logprobs(model, batch, temperature, entropy)
+        return token_logprobs(model, batch, temperature, entropy)
 
     def learn(self, rollouts: Sequence[Rollout], global_units: int, micro_batches: int) -> dict[str, float]:
         """One optimizer step per epoch over ``rollouts`` (this rank's share) in ``micro_batches`` pieces (the
         same count on every rank: collectives must line up). ``global_units`` is ``loss_units`` of the whole
         step's batch over every rank, so the summed gradients are those of one loss over the batch."""
         grpo = self.grpo
-        temperature = self.generation.temperature
         engine = self.engine
         engine.train()
         start = time.perf_counter()
@@ -224,7 +241,7 @@ class Learner:
                 # this rank ran out of completions: a zero-weight pass keeps the collectives of the ranks aligned
                 dummy = not chunk or all(r.padding for r in chunk)
                 items, batch = batches[i]
-                logp, mask, entropy = token_logprobs(engine, batch, temperature, entropy=True)
+                logp, mask, entropy = self._logprobs(engine, batch, entropy=True)
                 engine_logp = torch.zeros_like(logp)
                 for row, r in enumerate(items):  # the engine's numbers sit at the completion's label positions
                     engine_logp[row, mask[row]] = torch.tensor(r.logprobs, dtype=logp.dtype, device=logp.device)
@@ -237,7 +254,7 @@ class Learner:
                 ref = None
                 if self.reference is not None:
                     with torch.no_grad():
-                        ref = token_logprobs(self.reference, batch, temperature)[0]
+                        ref = self._logprobs(self.reference, batch)[0]
                 out = grpo_loss(
                     logp, old, torch.tensor([r.advantage for r in items], dtype=logp.dtype, device=logp.device),
                     mask, clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high, ref_logp=ref,

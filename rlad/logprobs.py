@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from rlad.inputs import IGNORE_INDEX, InputBuilder, to_model
+from rlad.packing import PackedBatch
 from rlad.sample import VerifiableSample
 
-__all__ = ["completion_logprobs", "token_logprobs"]
+__all__ = ["completion_logprobs", "packed_logprobs", "token_logprobs"]
 
 
 def _takes_logits_to_keep(model: Any) -> bool:
@@ -63,6 +64,30 @@ def token_logprobs(
     with torch.no_grad():
         h = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, L - start - 1)
     return (*out, torch.cat([pad, h], dim=1))
+
+
+def packed_logprobs(
+    model: Any, packed: PackedBatch, temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """``token_logprobs`` for a shared-prefix packed batch (``rlad.packing``): (logprobs (N, T), mask (N, T)[,
+    entropy (N, T)]), one row per completion, its token t in column t. Logits are computed from the first
+    column any completion reads onwards (``logits_to_keep``), so the output layer skips the prompts."""
+    inputs = dict(packed.inputs)
+    width = inputs["input_ids"].shape[1]
+    start = 0
+    if _takes_logits_to_keep(model):
+        inputs["logits_to_keep"] = width - packed.first
+        start = packed.first
+    logits = model(**inputs).logits  # (R, width - start, V)
+    columns = (packed.index - start).clamp(min=0)  # past a completion's end: any column, masked below
+    picked_logits = logits[packed.row.unsqueeze(1), columns].float() / temperature  # (N, T, V)
+    log_probs = torch.log_softmax(picked_logits, dim=-1)
+    picked = torch.gather(log_probs, 2, packed.targets.unsqueeze(-1)).squeeze(-1) * packed.mask
+    if not entropy:
+        return picked, packed.mask
+    with torch.no_grad():
+        h = -(log_probs.exp() * log_probs).sum(-1) * packed.mask
+    return picked, packed.mask, h
 
 
 @torch.no_grad()
