@@ -22,8 +22,10 @@ from rlad.config import GenerationConfig, ModelConfig
 from rlad.data.questions import sft_target
 from rlad.data.readers import read_mmad
 from rlad.data.synth import SynthSpec, synthesize
+from rlad.inputs import to_model
 from rlad.policy import load_policy
-from rollout.transformers_engine import TransformersEngine
+from rollout.decode import decode
+from rollout.engine import banned_tokens
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -42,18 +44,14 @@ def sft_step(model, optimizer, batch) -> None:
     optimizer.zero_grad()
 
 
-def without_early_stop(engine: TransformersEngine) -> TransformersEngine:
-    """Every completion runs to max_new_tokens (end-of-turn suppressed), whatever the weights."""
-    make = engine._generation_config
-
-    def config(n, greedy):
-        c = make(n, greedy)
-        c.suppress_tokens = [engine.builder.end_of_turn_id]
-        c.min_new_tokens = c.max_new_tokens
-        return c
-
-    engine._generation_config = config
-    return engine
+def rollout_without_early_stop(policy, settings: GenerationConfig, sample, n: int) -> None:
+    """``n`` completions of ``sample`` as the transformers engine samples them (``rollout.decode``), every one
+    run to ``max_new_tokens``: the end-of-turn token is banned and nothing stops a row, whatever the weights."""
+    builder = policy.builder
+    batch = to_model(builder.collate([builder.encode_prompt(sample)], padding_side="left"), "cpu", policy.model.dtype)
+    banned = [*banned_tokens(builder.tokenizer), builder.end_of_turn_id]
+    pad = builder.tokenizer.pad_token_id
+    decode(policy.model, batch, n, settings, greedy=False, stop=[], banned=banned, pad_id=pad)
 
 
 def row(shots: int, what: str, seconds: float) -> None:
@@ -81,9 +79,9 @@ def main() -> None:
                 seconds = median_seconds(functools.partial(sft_step, policy.model, optimizer, batch), args.repeats)
                 row(shots, f"SFT step, batch {batch_size}", seconds)
             policy.model.eval()
-            engine = TransformersEngine(policy.model, policy.builder, GenerationConfig(max_new_tokens=args.tokens))
-            engine = without_early_stop(engine)
-            seconds = median_seconds(functools.partial(engine.generate, samples[:1], n=16), args.repeats)
+            settings = GenerationConfig(max_new_tokens=args.tokens)
+            rollout = functools.partial(rollout_without_early_stop, policy, settings, samples[0], 16)
+            seconds = median_seconds(rollout, args.repeats)
             row(shots, f"rollout: 16 x {args.tokens} tokens", seconds)
 
 

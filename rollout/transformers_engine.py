@@ -1,14 +1,15 @@
-"""Generation with transformers' ``generate``: the rollout engine on a CPU (and the GPU fallback to vLLM).
+"""The rollout engine on transformers models: the CPU engine (and the GPU fallback to vLLM).
 
-Prompts are built by the one ``InputBuilder`` and left-padded, so every completion starts at the same
-column. Sampling settings come only from rlad's ``generation`` config section: a fresh
-``transformers.GenerationConfig`` is built per call, so nothing leaks in from the checkpoint's
+Prompts are built by the one ``InputBuilder`` and left-padded; ``rollout.decode`` prefills each distinct prompt
+once and decodes its ``n`` completions together (transformers' ``generate`` would prefill it ``n`` times).
+Sampling settings come only from rlad's ``generation`` config section, never from the checkpoint's
 ``generation_config.json`` (TRL once sampled near-greedily at temperature 1.0 that way). The end-of-turn
 token stops a completion; it is kept in ``token_ids`` (the learner trains on it) but not in ``text``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from rlad.faults import NonFiniteError
 from rlad.inputs import InputBuilder, to_model
 from rlad.logprobs import completion_logprobs
 from rlad.sample import VerifiableSample
+from rollout.decode import decode
 from rollout.engine import Completion, banned_tokens, stop_tokens
 from rollout.transport import TensorMeta, fingerprint, receive_tensors, weight_group
 
@@ -35,24 +37,6 @@ class TransformersEngine:
         self.generation = generation
         self.batch_size = batch_size
         self.policy_version = version
-
-    def _generation_config(self, n: int, greedy: bool):
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        g = self.generation
-        sampling = {} if greedy else {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or None}
-        return HFGenerationConfig(
-            suppress_tokens=banned_tokens(self.builder.tokenizer) or None,
-            max_new_tokens=g.max_new_tokens,
-            do_sample=not greedy,
-            num_return_sequences=n,
-            eos_token_id=stop_tokens(self.builder),
-            pad_token_id=self.builder.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,  # raw logits per step: the sampled tokens' log-probs come from them
-            cache_implementation=g.kv_cache,
-            **sampling,
-        )
 
     def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         """Every parameter and buffer from ``state`` (strict: a missing or extra name is an error, never a
@@ -114,45 +98,30 @@ class TransformersEngine:
     def generate(
         self, samples: Sequence[VerifiableSample], n: int = 1, greedy: bool = False, seed: int | None = None
     ) -> list[Completion]:
-        """``n`` completions per sample, in sample order (sample 0's n, then sample 1's, ...)."""
+        """``n`` completions per sample, in sample order (sample 0's n, then sample 1's, ...); each prompt is
+        prefilled once for its n (``rollout.decode``)."""
         device = next(self.model.parameters()).device
+        generator = None
         if seed is not None:
-            torch.manual_seed(seed)
-        config = self._generation_config(n, greedy)
-        stop = set(config.eos_token_id)
+            generator = torch.Generator(device).manual_seed(seed)
+        tokenizer = self.builder.tokenizer
         out: list[Completion] = []
         per_batch = max(1, self.batch_size // n)
         for start in range(0, len(samples), per_batch):
             chunk = samples[start : start + per_batch]
             inputs = self.builder.collate([self.builder.encode_prompt(s) for s in chunk], padding_side="left")
             inputs = to_model(inputs, device, self.model.dtype)
-            try:
-                result = self.model.generate(**inputs, generation_config=config)
-            except RuntimeError as err:
-                if "probability tensor contains" not in str(err):
-                    raise
-                raise NonFiniteError(
-                    f"policy version {self.policy_version} produces non-finite probabilities ({err}): its weights "
-                    "diverged"
-                ) from err
-            new = result.sequences[:, inputs["input_ids"].shape[1] :]  # (len(chunk) * n, new tokens)
-            # raw logits per step -> log-probs of the sampled tokens at the sampling temperature: (rows, new tokens)
-            temperature = 1.0 if greedy else self.generation.temperature
-            logits = torch.stack(result.logits, dim=1).float() / temperature
-            logprobs = torch.gather(torch.log_softmax(logits, -1), 2, new.unsqueeze(-1)).squeeze(-1).tolist()
-            for i, ids in enumerate(new.tolist()):
-                cut = next((j + 1 for j, t in enumerate(ids) if t in stop), None)
-                ids = ids[:cut] if cut else ids
-                text_ids = ids[:-1] if cut else ids
-                text = self.builder.tokenizer.decode(text_ids, skip_special_tokens=True)
-                out.append(
-                    Completion(
-                        chunk[i // n].sample_id,
-                        text,
-                        ids,
-                        cut is not None,
-                        logprobs[i][: len(ids)],
-                        self.policy_version,
+            decoded = decode(
+                self.model, inputs, n, self.generation, greedy=greedy, stop=stop_tokens(self.builder),
+                banned=banned_tokens(tokenizer), pad_id=tokenizer.pad_token_id, generator=generator,
+            )  # fmt: skip
+            for i, (ids, logprobs, finished) in enumerate(
+                zip(decoded.token_ids, decoded.logprobs, decoded.finished, strict=True)
+            ):
+                if not all(math.isfinite(x) for x in logprobs):
+                    raise NonFiniteError(
+                        f"policy version {self.policy_version} produces non-finite log-probs: its weights diverged"
                     )
-                )
+                text = tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True)
+                out.append(Completion(chunk[i // n].sample_id, text, ids, finished, logprobs, self.policy_version))
         return out
