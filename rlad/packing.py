@@ -37,7 +37,7 @@ RopeIndex = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 class PackedBatch:
     """Model inputs of packed rows and where each completion's log-probs are read from them."""
 
-    inputs: dict[str, torch.Tensor]  # input_ids (R, W), attention_mask (R, 1, W, W) bool, position_ids, vision
+    inputs: dict[str, torch.Tensor]  # input_ids (R, W), attention_mask (R, 1, W, W), position_ids, vision
     row: torch.Tensor  # (N,) long: the packed row holding completion n
     index: torch.Tensor  # (N, T) long: the column whose logits predict completion n's token t (0 past its end)
     targets: torch.Tensor  # (N, T) long: completion n's token t (0 past its end)
@@ -45,9 +45,15 @@ class PackedBatch:
     first: int  # the smallest column in ``index``: logits are needed from there on
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> PackedBatch:
-        """On ``device``, pixels in the model's ``dtype``."""
+        """On ``device``, pixels in the model's ``dtype``, the attention mask additive (0 or -inf) in it too:
+        SDPA then adds it as it is instead of converting a boolean mask in every layer."""
         tensors = {k: getattr(self, k).to(device) for k in ("row", "index", "targets", "mask")}
-        return PackedBatch(to_model(self.inputs, device, dtype), **tensors, first=self.first)
+        inputs = to_model(self.inputs, device, dtype)
+        sees = inputs["attention_mask"]
+        if sees.dtype == torch.bool:
+            additive = torch.zeros(sees.shape, dtype=dtype, device=device)
+            inputs["attention_mask"] = additive.masked_fill(~sees, -torch.inf)
+        return PackedBatch(inputs, **tensors, first=self.first)
 
 
 def rope_index_of(model: Any) -> RopeIndex | None:

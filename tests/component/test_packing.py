@@ -32,7 +32,7 @@ def test_packed_logprobs_equal_plain_ones(tiny_policy, small_benchmark, shots):
         (p, torch.randint(10, vocab - 10, (n,), generator=g).tolist()) for p, n in zip(owners, lengths, strict=True)
     ]
     model = tiny_policy.model
-    packed = pack_groups(builder, prompts, completions, rope_index_of(model))
+    packed = pack_groups(builder, prompts, completions, rope_index_of(model)).to("cpu", model.dtype)  # additive mask
     with torch.no_grad():
         logp, mask, entropy = packed_logprobs(model, packed, temperature=0.7, entropy=True)
         want, want_entropy = _plain(model, builder, prompts, completions, temperature=0.7)
@@ -45,7 +45,8 @@ def test_packed_logprobs_equal_plain_ones(tiny_policy, small_benchmark, shots):
 
 
 def test_packed_gradients_equal_plain_ones(tiny_policy, small_benchmark):
-    """The same loss through either layout gives the same gradient (the prompt's share summed over its group)."""
+    """The same loss through either layout gives the same gradient (the prompt's share summed over its group);
+    here with the boolean mask ``pack_groups`` builds (the test above: the additive one the learner uses)."""
     _, samples = small_benchmark
     builder = tiny_policy.builder
     prompts = [builder.encode_prompt(s) for s in samples[:2]]
