@@ -480,11 +480,11 @@ class LearnerConfig:
     """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
     """Completions per forward/backward; gradients accumulate over a worker's share of the step's batch."""
-    pack_groups: bool = True
-    """Lay the completions of one prompt behind a single copy of it, with a 4-D attention mask
-    (``rlad/packing.py``): the prompt and its images run once per group, not once per completion; the log-probs
-    are the plain layout's up to rounding. False: one padded row per completion (a model or attention kernel that
-    takes no 4-D mask, e.g. ``flash_attention_2``)."""
+    share_prompts: bool = True
+    """Score a micro-batch's completions against one forward pass of each distinct prompt, through its key/value
+    cache (``rlad/shared_prompt.py``): the prompt and its images run once per group, not once per completion; the
+    log-probs are the plain layout's up to rounding. Needs ``model.gradient_checkpointing: false`` (checkpointed
+    layers drop the cache). False: one padded row of prompt + completion per completion."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage 0-3 (CPU runs: gloo backend)."""
     deepspeed: str | None = None
@@ -651,6 +651,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if config.model.path == "tiny" and base.images and base.grid != config.mask.grid:
         raise ConfigError(f"{where}: model.base.grid {base.grid} must equal mask.grid {config.mask.grid}: the base "
                           "stage teaches the cells of the grid the run writes")  # fmt: skip
+    if config.learner.share_prompts and config.model.gradient_checkpointing:
+        raise ConfigError(
+            f"{where}: learner.share_prompts needs model.gradient_checkpointing false (checkpointed layers drop the "
+            "prompt's key/value cache the completions read); set one of them false"
+        )
     return _derive(config)
 
 

@@ -39,12 +39,12 @@ from rlad.config import Config, ConfigError, GenerationConfig, GRPOConfig, Learn
 from rlad.console import quiet_stdout
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
-from rlad.logprobs import completion_logprobs, packed_logprobs, token_logprobs
-from rlad.packing import PackedBatch, pack_groups, rope_index_of
+from rlad.logprobs import completion_logprobs, shared_prompt_logprobs, token_logprobs
 from rlad.policy import PolicySpec, merge_lora_state, set_threads
 from rlad.replay import Group, informative, replay_candidates
 from rlad.run_dir import atomic_folder
 from rlad.sample import VerifiableSample
+from rlad.shared_prompt import SharedPromptBatch, rope_index_of, shared_prompt_batch
 from rollout.transport import (
     NodeAddress,
     TensorMeta,
@@ -156,7 +156,7 @@ class Learner:
 
         self.policy = self.spec.load(device, trainable=True)
         self.builder = self.policy.builder
-        self.rope_index = rope_index_of(self.policy.model)  # the packed rows' M-RoPE positions
+        self.rope_index = rope_index_of(self.policy.model)  # the shared prompts' M-RoPE positions
         self.reference = None
         grpo = self.grpo
         if grpo.kl_coef > 0:  # frozen copy of the starting policy; skipped entirely when the KL is off
@@ -183,10 +183,10 @@ class Learner:
 
     def _encode(
         self, chunks: list[list[Rollout]], rollouts: Sequence[Rollout]
-    ) -> list[tuple[list[Rollout], dict | PackedBatch]]:
+    ) -> list[tuple[list[Rollout], dict | SharedPromptBatch]]:
         """(completions, model inputs) per micro-batch; an empty one stands in with the share's first completion.
         Each prompt (images read and processed) is encoded once for the whole group of its completions, and, with
-        ``learner.pack_groups``, run once per micro-batch too (``rlad.packing``)."""
+        ``learner.share_prompts``, run once per micro-batch too (``rlad.shared_prompt``)."""
         prompts: dict[str, Any] = {}
         dtype = next(self.engine.module.parameters()).dtype
         out = []
@@ -195,11 +195,11 @@ class Learner:
             for r in items:
                 if r.sample.sample_id not in prompts:
                     prompts[r.sample.sample_id] = self.builder.encode_prompt(r.sample)
-            if self.settings.pack_groups:
+            if self.settings.share_prompts:
                 order = list(dict.fromkeys(r.sample.sample_id for r in items))  # this micro-batch's prompts
                 completions = [(order.index(r.sample.sample_id), r.token_ids) for r in items]
-                packed = pack_groups(self.builder, [prompts[i] for i in order], completions, self.rope_index)
-                out.append((items, packed.to(self.device, dtype)))
+                batch = shared_prompt_batch(self.builder, [prompts[i] for i in order], completions, self.rope_index)
+                out.append((items, batch.to(self.device, dtype)))
                 continue
             encoded = [self.builder.encode_completion(r.sample, r.token_ids, prompts[r.sample.sample_id])
                        for r in items]  # fmt: skip
@@ -208,11 +208,11 @@ class Learner:
             out.append((items, batch))
         return out
 
-    def _logprobs(self, model: Any, batch: dict | PackedBatch, entropy: bool = False) -> tuple[torch.Tensor, ...]:
+    def _logprobs(self, model: Any, batch: dict | SharedPromptBatch, entropy: bool = False) -> tuple[torch.Tensor, ...]:
         """(logprobs, mask[, entropy]) of a micro-batch from ``_encode``, one row per completion."""
         temperature = self.generation.temperature
-        if isinstance(batch, PackedBatch):
-            return packed_logprobs(model, batch, temperature, entropy)
+        if isinstance(batch, SharedPromptBatch):
+            return shared_prompt_logprobs(model, batch, temperature, entropy)
         return token_logprobs(model, batch, temperature, entropy)
 
     def learn(self, rollouts: Sequence[Rollout], global_units: int, micro_batches: int) -> dict[str, float]:

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from rlad.inputs import IGNORE_INDEX, InputBuilder, to_model
-from rlad.packing import PackedBatch
 from rlad.sample import VerifiableSample
+from rlad.shared_prompt import SharedPromptBatch, cache_keyword, model_output_cache
 
-__all__ = ["completion_logprobs", "packed_logprobs", "token_logprobs"]
+__all__ = ["completion_logprobs", "shared_prompt_logprobs", "token_logprobs"]
 
 
 def _takes_logits_to_keep(model: Any) -> bool:
@@ -66,28 +66,47 @@ def token_logprobs(
     return (*out, torch.cat([pad, h], dim=1))
 
 
-def packed_logprobs(
-    model: Any, packed: PackedBatch, temperature: float = 1.0, entropy: bool = False
+def _rows(select: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x``'s rows picked by the one-hot ``select`` (N, R): (N, *x.shape[1:])."""
+    return (select @ x.reshape(x.shape[0], -1)).view(select.shape[0], *x.shape[1:])
+
+
+def shared_prompt_logprobs(
+    model: Any, batch: SharedPromptBatch, temperature: float = 1.0, entropy: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """``token_logprobs`` for a shared-prefix packed batch (``rlad.packing``): (logprobs (N, T), mask (N, T)[,
-    entropy (N, T)]), one row per completion, its token t in column t. Logits are computed from the first
-    column any completion reads onwards (``logits_to_keep``), so the output layer skips the prompts."""
-    inputs = dict(packed.inputs)
-    width = inputs["input_ids"].shape[1]
-    start = 0
-    if _takes_logits_to_keep(model):
-        inputs["logits_to_keep"] = width - packed.first
-        start = packed.first
-    logits = model(**inputs).logits  # (R, width - start, V)
-    columns = (packed.index - start).clamp(min=0)  # past a completion's end: any column, masked below
-    picked_logits = logits[packed.row.unsqueeze(1), columns].float() / temperature  # (N, T, V)
-    log_probs = torch.log_softmax(picked_logits, dim=-1)
-    picked = torch.gather(log_probs, 2, packed.targets.unsqueeze(-1)).squeeze(-1) * packed.mask
+    """``token_logprobs`` for a shared-prompt micro-batch (``rlad.shared_prompt``): (logprobs (N, T), mask (N, T)[,
+    entropy (N, T)]), one row per completion, its token t in column t. Two forward passes: the distinct prompts
+    (keeping their key/value cache, autograd history included), then every completion behind its prompt's cache."""
+    from transformers import DynamicCache
+
+    keyword = cache_keyword(model)
+    prompts = batch.prompts
+    out = model(**prompts, use_cache=True, logits_to_keep=1, **{keyword: DynamicCache()})
+    # row n gets completion n's prompt through a one-hot matmul, not an indexed gather: the backward of a gather
+    # with repeated rows accumulates in a thread-dependent order, and resumed runs must equal uninterrupted ones
+    select = torch.nn.functional.one_hot(batch.owner, out.logits.shape[0]).to(out.logits.dtype)
+    cache = DynamicCache()
+    for i, layer in enumerate(model_output_cache(out).layers):
+        cache.update(_rows(select, layer.keys), _rows(select, layer.values), i)
+    logits = _rows(select, out.logits[:, -1:])  # (N, 1, V): the prompt's last position predicts token 0
+    steps = batch.completion_ids.shape[1]
+    if steps > 1:  # tokens 0 .. T-2, each predicting the next one
+        attention = torch.cat([prompts["attention_mask"][batch.owner], batch.mask[:, :-1].long()], dim=1)
+        offsets = torch.arange(1, steps, device=batch.owner.device)
+        positions = batch.last_position[..., batch.owner, :] + offsets
+        rest = model(input_ids=batch.completion_ids[:, :-1], attention_mask=attention, position_ids=positions,
+                     use_cache=True, **{keyword: cache})  # fmt: skip
+        logits = torch.cat([logits, rest.logits], dim=1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = torch.gather(log_probs, 2, batch.completion_ids.unsqueeze(-1)).squeeze(-1) * batch.mask
     if not entropy:
-        return picked, packed.mask
+        return picked, batch.mask
     with torch.no_grad():
-        h = -(log_probs.exp() * log_probs).sum(-1) * packed.mask
-    return picked, packed.mask, h
+        h = -(log_probs.exp() * log_probs).sum(-1) * batch.mask
+    return picked, batch.mask, h
 
 
 @torch.no_grad()

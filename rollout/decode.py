@@ -16,8 +16,6 @@ sorted probabilities, then inverse-CDF draws from a seeded generator. The report
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 
 from rlad.config import GenerationConfig
-from rlad.packing import rope_index_of
+from rlad.shared_prompt import cache_keyword, model_output_cache, prompt_positions, rope_index_of
 
 __all__ = ["Decoded", "decode"]
 
@@ -35,20 +33,6 @@ class Decoded:
     token_ids: list[list[int]]  # per row, up to and including its stop token (when one came)
     logprobs: list[list[float]]  # per row and token, at the sampling temperature
     finished: list[bool]  # a stop token ended the row (not max_new_tokens)
-
-
-@functools.cache
-def _cache_keyword(cls: type) -> str:
-    """The forward's name for the key/value cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
-def _prompt_positions(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Positions of a left-padded prompt batch: M-RoPE (3, R, L) for a VLM, (R, L) for a text-only model."""
-    rope_index = rope_index_of(model)
-    if rope_index is not None:
-        return rope_index(batch)
-    return (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _next_tokens(
@@ -102,11 +86,11 @@ def decode(
     prompt order (prompt 0's n, then prompt 1's, ...)."""
     from transformers import DynamicCache, StaticCache
 
-    cache_keyword = _cache_keyword(type(model))
-    positions = _prompt_positions(model, batch)
+    keyword = cache_keyword(model)
+    positions = prompt_positions(batch, rope_index_of(model))
     attention = batch["attention_mask"].long()
-    out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_keyword: DynamicCache()})
-    cache = getattr(out, "cache", None) or out.past_key_values
+    out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1, **{keyword: DynamicCache()})
+    cache = model_output_cache(out)
     if settings.kv_cache == "static":  # preallocated for prompt + max_new_tokens: no concatenation per token
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         static = StaticCache(config=config, max_cache_len=attention.shape[1] + settings.max_new_tokens)
@@ -134,9 +118,9 @@ def decode(
         attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=1)
         out = model(
             input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=last + 1 + t, use_cache=True,
-            **{cache_keyword: cache},
+            **{keyword: cache},
         )  # fmt: skip
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = model_output_cache(out)
         logits = out.logits[:, -1]
     token_rows = torch.stack(tokens, dim=1).tolist()
     logprob_rows = torch.stack(logprobs, dim=1).tolist()

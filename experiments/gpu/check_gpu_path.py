@@ -83,7 +83,8 @@ def main() -> None:
     )
     config = load_config(None, [
         f"model.path={checkpoint}", f"model.dtype={dtype}", "model.image_size=448", "model.gradient_checkpointing=true",
-        "data.shots=1", "mask.grid=16", f"generation.max_new_tokens={args.tokens}", f"grpo.group_size={args.group}",
+        "learner.share_prompts=false", "data.shots=1", "mask.grid=16", f"generation.max_new_tokens={args.tokens}",
+        f"grpo.group_size={args.group}",
         "grpo.lr=1e-6", f"learner.zero_stage={args.zero}", f"learner.num_gpus={gpus}", f"rollout.num_gpus={gpus}",
         "learner.micro_batch_size=8", f"rollout.batch_size={args.group * args.prompts}",
     ])  # fmt: skip

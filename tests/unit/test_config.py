@@ -113,6 +113,10 @@ def test_impossible_output_layouts_are_refused(overrides, says):
             r"c.yaml: unknown reward 'detektion' \(did you mean 'detection'\?\); known rewards: answer, detection",
         ),
         ("rewards:\n  detection: {alpha: two}\n", r"c.yaml: rewards.detection.alpha must be a number"),
+        (
+            "model:\n  gradient_checkpointing: true\n",
+            r"c.yaml: learner.share_prompts needs model.gradient_checkpointing false",
+        ),
         ("mask: [1, 2]\n", r"c.yaml"),
         ("- a\n- b\n", r"c.yaml: top level must be a mapping"),
         ("mask: {grid: 8\n", r"c.yaml: not valid YAML"),
