@@ -10,9 +10,10 @@ calls (experiments/bench/efficiency.py measures what Ray adds).
 
 The policy is the demo's untrained tiny Qwen2.5-VL, so completions run to ``--tokens`` (the demo's trained
 policy writes ~85 tokens). Model-FLOP utilisation counts 2 FLOP per parameter use for generation and 6 for
-learning (forward + backward): the vision tower on each image patch, the language body on each prompt and
-completion token, the output layer on completion positions (``step_flop``), attention excluded; against bf16 and
-fp32 matmul peaks measured at the start of the same run.
+learning (forward + backward) of the work a step needs: the vision tower on each image patch and the language
+body on each prompt token once per group (its completions share them: a side that runs them once per completion
+gets no credit for the repeats), the body on every completion token, the output layer on completion positions
+(``step_flop``), attention excluded; against bf16 and fp32 matmul peaks measured at the start of the same run.
 
     python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--quick]
 
@@ -100,8 +101,8 @@ def serve(spec: dict) -> None:
 
         completion_tokens = sum(len(c.token_ids) for c in completions)
         prompts = [learner.builder.encode_prompt(s) for s in chosen]
-        prompt_tokens = g * sum(len(e.input_ids) for e in prompts)
-        patches = g * sum(int(e.image_grid_thw.prod(-1).sum()) for e in prompts)  # every row runs the tower
+        prompt_tokens = sum(len(e.input_ids) for e in prompts)  # once per group: the work the step needs
+        patches = sum(int(e.image_grid_thw.prod(-1).sum()) for e in prompts)
         print(json.dumps({"times": times, "completion_tokens": completion_tokens, "prompt_tokens": prompt_tokens,
                           "patches": patches,
                           "logprob_mismatch": metrics.get("logprob_mismatch")}), flush=True)  # fmt: skip
@@ -130,9 +131,10 @@ def matmul_peak(dtype_name: str, threads: int, seconds: float = 1.0) -> float:
 
 
 def step_flop(params: dict, step: dict) -> float:
-    """Multiply-adds of one forward pass over a step's rows (x2 for a forward, x6 for forward + backward): the
-    vision tower over every image patch, the language body over every token, the output layer over the
-    completion positions only (both the engine's decoding and the learner's kept logits)."""
+    """Multiply-adds of one forward pass over the step's needed work (x2 for a forward, x6 for forward +
+    backward): the vision tower over each group's image patches and the language body over each group's prompt
+    once, the body over every completion token, the output layer over the completion positions only (both the
+    engine's decoding and the learner's kept logits)."""
     tokens = step["prompt_tokens"] + step["completion_tokens"]
     return params["vision"] * step["patches"] + params["body"] * tokens + params["head"] * step["completion_tokens"]
 
