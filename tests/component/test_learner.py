@@ -44,8 +44,9 @@ def rollouts(small_benchmark, tiny_dir):
     return [Rollout(chosen[i // 3], c.token_ids, c.logprobs, a) for i, (c, a) in enumerate(pairs)]
 
 
-def _gradients(learner, batch, micro_batches, monkeypatch):
-    """The summed gradient ``learn`` hands to the optimizer (the step itself is replaced by a recorder)."""
+def _gradients(learner, batch, micro_batches, monkeypatch, metrics=None):
+    """The summed gradient ``learn`` hands to the optimizer (the step itself is replaced by a recorder); the
+    step's metrics go into ``metrics`` when given."""
     seen = {}
 
     def record():
@@ -54,7 +55,9 @@ def _gradients(learner, batch, micro_batches, monkeypatch):
             p.grad = None
 
     monkeypatch.setattr(learner.engine, "step", record)
-    learner.learn(batch, loss_units(batch, learner.grpo.aggregation), micro_batches)
+    logged = learner.learn(batch, loss_units(batch, learner.grpo.aggregation), micro_batches)
+    if metrics is not None:
+        metrics.update(logged)
     return seen
 
 
@@ -89,6 +92,25 @@ def test_a_step_favours_positive_advantages(small_benchmark, tiny_dir, rollouts)
     assert metrics["ratio_mean"] == pytest.approx(1.0) and metrics["clip_fraction"] == 0.0
     assert metrics["logprob_mismatch"] < 1e-4  # the engine sampled with these very weights
     assert metrics["grad_norm"] > 0 and metrics["entropy"] > 0 and metrics["lr"] == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 4])
+def test_shared_prompts_give_the_plain_layouts_gradient_and_metrics(small_benchmark, tiny_dir, rollouts, monkeypatch,
+                                                                    micro_batches):  # fmt: skip
+    """``learner.share_prompts`` changes how a micro-batch runs, not what it computes: the same summed gradient and
+    the same logged metrics as one padded row per completion, with the KL to a reference on. In 4 micro-batches
+    of 2 the groups of 3 are cut across micro-batches and the last one is an empty stand-in."""
+    results = []
+    for share in ("true", "false"):
+        learner = _learner(small_benchmark, tiny_dir, f"learner.share_prompts={share}", "grpo.kl_coef=0.05")
+        metrics = {}
+        results.append((_gradients(learner, rollouts, micro_batches, monkeypatch, metrics), metrics))
+    (shared, shared_metrics), (plain, plain_metrics) = results
+    assert shared.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(shared[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
+    for key in ("loss", "policy_loss", "kl", "entropy", "logprob_mismatch", "ratio_mean"):
+        assert shared_metrics[key] == pytest.approx(plain_metrics[key], rel=1e-4, abs=1e-6), key
 
 
 def test_a_bf16_policy_samples_and_learns_on_fp32_master_weights(small_benchmark, tiny_dir):
