@@ -6,15 +6,16 @@ language model over that prompt once per completion. Here, per micro-batch:
 
     prompts      the distinct prompts, left-padded, once each: vision tower, M-RoPE positions from the model's
                  own ``get_rope_index``, the key/value cache of every layer (with its autograd history)
-    completions  one row per completion, right-padded; the prompt cache is indexed to its rows, and positions
-                 continue from the prompt's last one, so each completion reads exactly what it would read
-                 behind its own copy of the prompt
+    completions  one row per completion, right-padded, behind its prompt's rows of that cache (picked by a
+                 one-hot matmul, whose backward is deterministic); positions continue from the prompt's last
+                 one, so each completion reads exactly what it would read behind its own copy of the prompt
 
 Completion token 0 is predicted by the prompt's last position, token t > 0 by the completion's token t - 1.
-The log-probs and gradients are those of the plain layout up to float rounding (tested); the demo's 8
-completions of a 218-token prompt cost 2.6x fewer language-model tokens, 8x fewer vision-tower patches and
-~4x less attention. Gradient checkpointing drops the cache inside checkpointed layers, so it needs the plain
-layout (``learner.share_prompts: false``; the config says so).
+The log-probs and gradients are those of the plain layout up to float rounding (tested). For the demo's 8
+completions of a 218-token prompt that is 2.6x fewer language-model tokens and 8x fewer vision-tower patches
+than the plain layout, and, by the shapes, about 4x less attention than the same completions packed behind one
+prompt copy in one row with a 4-D mask. Gradient checkpointing drops the cache inside checkpointed layers, so
+it needs the plain layout (``learner.share_prompts: false``; the config says so).
 """
 
 from __future__ import annotations

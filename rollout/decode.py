@@ -5,7 +5,8 @@ vision tower and the prompt's 200-odd tokens 8 times, then samples through a gen
 processors. Here:
 
     prefill   the distinct prompts, once each (vision tower, M-RoPE positions from the model's ``get_rope_index``)
-    expand    the key/value cache and the last logits to n rows per prompt (``batch_repeat_interleave``)
+    expand    the key/value cache and the last logits to n rows per prompt (into one static cache for prompt +
+              ``max_new_tokens`` with ``generation.kv_cache: static``)
     decode    one token for every row per step, with explicit positions (the prompt's last + 1 + t), until
               each row has written a stop token or ``max_new_tokens``
 
@@ -104,7 +105,7 @@ def decode(
     last = positions[..., -1:].repeat_interleave(n, dim=-2)  # (3, B, 1) or (B, 1): the prompts' last position
     attention = attention.repeat_interleave(n, dim=0)
     rows = logits.shape[0]
-    stop_ids = torch.tensor(sorted(set(stop)), device=logits.device)
+    stop_ids = torch.tensor(sorted(set(stop)), dtype=torch.long, device=logits.device)
     done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     tokens, logprobs = [], []
     for t in range(settings.max_new_tokens):
