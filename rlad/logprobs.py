@@ -9,8 +9,6 @@ numbers usable as old log-probs and their gap a measure of stale weights.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,19 +16,13 @@ import torch
 
 from rlad.inputs import IGNORE_INDEX, InputBuilder, to_model
 from rlad.sample import VerifiableSample
-from rlad.shared_prompt import SharedPromptBatch, cache_keyword, model_output_cache
+from rlad.shared_prompt import SharedPromptBatch, cache_keyword, forward_parameters, model_output_cache
 
 __all__ = ["completion_logprobs", "shared_prompt_logprobs", "token_logprobs"]
 
 
 def _takes_logits_to_keep(model: Any) -> bool:
-    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    return _forward_takes_logits_to_keep(type(module))
-
-
-@functools.cache
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return "logits_to_keep" in forward_parameters(model)
 
 
 def token_logprobs(
@@ -93,7 +85,9 @@ def shared_prompt_logprobs(
     if steps > 1:  # tokens 0 .. T-2, each predicting the next one
         attention = torch.cat([prompts["attention_mask"][batch.owner], batch.mask[:, :-1].long()], dim=1)
         offsets = torch.arange(1, steps, device=batch.owner.device)
-        positions = batch.last_position[..., batch.owner, :] + offsets
+        # left padding: each prompt ends in the last column, where (text) positions are equal on every M-RoPE axis
+        last = prompts["position_ids"][..., batch.owner, -1:]  # (3, N, 1) or (N, 1)
+        positions = last + offsets
         rest = model(input_ids=batch.completion_ids[:, :-1], attention_mask=attention, position_ids=positions,
                      use_cache=True, **{keyword: cache})  # fmt: skip
         logits = torch.cat([logits, rest.logits], dim=1)

@@ -33,6 +33,7 @@ from rlad.inputs import EncodedSample, InputBuilder, to_model
 __all__ = [
     "SharedPromptBatch",
     "cache_keyword",
+    "forward_parameters",
     "model_output_cache",
     "prompt_positions",
     "rope_index_of",
@@ -50,11 +51,10 @@ class SharedPromptBatch:
     completion_ids: torch.Tensor  # (N, T) long, right-padded (0 past a completion's end)
     mask: torch.Tensor  # (N, T) bool: t < len(completion n)
     owner: torch.Tensor  # (N,) long: the prompt row completion n follows
-    last_position: torch.Tensor  # (3, R, 1) or (R, 1): each prompt's last position
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> SharedPromptBatch:
         """On ``device``, pixels in the model's ``dtype``."""
-        moved = {k: getattr(self, k).to(device) for k in ("completion_ids", "mask", "owner", "last_position")}
+        moved = {k: getattr(self, k).to(device) for k in ("completion_ids", "mask", "owner")}
         return replace(self, prompts=to_model(self.prompts, device, dtype), **moved)
 
 
@@ -83,12 +83,17 @@ def _parameters(fn: Callable) -> frozenset[str]:
     return frozenset(inspect.signature(fn).parameters)
 
 
-def cache_keyword(model: Any) -> str:
-    """The forward's name for the key/value cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before.
-    Looks through DeepSpeed and peft wrappers to the transformers model."""
+def forward_parameters(model: Any) -> frozenset[str]:
+    """The argument names of the transformers model's ``forward``, looked up through DeepSpeed and peft wrappers
+    (peft hands extra keyword arguments on to it)."""
     module = getattr(model, "module", model)
     module = module.get_base_model() if hasattr(module, "get_base_model") else module
-    return "cache" if "cache" in _parameters(type(module).forward) else "past_key_values"
+    return _parameters(type(module).forward)
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward's name for the key/value cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 def model_output_cache(out: Any) -> Any:
@@ -133,7 +138,4 @@ def shared_prompt_batch(
         completion_ids[n, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
         mask[n, : len(ids)] = True
     owner = torch.tensor([p for p, _ in completions], dtype=torch.long)
-    # left padding: every prompt's last token is in the last column; text positions are equal on all M-RoPE axes
-    last = positions[..., -1:].amax(0, keepdim=True) if positions.dim() == 3 else positions[..., -1:]
-    last = last.expand(positions.shape[0], -1, -1) if positions.dim() == 3 else last
-    return SharedPromptBatch(batch, completion_ids, mask, owner, last)
+    return SharedPromptBatch(batch, completion_ids, mask, owner)
