@@ -32,7 +32,8 @@ test: lint
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
-# Tests marked slow (minutes each): the demo run (SFT + GRPO) must learn the task.
+# Tests marked slow (minutes each): the demo run (SFT + GRPO) must learn the task; the Ray-cluster tests beyond
+# joining (job submission, the wrong-token message, the SIGKILL resume).
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 

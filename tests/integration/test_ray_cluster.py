@@ -1,7 +1,10 @@
 """The "join an existing cluster" path as the README tells a user to walk it on a fresh machine: a token made
 with ``ray get-auth-token --generate``, a separate ``ray start --head`` on loopback, then ``rlad train
 --ray-address`` (or ``ray job submit``) runs a short job on it. Every process here gets a HOME of its own,
-so no token or cache left on this machine by another run can make these pass."""
+so no token or cache left on this machine by another run can make these pass.
+
+Joining is in the default suite; job submission, the wrong-token message and the SIGKILL resume (a minute or
+more each on two cores) are in the slow tier, which CI (``.ci/run``) runs too."""
 
 import os
 import re
@@ -84,6 +87,7 @@ def test_rlad_train_joins_a_running_cluster(head_node, small_benchmark, tiny_dir
     assert (run_dir / "final/config.json").is_file() and (run_dir / "checkpoints/step-000001/state.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_node", [True], indirect=True)
 def test_a_ray_job_submitted_to_the_cluster_runs_rlad_train(head_node, small_benchmark, tiny_dir, tmp_path):
     """``ray job submit`` (README): the job's driver runs on the head and finds the cluster through Ray's own
@@ -104,6 +108,7 @@ def test_a_ray_job_submitted_to_the_cluster_runs_rlad_train(head_node, small_ben
     assert (run_dir / "final/config.json").is_file() and (run_dir / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_joining_without_the_right_token_is_one_line_saying_what_to_do(head_node, small_benchmark, tiny_dir, tmp_path):
     address, _, _ = head_node
     root, _ = small_benchmark
@@ -132,6 +137,7 @@ def test_joining_without_the_right_token_is_one_line_saying_what_to_do(head_node
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_driver_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(head_node, small_benchmark, tiny_dir,
                                                                                 tmp_path):  # fmt: skip
     """SIGKILL of the ``rlad train`` process mid-run (no cleanup code runs), then ``rlad train resume=``: it
