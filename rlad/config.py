@@ -305,15 +305,35 @@ class SFTConfig:
     """Weight of the ``<seg>…</seg>`` tokens in the SFT loss, relative to the other completion tokens (a weighted
     token mean). 1: the paper's plain loss. The mask is a short span of a long target whose think text would
     otherwise dominate the loss; > 1 is a departure from the paper, measured in the README."""
+    grounding_position_weight: float = 0.0
+    """Weight of the auxiliary position loss (rlad/grounding.py; **not in the paper's recipe**): a linear head on
+    each image token's hidden state predicts the token's row and column. 0: off, the paper's plain SFT."""
+    grounding_mask_weight: float = 0.0
+    """Weight of the auxiliary per-token mask loss (rlad/grounding.py; **not in the paper's recipe**): the same
+    head predicts whether the ground-truth patch mask covers each query-image token's cell; needs
+    ``mask.grid`` equal to the merged token grid (``model.image_size`` / 28). 0: off."""
+    grounding_layer: int = 1
+    """The language model hidden state the grounding head reads: 0 the input embeddings (the vision tower's
+    output), k the output of layer k."""
 
     def __post_init__(self) -> None:
         check_output_path("sft.output_dir", self.output_dir)
         if self.seg_loss_weight <= 0:
             raise ConfigError(f"sft.seg_loss_weight must be > 0, got {self.seg_loss_weight}")
+        if self.grounding_position_weight < 0 or self.grounding_mask_weight < 0 or self.grounding_layer < 0:
+            raise ConfigError(
+                "sft.grounding_position_weight, sft.grounding_mask_weight and sft.grounding_layer must be >= 0, got "
+                f"{self.grounding_position_weight}, {self.grounding_mask_weight}, {self.grounding_layer}"
+            )
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("sft.lr must be > 0, sft.batch_size and sft.grad_accum >= 1")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("sft needs epochs > 0 or max_steps > 0")
+
+    @property
+    def grounding(self) -> bool:
+        """Whether the auxiliary grounding loss is on."""
+        return bool(self.grounding_position_weight or self.grounding_mask_weight)
 
 
 @dataclass
@@ -647,6 +667,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{where}: {_describe_omegaconf_error(err)}") from err
     _check_rewards(config, where)
     _check_cluster(config, where)
+    _check_grounding(config, where)
     base = config.model.base
     if config.model.path == "tiny" and base.images and base.grid != config.mask.grid:
         raise ConfigError(f"{where}: model.base.grid {base.grid} must equal mask.grid {config.mask.grid}: the base "
@@ -677,6 +698,22 @@ def _derive(config: Config) -> Config:
     if isinstance(fmt, dict) and "blocks" not in fmt:
         config.rewards["format"] = {**fmt, "blocks": list(config.output.blocks)}
     return config
+
+
+def _check_grounding(config: Config, where: str) -> None:
+    """The SFT stage's auxiliary grounding loss (rlad/grounding.py) where it can run."""
+    sft = config.sft
+    if not sft.grounding:
+        return
+    if config.model.lora.r or sft.deepspeed:
+        raise ConfigError(f"{where}: sft.grounding_* is implemented for full fine-tuning without DeepSpeed only "
+                          "(its head would not reach the LoRA or ZeRO optimiser); set model.lora.r=0 and "
+                          "sft.deepspeed=null, or the grounding weights to 0")  # fmt: skip
+    side = round(config.model.image_size / 28) if config.model.image_size else 0
+    if sft.grounding_mask_weight and side != config.mask.grid:
+        raise ConfigError(f"{where}: sft.grounding_mask_weight needs one image token per mask cell: mask.grid "
+                          f"{config.mask.grid} against model.image_size {config.model.image_size} "
+                          f"({side} merged tokens a side; image_size = 28 * grid)")  # fmt: skip
 
 
 def _check_cluster(config: Config, where: str) -> None:

@@ -41,6 +41,7 @@ import torch
 from rlad.config import Config, ConfigError, save_config
 from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
+from rlad.grounding import HEAD_NAME, attach_head, grounding_loss, head_state, strip_head, token_cells
 from rlad.inputs import InputBuilder
 from rlad.policy import Policy, load_policy, resolve_model_path
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
@@ -73,6 +74,24 @@ class SFTDataset(torch.utils.data.Dataset):
         return self.builder.encode_sft(e.sample, e.target)
 
 
+class GroundedSFTDataset(SFTDataset):
+    """Examples with their query image's patch mask, for the auxiliary grounding loss (rlad/grounding.py)."""
+
+    def __getitem__(self, i: int):
+        return super().__getitem__(i), self.examples[i].sample.mask
+
+
+def grounded_collate(builder: InputBuilder) -> Callable[[list], dict[str, torch.Tensor]]:
+    """The builder's collate, plus ``grounding_mask``: (B, grid, grid) float, each example's query-image mask."""
+
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        batch = builder.collate([encoded for encoded, _ in items])
+        batch["grounding_mask"] = torch.stack([torch.tensor(mask, dtype=torch.float32) for _, mask in items])
+        return batch
+
+    return collate
+
+
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
     """The newest ``checkpoint-N`` holding ``trainer_state.json``; newer incomplete ones are moved aside."""
     if not output_dir.is_dir():
@@ -100,7 +119,10 @@ def restore_weights(model: Any, checkpoint: Path) -> None:
     own (no-op) load then still prints its list of missing keys, which can be ignored.
     """
     loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype, local_files_only=True)
-    model.load_state_dict(loaded.state_dict())
+    state = loaded.state_dict()
+    if hasattr(model, HEAD_NAME):  # the grounding head is no part of the architecture: from_pretrained drops it
+        state |= head_state(checkpoint)
+    model.load_state_dict(state)
     log.info("resumed weights from %s (ignore the Trainer's 'missing keys' warning that follows)", checkpoint)
 
 
@@ -200,6 +222,8 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     )
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
+    if sft.grounding:  # before a resume restores weights: its checkpoints hold the head too
+        attach_head(policy.model, policy.model.config.text_config.hidden_size, config.mask.grid)
     resume = last_complete_checkpoint(out) if sft.resume else None
     if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
         restore_weights(policy.model, resume)
@@ -240,12 +264,14 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         tok = policy.tokenizer
         ids = (tok.convert_tokens_to_ids("<seg>"), tok.convert_tokens_to_ids("</seg>"))
         loss = functools.partial(seg_weighted_loss, seg_ids=ids, weight=sft.seg_loss_weight, accum=sft.grad_accum)
-    trainer = Trainer(
+    grounding = sft.grounding  # the auxiliary loss, not the paper's recipe (rlad/grounding.py)
+    trainer_class = grounded_trainer(Trainer, policy, sft) if grounding else Trainer
+    trainer = trainer_class(
         model=policy.model,
         args=args,
         compute_loss_func=loss,
-        train_dataset=SFTDataset(examples, policy.builder),
-        data_collator=policy.builder.collate,
+        train_dataset=(GroundedSFTDataset if grounding else SFTDataset)(examples, policy.builder),
+        data_collator=grounded_collate(policy.builder) if grounding else policy.builder.collate,
         processing_class=policy.tokenizer,
         callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))), _progress_callback()],
     )
@@ -259,6 +285,7 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         "resumed_from": str(resume) if resume else None,
     }
     model = trainer.model
+    strip_head(model)  # the saved policy is a plain checkpoint
 
     main = trainer.is_world_process_zero()
 
@@ -280,6 +307,51 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     if main:
         write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
+
+
+def grounded_trainer(base: type, policy: Policy, sft: Any) -> type:
+    """``base`` (transformers' Trainer) whose loss adds the auxiliary grounding loss of rlad/grounding.py, read
+    from the language model's hidden state ``sft.grounding_layer``; its parts are logged with the loss."""
+    image_token_id = policy.builder.image_token_id
+    merge = policy.model.config.vision_config.spatial_merge_size
+
+    class GroundedTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.parts: dict[str, list[float]] = {}  # the auxiliary loss's parts since the last log
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            covered_grid = inputs.pop("grounding_mask")
+            inputs["output_hidden_states"] = True
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            head = getattr(model, HEAD_NAME)
+            states = outputs.hidden_states[sft.grounding_layer][inputs["input_ids"] == image_token_id]
+            rows, cols, side = token_cells(inputs["image_grid_thw"], merge)
+            per_sample = len(inputs["image_grid_thw"]) // len(covered_grid)  # the query image is each one's last
+            query = torch.arange(len(covered_grid)) * per_sample + per_sample - 1
+            query_tokens = (query[:, None] * side * side + torch.arange(side * side)).reshape(-1)
+            aux, parts = grounding_loss(head(states), rows, cols, side,
+                                        position_weight=sft.grounding_position_weight,
+                                        mask_weight=sft.grounding_mask_weight, query_tokens=query_tokens,
+                                        covered=covered_grid.reshape(-1))  # fmt: skip
+            for k, v in parts.items():
+                self.parts.setdefault(k, []).append(v)
+            # Trainer divides the loss by the accumulation steps itself unless it counts it as already scaled
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) or (
+                    self.compute_loss_func is not None
+                )
+            loss = loss + (aux / self.args.gradient_accumulation_steps if scaled else aux)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and self.parts:
+                logs.update({k: round(sum(v) / len(v), 4) for k, v in self.parts.items()})
+                self.parts = {}
+            super().log(logs, *args, **kwargs)
+
+    return GroundedTrainer
 
 
 def seg_token_weights(labels: torch.Tensor, seg_ids: tuple[int, int], weight: float) -> torch.Tensor:

@@ -239,3 +239,26 @@ def test_generated_dataset_is_built_once_into_the_cache(tmp_path, monkeypatch):
     assert train and held_out
     assert {e.sample.image for e in train}.isdisjoint({s.image for s in held_out})
     assert all(Path(s.image).is_file() and root in Path(s.image).parents for s in held_out)
+
+
+def test_the_grounding_auxiliary_trains_logs_and_leaves_a_plain_checkpoint(small_benchmark, tmp_path):
+    """sft.grounding_* (not the paper's recipe): its losses are logged, its head is in the mid-run checkpoints
+    (so a resume restores it) but not in the exported policy, which loads as a plain Qwen2.5-VL."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    root, _ = small_benchmark
+    grounded = ["sft.grounding_position_weight=1", "sft.grounding_mask_weight=1", "sft.eval_samples=0"]
+    report = run_sft(_config(root, tmp_path, "sft.max_steps=2", *grounded))
+    assert report["train"]["steps"] == 2
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    first = {t: events.Scalars(f"train/grounding/{t}")[0].value for t in ("row_loss", "col_loss", "mask_loss")}
+    assert first["row_loss"] == pytest.approx(torch.log(torch.tensor(8.0)).item(), abs=0.5)  # ~uniform at start
+    assert all(torch.isfinite(torch.tensor(v)) for v in first.values())
+    with_head = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-2", output_loading_info=True)
+    assert any("rlad_grounding_head" in k for k in with_head[1]["unexpected_keys"])
+    _, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    resumed = run_sft(_config(root, tmp_path, "sft.max_steps=3", *grounded))
+    assert resumed["train"]["resumed_from"].endswith("checkpoint-2") and resumed["train"]["steps"] == 3

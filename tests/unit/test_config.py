@@ -117,6 +117,16 @@ def test_impossible_output_layouts_are_refused(overrides, says):
             "model:\n  gradient_checkpointing: true\n",
             r"c.yaml: learner.share_prompts needs model.gradient_checkpointing false",
         ),
+        ("sft:\n  grounding_mask_weight: -1\n", r"c.yaml: sft.grounding_position_weight, .* must be >= 0"),
+        (
+            "sft:\n  grounding_position_weight: 1\nmodel:\n  lora: {r: 8}\n",
+            r"c.yaml: sft.grounding_\* is implemented for full fine-tuning",
+        ),
+        (
+            "sft:\n  grounding_mask_weight: 1\nmask: {grid: 8}\nmodel: {image_size: 448}\n",
+            r"c.yaml: sft.grounding_mask_weight needs one image token per mask cell: mask.grid 8 against "
+            r"model.image_size 448",
+        ),
         ("mask: [1, 2]\n", r"c.yaml"),
         ("- a\n- b\n", r"c.yaml: top level must be a mapping"),
         ("mask: {grid: 8\n", r"c.yaml: not valid YAML"),

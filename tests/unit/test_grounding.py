@@ -1,0 +1,62 @@
+"""The auxiliary grounding loss (rlad/grounding.py) against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlad.grounding import attach_head, grounding_loss, strip_head, token_cells
+
+
+def test_token_cells_walk_each_image_row_by_row():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4], [1, 4, 4]]), merge=2)
+    assert side == 2
+    assert rows.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert cols.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("grid", [[[1, 4, 4], [1, 8, 8]], [[1, 4, 6]], [[2, 4, 4]], [[1, 5, 5]]])
+def test_token_cells_refuse_grids_they_cannot_label(grid):
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        token_cells(torch.tensor(grid), merge=2)
+
+
+def test_uniform_logits_cost_log_of_the_classes():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    logits = torch.zeros(4, 2 * side + 1)
+    loss, parts = grounding_loss(logits, rows, cols, side, position_weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * 2 * math.log(2))
+    assert parts == pytest.approx({"grounding/row_loss": math.log(2), "grounding/col_loss": math.log(2)})
+    covered = torch.tensor([1.0, 0.0])
+    loss, parts = grounding_loss(logits, rows, cols, side, position_weight=0.5, mask_weight=2.0,
+                                 query_tokens=torch.tensor([0, 3]), covered=covered)  # fmt: skip
+    assert loss.item() == pytest.approx(math.log(2) + 2 * math.log(2))
+    assert parts["grounding/mask_loss"] == pytest.approx(math.log(2))
+
+
+def test_the_right_answers_cost_nearly_nothing_and_the_mask_reads_the_query_tokens():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    logits = torch.full((4, 5), -20.0)
+    logits[torch.arange(4), rows] = 20.0
+    logits[torch.arange(4), side + cols] = 20.0
+    logits[:, -1] = torch.tensor([20.0, -20.0, -20.0, 20.0])  # tokens 0 and 3 look covered
+    loss, _ = grounding_loss(logits, rows, cols, side, position_weight=1.0, mask_weight=1.0,
+                             query_tokens=torch.tensor([0, 1, 2, 3]), covered=torch.tensor([1.0, 0, 0, 1]))  # fmt: skip
+    assert loss.item() < 1e-6
+    wrong, _ = grounding_loss(logits, rows, cols, side, position_weight=0.0, mask_weight=1.0,
+                              query_tokens=torch.tensor([0, 3]), covered=torch.tensor([0.0, 0.0]))  # fmt: skip
+    assert wrong.item() == pytest.approx(20.0, abs=1e-3)  # BCE of logit 20 against 0
+
+
+def test_the_mask_part_needs_its_targets():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    with pytest.raises(ValueError, match="query_tokens"):
+        grounding_loss(torch.zeros(4, 5), rows, cols, side, position_weight=1.0, mask_weight=1.0)
+
+
+def test_the_head_comes_off_before_saving():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    head = attach_head(model, hidden_size=3, side=2)
+    assert head.out_features == 5 and any(k.startswith("rlad_grounding_head") for k in model.state_dict())
+    strip_head(model)
+    assert not any(k.startswith("rlad_grounding_head") for k in model.state_dict())
