@@ -115,22 +115,47 @@ def evaluate(policy, held: list[VerifiableSample]) -> dict[str, float]:
     return out
 
 
+def aux_loss(head, hidden, batch, chunk, image_token_id: int, args) -> torch.Tensor:
+    """The auxiliary grounding loss (outside the paper's recipe): from the language model's hidden state of each
+    image token, predict its (row, col) on the merged grid (``--aux-position``) and whether the mask covers it
+    (``--aux-mask``). One image per sample, ``GRID x GRID`` merged tokens in row-major order."""
+    states = hidden[batch["input_ids"] == image_token_id].view(len(chunk), GRID * GRID, -1)
+    logits = head(states)  # (B, 64, 2*GRID + 1)
+    cell = torch.arange(GRID * GRID)
+    rows, cols = (cell // GRID).repeat(len(chunk)), (cell % GRID).repeat(len(chunk))
+    ce = torch.nn.functional.cross_entropy
+    total = args.aux_position * (ce(logits[..., :GRID].reshape(-1, GRID), rows)
+                                 + ce(logits[..., GRID : 2 * GRID].reshape(-1, GRID), cols))  # fmt: skip
+    if args.aux_mask:
+        mask = torch.as_tensor(np.stack([s.mask.reshape(-1) for s in chunk]), dtype=torch.float32)
+        total = total + args.aux_mask * torch.nn.functional.binary_cross_entropy_with_logits(logits[..., -1], mask)
+    return total
+
+
 def run(spec: dict, seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
     torch.manual_seed(seed)
     model = ModelConfig(path="tiny", image_size=SIZE, tiny={**spec, "seed": seed})
     policy = load_policy(model, shots=0, trainable=True)
     held_rng, rng = np.random.default_rng(10_000 + seed), np.random.default_rng(seed)
     held = [spotted_image(held_rng, folder, f"held-{seed}-{i}") for i in range(args.held_out)]
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=args.lr, weight_decay=0.01)
+    params = list(policy.model.parameters())
+    head = None
+    if args.aux_position or args.aux_mask:
+        head = torch.nn.Linear(policy.model.config.text_config.hidden_size, 2 * GRID + 1)
+        params += list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     builder, started = policy.builder, time.time()
     for step in range(1, args.steps + 1):
         chunk = [spotted_image(rng, folder, f"train-{i}") for i in range(args.batch_size)]
         batch = to_model(builder.collate([builder.encode_sft(s, target(s)) for s in chunk]), "cpu", torch.float32)
         for group in opt.param_groups:  # linear warm-up over 50 steps, then cosine to 0
             group["lr"] = args.lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        loss = policy.model(**batch).loss
+        out = policy.model(**batch, output_hidden_states=head is not None)
+        loss = out.loss
+        if head is not None:
+            loss = loss + aux_loss(head, out.hidden_states[args.aux_layer], batch, chunk, builder.image_token_id, args)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
         if step % 100 == 0:
@@ -148,6 +173,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--held-out", type=int, default=128)
+    parser.add_argument("--aux-position", type=float, default=0.0, help="weight of the auxiliary position loss")
+    parser.add_argument("--aux-mask", type=float, default=0.0, help="weight of the auxiliary per-token mask loss")
+    parser.add_argument("--aux-layer", type=int, default=1, help="hidden state the auxiliary heads read (0: inputs)")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     args = parser.parse_args()
     specs = args.spec or [""]
