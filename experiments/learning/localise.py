@@ -14,6 +14,10 @@ rotary layout), after ``--steps`` AdamW steps: the held-out teacher-forced loss 
 patch F1 on the 8x8 grid, and the F1 of the rows and of the columns the masks touch (which axis is lost);
 ``--eval-every N`` prints them along the way too (is it a matter of steps?).
 Printed as mean ± 95 % CI over seeds, and each spec minus the first paired by seed (``*``: beyond noise).
+
+``--aux-position W`` / ``--aux-mask W`` add the auxiliary grounding loss of ``rlad/grounding.py`` (not the paper's
+recipe; ``sft.grounding_*`` in the SFT stage) read from hidden state ``--aux-layer``: does asking each image
+token's state for its row, column and cover make the text path localise sooner?
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from rlad import mask_text  # noqa: E402
 from rlad.config import ModelConfig  # noqa: E402
 from rlad.data.render import CLASSES, render_normal  # noqa: E402
+from rlad.grounding import GroundingHead, grounding_loss, token_cells  # noqa: E402
 from rlad.inputs import to_model  # noqa: E402
 from rlad.policy import load_policy  # noqa: E402
 from rlad.sample import VerifiableSample  # noqa: E402
@@ -116,20 +121,14 @@ def evaluate(policy, held: list[VerifiableSample]) -> dict[str, float]:
 
 
 def aux_loss(head, hidden, batch, chunk, image_token_id: int, args) -> torch.Tensor:
-    """The auxiliary grounding loss (outside the paper's recipe): from the language model's hidden state of each
-    image token, predict its (row, col) on the merged grid (``--aux-position``) and whether the mask covers it
-    (``--aux-mask``). One image per sample, ``GRID x GRID`` merged tokens in row-major order."""
-    states = hidden[batch["input_ids"] == image_token_id].view(len(chunk), GRID * GRID, -1)
-    logits = head(states)  # (B, 64, 2*GRID + 1)
-    cell = torch.arange(GRID * GRID)
-    rows, cols = (cell // GRID).repeat(len(chunk)), (cell % GRID).repeat(len(chunk))
-    ce = torch.nn.functional.cross_entropy
-    total = args.aux_position * (ce(logits[..., :GRID].reshape(-1, GRID), rows)
-                                 + ce(logits[..., GRID : 2 * GRID].reshape(-1, GRID), cols))  # fmt: skip
-    if args.aux_mask:
-        mask = torch.as_tensor(np.stack([s.mask.reshape(-1) for s in chunk]), dtype=torch.float32)
-        total = total + args.aux_mask * torch.nn.functional.binary_cross_entropy_with_logits(logits[..., -1], mask)
-    return total
+    """The auxiliary grounding loss of rlad/grounding.py on this batch (one image per sample, the query)."""
+    rows, cols, side = token_cells(batch["image_grid_thw"], merge=2)
+    states = hidden[batch["input_ids"] == image_token_id]
+    covered = torch.tensor(np.stack([s.mask.reshape(-1) for s in chunk]), dtype=torch.float32).reshape(-1)
+    weights = {"position_weight": args.aux_position, "mask_weight": args.aux_mask}
+    loss, _ = grounding_loss(head(states), rows, cols, side, **weights, query_tokens=torch.arange(len(states)),
+                             covered=covered)  # fmt: skip
+    return loss
 
 
 def run(spec: dict, seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
@@ -141,7 +140,7 @@ def run(spec: dict, seed: int, args: argparse.Namespace, folder: Path) -> dict[s
     params = list(policy.model.parameters())
     head = None
     if args.aux_position or args.aux_mask:
-        head = torch.nn.Linear(policy.model.config.text_config.hidden_size, 2 * GRID + 1)
+        head = GroundingHead(policy.model.config.text_config.hidden_size, GRID)
         params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     builder, started = policy.builder, time.time()
