@@ -70,6 +70,22 @@ def reward_rise(metrics: list[dict]) -> tuple[float, float]:
     return statistics.mean(last) - statistics.mean(first), spread
 
 
+def paired_cells(after: list[dict], before: list[dict]) -> list[str]:
+    """Per column, ``after − before`` paired by seed with its 95 % interval, ``*`` where it excludes 0."""
+    cells = []
+    for c in COLUMNS:
+        d: Interval = paired_difference([r[c] for r in after], [r[c] for r in before])
+        cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
+    return cells
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write a sweep's Markdown to ``path`` and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text + f"\nwritten to {path}")
+
+
 def sweep_table(reports: dict[int, dict], rises: dict[int, tuple[float, float]]) -> str:
     """The sweep as Markdown: rows over seeds with intervals, paired differences, the training reward's rise."""
     seeds = sorted(reports)
@@ -80,13 +96,7 @@ def sweep_table(reports: dict[int, dict], rises: dict[int, tuple[float, float]])
             body.append([name, str(int(rows[0]["n"])), *(str(mean_ci([r[c] for r in rows])) for c in COLUMNS)])
     for after, before in PAIRS:
         if after in rows_by_name and before in rows_by_name and all(rows_by_name[after]):
-            cells = []
-            for c in COLUMNS:
-                d: Interval = paired_difference(
-                    [r[c] for r in rows_by_name[after]], [r[c] for r in rows_by_name[before]]
-                )
-                cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
-            body.append([f"{after} − {before}", "paired", *cells])
+            body.append([f"{after} − {before}", "paired", *paired_cells(rows_by_name[after], rows_by_name[before])])
     text = markdown_table(["row", "n", *COLUMNS], body)
     rise = mean_ci([rises[s][0] for s in seeds])
     per_seed = ", ".join(f"seed {s}: {rises[s][0]:+.3f} (step spread {rises[s][1]:.3f})" for s in seeds)
@@ -112,10 +122,7 @@ def main() -> None:
     command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *args.overrides])
     text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); mean ± 95 % CI "
             "over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
-    out = Path(args.out) / "seeds.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text + f"\nwritten to {out}")
+    write_report(Path(args.out) / "seeds.md", text)
 
 
 if __name__ == "__main__":

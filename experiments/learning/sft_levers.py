@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seeds import COLUMNS, seed_overrides  # noqa: E402
+from seeds import COLUMNS, paired_cells, seed_overrides, write_report  # noqa: E402
 
-from rlad.stats import mean_ci, paired_difference  # noqa: E402
+from rlad.stats import mean_ci  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 
@@ -71,21 +71,14 @@ def main() -> None:
             rows[name].append(run_sft(name, seed, overrides, args))
     body = [[name, *(str(mean_ci([r[c] for r in rs])) for c in COLUMNS)] for name, rs in rows.items()]
     for name, _ in levers[1:]:
-        cells = []
-        for c in COLUMNS:
-            d = paired_difference([r[c] for r in rows[name]], [r[c] for r in rows["baseline"]])
-            cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
-        body.append([f"{name} − baseline", *cells])
+        body.append([f"{name} − baseline", *paired_cells(rows[name], rows["baseline"])])
     command = " ".join(["python experiments/learning/sft_levers.py", *(f"--lever '{x}'" for x in args.lever),
                         "--seeds", *map(str, args.seeds), *args.overrides])  # fmt: skip
     text = (f"# SFT levers over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); held-out greedy "
             "after SFT, mean ± 95 % CI over seeds; `*`: the paired interval excludes 0.\n\n"
             + "\n".join(f"- {name}: {' '.join(o) or 'the recipe as it is'}" for name, o in levers) + "\n\n"
             + markdown_table(["lever", *COLUMNS], body))  # fmt: skip
-    out = Path(args.out) / "levers.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text + f"\nwritten to {out}")
+    write_report(Path(args.out) / "levers.md", text)
 
 
 if __name__ == "__main__":
