@@ -31,3 +31,25 @@ def test_reward_rise_compares_the_last_fifth_with_the_first():
     metrics = [{"reward/total": v} for v in (1.0, 1.2, 1.1, 1.3, 1.4, 1.5, 1.6, 1.7, 2.0, 2.2)]
     rise, spread = reward_rise(metrics)
     assert rise == pytest.approx(2.1 - 1.1) and spread == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_sft_levers_reads_a_lever_and_pairs_it_by_seed():
+    from seeds import paired_cells
+    from sft_levers import parse_lever
+
+    assert parse_lever("grounded=sft.grounding_mask_weight=0.1 sft.lr=2e-3") == (
+        "grounded", ["sft.grounding_mask_weight=0.1", "sft.lr=2e-3"]
+    )
+    for bad in ("grounded", "grounded=", "=a=b", "grounded=novalue"):
+        with pytest.raises(SystemExit, match="NAME=key=value"):
+            parse_lever(bad)
+    # patch F1 +0.05, +0.06, +0.07 over the baseline: mean 0.06, sd 0.01, half-width 4.303 * 0.01 / sqrt(3)
+    # = 0.025 -> excludes 0; answer accuracy +0.02, +0.04, +0.06: half-width 0.050 > 0.04 -> does not
+    base = [_row(2.0, 0.10), _row(2.0, 0.10), _row(2.0, 0.10)]
+    lever = [_row(2.0, 0.15), _row(2.0, 0.16), _row(2.0, 0.17)]
+    for row, gain in zip(lever, (0.02, 0.04, 0.06), strict=True):
+        row["answer_acc"] += gain
+    cells = dict(zip(COLUMNS, paired_cells(lever, base), strict=True))
+    assert cells["patch_F1"] == "0.060 ± 0.025 *"
+    assert cells["answer_acc"] == "0.040 ± 0.050"
+    assert cells["total"] == "0.000 ± 0.000"  # no difference at all is not "beyond noise"
