@@ -38,7 +38,8 @@ def test_sft_levers_reads_a_lever_and_pairs_it_by_seed():
     from sft_levers import parse_lever
 
     assert parse_lever("grounded=sft.grounding_mask_weight=0.1 sft.lr=2e-3") == (
-        "grounded", ["sft.grounding_mask_weight=0.1", "sft.lr=2e-3"]
+        "grounded",
+        ["sft.grounding_mask_weight=0.1", "sft.lr=2e-3"],
     )
     for bad in ("grounded", "grounded=", "=a=b", "grounded=novalue"):
         with pytest.raises(SystemExit, match="NAME=key=value"):
