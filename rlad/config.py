@@ -709,7 +709,10 @@ def _check_grounding(config: Config, where: str) -> None:
         raise ConfigError(f"{where}: sft.grounding_* is implemented for full fine-tuning without DeepSpeed only "
                           "(its head would not reach the LoRA or ZeRO optimiser); set model.lora.r=0 and "
                           "sft.deepspeed=null, or the grounding weights to 0")  # fmt: skip
-    side = round(config.model.image_size / 28) if config.model.image_size else 0
+    if not config.model.image_size:
+        raise ConfigError(f"{where}: sft.grounding_* labels image tokens by their cell on one fixed grid: set "
+                          "model.image_size")  # fmt: skip
+    side = round(config.model.image_size / 28)
     if sft.grounding_mask_weight and side != config.mask.grid:
         raise ConfigError(f"{where}: sft.grounding_mask_weight needs one image token per mask cell: mask.grid "
                           f"{config.mask.grid} against model.image_size {config.model.image_size} "

@@ -62,6 +62,9 @@ def grounding_loss(
     column classes, one mask logit. ``rows``/``cols``: (N,) each token's place. ``query_tokens``: (M,) indices
     of the query images' tokens and ``covered``: (M,) float 0/1, whether the mask covers each (needed when
     ``mask_weight`` > 0)."""
+    if logits.shape[-1] != 2 * side + 1:
+        raise ValueError(f"grounding head has {logits.shape[-1]} outputs for a {side}x{side} token grid "
+                         f"(needs {2 * side + 1}): the images are not the size the head was built for")  # fmt: skip
     ce = torch.nn.functional.cross_entropy
     logits = logits.float()
     row_loss = ce(logits[:, :side], rows.to(logits.device))

@@ -223,7 +223,12 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
     if sft.grounding:  # before a resume restores weights: its checkpoints hold the head too
-        attach_head(policy.model, policy.model.config.text_config.hidden_size, config.mask.grid)
+        text = policy.model.config.text_config
+        if sft.grounding_layer > text.num_hidden_layers:
+            layers = text.num_hidden_layers
+            raise ConfigError(f"sft.grounding_layer {sft.grounding_layer}: {policy.path} has {layers} "
+                              "language-model layers (0 reads its input embeddings)")  # fmt: skip
+        attach_head(policy.model, text.hidden_size, round(config.model.image_size / 28))  # the merged token grid
     resume = last_complete_checkpoint(out) if sft.resume else None
     if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
         restore_weights(policy.model, resume)

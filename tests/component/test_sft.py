@@ -262,3 +262,11 @@ def test_the_grounding_auxiliary_trains_logs_and_leaves_a_plain_checkpoint(small
     assert not info["unexpected_keys"] and not info["missing_keys"]
     resumed = run_sft(_config(root, tmp_path, "sft.max_steps=3", *grounded))
     assert resumed["train"]["resumed_from"].endswith("checkpoint-2") and resumed["train"]["steps"] == 3
+
+
+def test_a_grounding_layer_the_model_lacks_is_named_before_training(small_benchmark, tmp_path):
+    root, _ = small_benchmark
+    config = _config(root, tmp_path, "sft.max_steps=1", "sft.grounding_position_weight=1", "sft.grounding_layer=99")
+    with pytest.raises(ConfigError, match=r"sft\.grounding_layer 99: .* has 4 language-model layers"):
+        run_sft(config)
+    assert not list(tmp_path.glob("checkpoint-*"))

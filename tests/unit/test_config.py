@@ -127,6 +127,10 @@ def test_impossible_output_layouts_are_refused(overrides, says):
             r"c.yaml: sft.grounding_mask_weight needs one image token per mask cell: mask.grid 8 against "
             r"model.image_size 448",
         ),
+        (
+            "sft:\n  grounding_position_weight: 1\nmodel: {image_size: null}\n",
+            r"c.yaml: sft.grounding_\* labels image tokens .* set model.image_size",
+        ),
         ("mask: [1, 2]\n", r"c.yaml"),
         ("- a\n- b\n", r"c.yaml: top level must be a mapping"),
         ("mask: {grid: 8\n", r"c.yaml: not valid YAML"),

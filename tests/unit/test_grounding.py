@@ -60,3 +60,9 @@ def test_the_head_comes_off_before_saving():
     assert head.out_features == 5 and any(k.startswith("rlad_grounding_head") for k in model.state_dict())
     strip_head(model)
     assert not any(k.startswith("rlad_grounding_head") for k in model.state_dict())
+
+
+def test_a_head_built_for_another_grid_is_refused_by_name():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    with pytest.raises(ValueError, match="grounding head has 17 outputs for a 2x2 token grid"):
+        grounding_loss(torch.zeros(4, 17), rows, cols, side, position_weight=1.0)
