@@ -264,6 +264,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
         size=args.size,
         seed=args.seed,
         fixed_options=args.fixed_options,
+        visibility=args.visibility,
     )
     start = time.perf_counter()
     mmad = synthesize(spec, args.out, workers=args.workers)
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--fixed-options", action="store_true", help="all options in a fixed order (not shuffled)")
+    p.add_argument("--visibility", type=float, default=1.0, help="defect thickness x this (1.0: realistic, faint)")
     p.set_defaults(fn=_cmd_data_synth)
     p = _command(
         data,

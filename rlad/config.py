@@ -190,6 +190,14 @@ class SynthConfig:
     """False: MMAD's way, 4 options with the answer at a random letter. True: every option of a question,
     always in the same order, so a letter always names the same answer (the demo: the 1.7M-parameter tiny model
     does not learn in CPU minutes to look a letter up among shuffled options)."""
+    visibility: float = 1.0
+    """How easy a generated defect is to see: its thickness (a scratch's or crack's width, a blob's radius) and a
+    stain's opacity times this. 1.0 is the benchmark's realism (lines 1-3 px wide at 224 px, faint stains);
+    larger values are an easier benchmark, to be reported as such next to the 1.0 numbers."""
+
+    def __post_init__(self) -> None:
+        if not self.visibility > 0:
+            raise ConfigError(f"data.synth.visibility must be > 0, got {self.visibility}")
 
 
 @dataclass

@@ -52,7 +52,13 @@ def _policies(sample: VerifiableSample, rng: np.random.Generator) -> dict[str, s
 def run_demo(out: Path, config: Config, images_per_class: int = 24) -> dict[str, dict[str, float]]:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    spec = SynthSpec(images_per_class=images_per_class, references_per_class=2, size=256, seed=config.seed)
+    spec = SynthSpec(
+        images_per_class=images_per_class,
+        references_per_class=2,
+        size=256,
+        seed=config.seed,
+        visibility=config.data.synth.visibility,
+    )
     synthesize(spec, data)
     grid = config.mask.grid
     images, _ = read_mvtec(data, grid, config.mask.cover, config.mask.tau)

@@ -221,28 +221,29 @@ def _stroke_alpha(rng, s, cy, cx, length, width, branches=0, jagged=0.0):
     return _draw(s, paint, blur=0.8)
 
 
-def _scratch(rng, img, support):
+def _scratch(rng, img, support, v=1.0):
     s = img.image.shape[0]
     cy, cx = _point_on(support, rng, s // 8)
-    alpha = _stroke_alpha(rng, s, cy, cx, s * rng.uniform(0.12, 0.4), s * rng.uniform(0.006, 0.012))
+    alpha = _stroke_alpha(rng, s, cy, cx, s * rng.uniform(0.12, 0.4), v * s * rng.uniform(0.006, 0.012))
     bright = rng.random() < 0.5
     layer = img.image * 0.35 + (0.6 if bright else 0.0)
     return alpha, layer, ("bright" if bright else "dark"), "line", 1
 
 
-def _hole(rng, img, support):
+def _hole(rng, img, support, v=1.0):
     s = img.image.shape[0]
     cy, cx = _point_on(support, rng, s // 8)
-    alpha = _blob_alpha(rng, s, cy, cx, s * rng.uniform(0.02, 0.07))
+    alpha = _blob_alpha(rng, s, cy, cx, v * s * rng.uniform(0.02, 0.07))
     layer = np.zeros_like(img.image) + _rgb(0.03, 0.03, 0.03)
     return alpha, layer, "black", "round", 1
 
 
-def _stain(rng, img, support):
+def _stain(rng, img, support, v=1.0):
     s = img.image.shape[0]
     cy, cx = _point_on(support, rng, s // 8)
-    alpha = _blob_alpha(rng, s, cy, cx, s * rng.uniform(0.04, 0.14)) * 0.85
-    alpha = np.where(alpha >= 0.5, np.maximum(alpha, 0.55), alpha * 0.6)  # a stain: faint but visible
+    alpha = _blob_alpha(rng, s, cy, cx, v * s * rng.uniform(0.04, 0.14)) * 0.85
+    opacity = min(0.55 * v, 1.0)  # a stain: faint but visible (more opaque at visibility > 1)
+    alpha = np.where(alpha >= 0.5, np.maximum(alpha, opacity), alpha * 0.6)
     tint, name = [(_rgb(0.45, 0.25, 0.05), "brown"), (_rgb(0.6, 0.55, 0.1), "yellow"), (_rgb(0.1, 0.1, 0.4), "blue")][
         int(rng.integers(3))
     ]
@@ -250,21 +251,21 @@ def _stain(rng, img, support):
     return alpha, np.clip(layer, 0, 1), name, "irregular", 1
 
 
-def _crack(rng, img, support):
+def _crack(rng, img, support, v=1.0):
     s = img.image.shape[0]
     cy, cx = _point_on(support, rng, s // 8)
-    alpha = _stroke_alpha(rng, s, cy, cx, s * rng.uniform(0.15, 0.35), s * 0.008, branches=2, jagged=0.45)
+    alpha = _stroke_alpha(rng, s, cy, cx, s * rng.uniform(0.15, 0.35), v * s * 0.008, branches=2, jagged=0.45)
     layer = img.image * 0.15
     return alpha, layer, "dark", "branching", 1
 
 
-def _contamination(rng, img, support):
+def _contamination(rng, img, support, v=1.0):
     s = img.image.shape[0]
     n = int(rng.choice([1, 1, 3, 4]))
     alpha = np.zeros((s, s), np.float32)
     for _ in range(n):
         cy, cx = _point_on(support, rng, s // 10)
-        alpha = np.maximum(alpha, _blob_alpha(rng, s, cy, cx, s * rng.uniform(0.015, 0.05)))
+        alpha = np.maximum(alpha, _blob_alpha(rng, s, cy, cx, v * s * rng.uniform(0.015, 0.05)))
     tint, name = [(_rgb(0.85, 0.1, 0.1), "red"), (_rgb(0.1, 0.1, 0.1), "black"), (_rgb(0.9, 0.9, 0.95), "white")][
         int(rng.integers(3))
     ]
@@ -272,7 +273,7 @@ def _contamination(rng, img, support):
     return alpha, np.clip(layer, 0, 1), name, "round" if n == 1 else "irregular", n
 
 
-def _missing(rng, img, support):
+def _missing(rng, img, support, v=1.0):
     """A chipped or missing part: the background (or a flat cut surface) shows where material was."""
     s = img.image.shape[0]
     boundary = support & ~np.asarray(Image.fromarray(support).filter(ImageFilter.MinFilter(9)), bool)
@@ -282,7 +283,7 @@ def _missing(rng, img, support):
         cy, cx = ys[i], xs[i]
     else:
         cy, cx = _point_on(support, rng, s // 8)
-    alpha = _blob_alpha(rng, s, cy, cx, s * rng.uniform(0.05, 0.1)) * support
+    alpha = _blob_alpha(rng, s, cy, cx, v * s * rng.uniform(0.05, 0.1)) * support
     corner = img.image[: s // 16, : s // 16].reshape(-1, 3).mean(0)
     layer = np.zeros_like(img.image) + (corner if not support.all() else img.image.mean((0, 1)) * 0.4)
     return alpha, layer, "background", "irregular", 1
@@ -298,10 +299,17 @@ DEFECTS: dict[str, Callable] = {
 }
 
 
-def inject_defect(img: ObjectImage, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, Defect]:
-    """The image with one defect of ``kind`` composited in, and the defect with its exact mask."""
+def inject_defect(
+    img: ObjectImage, kind: str, rng: np.random.Generator, visibility: float = 1.0
+) -> tuple[np.ndarray, Defect]:
+    """The image with one defect of ``kind`` composited in, and the defect with its exact mask.
+
+    ``visibility`` scales how easy the defect is to see: its thickness (a stroke's width, a blob's radius) and a
+    stain's opacity grow by that factor. 1.0 is the benchmark's realism (thin lines, faint stains)."""
+    if not visibility > 0:
+        raise ValueError(f"visibility must be > 0, got {visibility}")
     for _ in range(8):  # a defect that lands (almost) entirely off the object is drawn again
-        alpha, layer, colour, shape, blobs = DEFECTS[kind](rng, img, img.support)
+        alpha, layer, colour, shape, blobs = DEFECTS[kind](rng, img, img.support, visibility)
         alpha = alpha * img.support if kind != "missing_part" else alpha
         mask = alpha >= 0.5
         if mask.sum() >= 6:

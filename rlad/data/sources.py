@@ -54,7 +54,13 @@ def _synth_spec(config: Config) -> SynthSpec:
     s = config.data.synth
     classes = tuple(s.classes) or SynthSpec.classes
     return SynthSpec(
-        classes, s.images_per_class, s.references_per_class, s.size, config.seed, fixed_options=s.fixed_options
+        classes,
+        s.images_per_class,
+        s.references_per_class,
+        s.size,
+        config.seed,
+        fixed_options=s.fixed_options,
+        visibility=s.visibility,
     )
 
 

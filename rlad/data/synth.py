@@ -38,6 +38,7 @@ class SynthSpec:
     seed: int = 0
     defects: tuple[str, ...] = field(default=tuple(DEFECTS))
     fixed_options: bool = False  # True: every option in a fixed order (questions.make_questions); else shuffled
+    visibility: float = 1.0  # defect thickness (and a stain's opacity) x this; 1.0: the benchmark's realism
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.classes) - set(CLASSES))
@@ -50,6 +51,8 @@ class SynthSpec:
             raise ValueError(f"image size must be >= 32, got {self.size}")
         if self.images_per_class < 2 or self.references_per_class < 1:
             raise ValueError("need images_per_class >= 2 and references_per_class >= 1")
+        if not self.visibility > 0:
+            raise ValueError(f"visibility must be > 0, got {self.visibility}")
 
 
 def _job_list(spec: SynthSpec) -> list[tuple[str, int, str, int]]:
@@ -79,7 +82,7 @@ def _make_test_image(args: tuple[SynthSpec, Path, str, int, str, int]) -> tuple[
     meta: dict[str, Any] = {"class_name": cls, "defect": defect, "object_colour": obj.colour}
     image, mask_rel = obj.image, None
     if defect != "good":
-        image, d = inject_defect(obj, defect, rng)
+        image, d = inject_defect(obj, defect, rng, spec.visibility)
         mask_rel = f"{cls}/ground_truth/{defect}/{idx:03d}_mask.png"
         _save((d.mask * 255).astype(np.uint8), out / mask_rel)
         meta |= {"colour": d.colour, "shape": d.shape, "size": size_of(d.mask), "region": region_of(d.mask, d.blobs)}

@@ -82,6 +82,34 @@ def test_defect_changes_pixels_inside_its_mask(kind):
     assert inside > 5 * outside, (inside, outside)  # the defect is where the mask says, not elsewhere
 
 
+@pytest.mark.parametrize("kind", list(DEFECTS))
+def test_visibility_thickens_defects_and_one_is_the_benchmark(kind):
+    obj = render_normal("metal_nut", np.random.default_rng(5), 224)  # the demo's size: a line is 1-2 px wide
+    plain, d1 = inject_defect(obj, kind, np.random.default_rng(7))
+    same, d_same = inject_defect(obj, kind, np.random.default_rng(7), visibility=1.0)
+    assert np.array_equal(plain, same) and np.array_equal(d1.mask, d_same.mask)  # 1.0 is the benchmark as it was
+    sizes = {1.0: [], 2.0: []}
+    for seed in range(6):
+        for v, out in sizes.items():
+            image, defect = inject_defect(obj, kind, np.random.default_rng(seed), visibility=v)
+            change = np.abs(image - obj.image).sum(axis=2)
+            assert change[defect.mask].mean() > 5 * change[~defect.mask].mean()  # still where its mask says
+            out.append(defect.mask.sum())
+    assert np.mean(sizes[2.0]) > 1.4 * np.mean(sizes[1.0]), sizes  # wider lines, larger blobs
+
+
+def test_visibility_must_be_positive_and_is_part_of_the_cache_key():
+    with pytest.raises(ValueError, match="visibility must be > 0, got 0"):
+        SynthSpec(visibility=0)
+    with pytest.raises(ValueError, match="visibility"):
+        inject_defect(render_normal("pill", np.random.default_rng(0), 64), "hole", np.random.default_rng(0), -1.0)
+    from rlad.config import load_config
+    from rlad.data.sources import _synth_spec
+
+    config = load_config(None, ["data.synth.visibility=2.5"])
+    assert _synth_spec(config).visibility == 2.5  # a different benchmark, so a different cache entry
+
+
 def test_small_defects_exist(synth):
     samples, _ = read_mvtec(synth[0], grid=24)
     sizes = [int(s.mask.sum()) for s in samples if s.anomalous]

@@ -150,6 +150,7 @@ def test_bad_files_are_rejected_naming_file_and_key(tmp_path, text, says):
         ("mask.grid=x", r"override 'mask.grid=x': key 'mask.grid'"),
         ("nope=1", r"override 'nope=1': key 'nope'"),
         ("rewards.answer.wrong=high", r"with overrides \['rewards.answer.wrong=high'\]: rewards.answer.wrong"),
+        ("data.synth.visibility=0", r"data.synth.visibility must be > 0, got 0"),
     ],
 )
 def test_bad_overrides_are_rejected(override, says):
