@@ -2,6 +2,9 @@
 
     python experiments/learning/seeds.py [--config configs/demo.yaml] [--seeds 0 1 2] [--out runs/seeds] [key=value ...]
 
+``{seed}`` in an override is replaced by each seed's number: ``train.warm_start=runs/sft-levers/x/seed-{seed}``
+runs GRPO from SFT checkpoints made earlier (e.g. by ``sft_levers.py``), one per seed.
+
 Each seed is one ``rlad train`` (SFT warm start, GRPO, held-out evaluation) with ``seed=S`` — the generated
 benchmark, the held-out split, the sampling and the learner's shuffling — and ``model.tiny.seed=S`` (the tiny
 model's initialisation and tokenizer corpus) when the policy is the tiny model. A seed whose run finished
@@ -49,11 +52,17 @@ def seed_overrides(seed: int, config_path: str, overrides: list[str]) -> list[st
     return out
 
 
+def per_seed(overrides: list[str], seed: int) -> list[str]:
+    """``overrides`` with ``{seed}`` replaced by ``seed``: e.g. each seed's own SFT checkpoint as its warm start."""
+    return [o.replace("{seed}", str(seed)) for o in overrides]
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> Path:
     run_dir = Path(args.out) / f"seed-{seed}"
     if (run_dir / "report.json").is_file() and (run_dir / "final" / "config.json").is_file():
         return run_dir
-    extra = [*args.overrides, *seed_overrides(seed, args.config, args.overrides), f"train.run_dir={run_dir}"]
+    overrides = per_seed(args.overrides, seed)
+    extra = [*overrides, *seed_overrides(seed, args.config, overrides), f"train.run_dir={run_dir}"]
     resume = [f"resume={run_dir}"] if (run_dir / "config.yaml").is_file() else []
     command = [sys.executable, "-m", "rlad.cli", "train", args.config, *extra, *resume]
     print("$ " + " ".join(command[2:]), flush=True)
@@ -99,9 +108,9 @@ def sweep_table(reports: dict[int, dict], rises: dict[int, tuple[float, float]])
             body.append([f"{after} − {before}", "paired", *paired_cells(rows_by_name[after], rows_by_name[before])])
     text = markdown_table(["row", "n", *COLUMNS], body)
     rise = mean_ci([rises[s][0] for s in seeds])
-    per_seed = ", ".join(f"seed {s}: {rises[s][0]:+.3f} (step spread {rises[s][1]:.3f})" for s in seeds)
+    each = ", ".join(f"seed {s}: {rises[s][0]:+.3f} (step spread {rises[s][1]:.3f})" for s in seeds)
     text += (f"\nTraining reward, last fifth of GRPO steps − first fifth: {rise}{' *' if rise.excludes_zero() else ''}"
-             f" ({per_seed}).\n")  # fmt: skip
+             f" ({each}).\n")  # fmt: skip
     return text
 
 
@@ -110,7 +119,8 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="the recipe every seed runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least 3 for an interval worth reading")
     p.add_argument("--out", default=str(ROOT / "runs/seeds"), help="one run folder per seed, and seeds.md")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80; "
+                   "{seed} is replaced by the seed (train.warm_start=runs/sft-levers/x/seed-{seed})")  # fmt: skip
     args = p.parse_args()
     if len(args.seeds) < 2:
         p.error("an interval needs at least 2 seeds (3 or more to be worth reading)")

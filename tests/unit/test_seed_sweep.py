@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
-from seeds import COLUMNS, reward_rise, sweep_table
+from seeds import COLUMNS, per_seed, reward_rise, sweep_table
 
 
 def _row(total, patch_f1, n=128):
@@ -54,3 +54,8 @@ def test_sft_levers_reads_a_lever_and_pairs_it_by_seed():
     assert cells["patch_F1"] == "0.060 ± 0.025 *"
     assert cells["answer_acc"] == "0.040 ± 0.050"
     assert cells["total"] == "0.000 ± 0.000"  # no difference at all is not "beyond noise"
+
+
+def test_seed_placeholder_gives_each_seed_its_own_override():
+    overrides = ["train.warm_start=runs/sft-levers/x/seed-{seed}", "grpo.steps=80"]
+    assert per_seed(overrides, 2) == ["train.warm_start=runs/sft-levers/x/seed-2", "grpo.steps=80"]
