@@ -26,7 +26,15 @@ from rlad.jsonl import json_objects
 from rlad.metrics import AnswerRecord, DetectionMetrics, mmad_accuracy
 from rlad.sample import VerifiableSample
 
-__all__ = ["CompletionFileError", "ScoredRecord", "print_summary", "read_completions", "score_records", "summarise"]
+__all__ = [
+    "CompletionFileError",
+    "ScoredRecord",
+    "print_summary",
+    "read_completions",
+    "score_records",
+    "shared_subtasks",
+    "summarise",
+]
 
 
 class CompletionFileError(ValueError):
@@ -66,7 +74,12 @@ def score_records(records: list[ScoredRecord], mix: RewardMix) -> list[dict[str,
 
 
 def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Per group (and ``all``): mean rewards, format rate, patch-level detection and answer accuracy."""
+    """Per group (and ``all``): mean rewards, format rate, patch-level detection and answer accuracy.
+
+    ``image_F1_shared`` is image-level F1 over the questions of subtasks asked about both normal and anomalous
+    images (``shared_subtasks``): whether the policy writes a mask from what it sees, not from the question.
+    ``discrimination`` is MMAD's Anomaly Discrimination accuracy (mean of normal and anomalous images; nan when
+    the group has no such question)."""
     by_group: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_group[r.group].append(i)
@@ -74,28 +87,46 @@ def summarise(records: list[ScoredRecord], scores: list[dict[str, float]]) -> di
         by_group["all"] = list(range(len(records)))
     out = {}
     for group, idx in by_group.items():
-        detection = DetectionMetrics()
+        shared = shared_subtasks([records[i].sample for i in idx])
+        detection, detection_shared = DetectionMetrics(), DetectionMetrics()
         answers = []
         for i in idx:
             r = records[i]
             parsed = parse_completion(r.completion)
             pred = mask_text.decode_or_none(parsed.seg, r.sample.grid)
             detection.add(pred, r.sample.mask, r.sample.anomalous)  # at patch resolution
+            if r.sample.subtask in shared:
+                detection_shared.add(pred, r.sample.mask, r.sample.anomalous)
             answers.append(
                 AnswerRecord(r.sample.subtask or "all", parsed.answer_letter, r.sample.answer, r.sample.anomalous)
             )
         means = {k: float(np.mean([scores[i][k] for i in idx])) for k in scores[idx[0]]}
         det = detection.summary()
+        accuracy = mmad_accuracy(answers)
         out[group] = {
             "n": float(len(idx)),
             **means,  # total and each reward
             "image_F1": det["image_f1"],
+            "image_F1_shared": detection_shared.summary()["image_f1"] if shared else float("nan"),
             "patch_F1": det["pixel_f1"],
             "IoU_ano": det["iou_ano"],
             "bad_seg": det["unparseable_rate"],
-            "answer_acc": mmad_accuracy(answers)["mean"]["accuracy"],
+            "answer_acc": accuracy["mean"]["accuracy"],
+            "discrimination": accuracy.get("Anomaly Discrimination", {}).get("accuracy", float("nan")),
         }
     return out
+
+
+def shared_subtasks(samples: list[VerifiableSample]) -> set[str]:
+    """The subtasks asked about both normal and anomalous images among ``samples``.
+
+    Only there does a mask's presence say what the policy saw: a question asked of defective images only
+    ("Where is the defect located?") tells the policy the image is anomalous, so image F1 over all questions
+    rewards reading the question. ``image_F1_shared`` is image F1 over these subtasks' questions alone."""
+    labels: dict[str, set[bool]] = defaultdict(set)
+    for s in samples:
+        labels[s.subtask].add(s.anomalous)
+    return {subtask for subtask, seen in labels.items() if len(seen) == 2}
 
 
 def print_summary(summary: dict[str, dict[str, float]]) -> None:

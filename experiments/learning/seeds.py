@@ -38,7 +38,10 @@ from rlad.logbook import read_metrics  # noqa: E402
 from rlad.stats import Interval, mean_ci, paired_difference  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
-COLUMNS = ["total", "format", "detection", "answer", "image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc"]
+COLUMNS = [
+    "total", "format", "detection", "answer", "image_F1", "image_F1_shared", "patch_F1", "IoU_ano", "bad_seg",
+    "answer_acc", "discrimination",
+]  # fmt: skip
 PAIRS = [("grpo", "warm_start"), ("grpo_sampled", "warm_start_sampled")]
 
 
@@ -68,6 +71,24 @@ def run_seed(seed: int, args: argparse.Namespace) -> Path:
     print("$ " + " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return run_dir
+
+
+def rescored_row(completions: Path, config: Path) -> dict:
+    """The held-out row of a saved completions file, scored now under the run's own config (its reward mix):
+    runs made before a column existed get it too, with the same code for every row of a table."""
+    from rewards import RewardMix
+    from rlad.config import load_config
+    from rlad.scoring import read_completions, score_records, summarise
+
+    records = list(read_completions(completions))
+    (row,) = summarise(records, score_records(records, RewardMix(load_config(config).rewards))).values()
+    return row
+
+
+def run_rows(run_dir: Path) -> dict[str, dict]:
+    """Every held-out row of a finished ``rlad train`` run, rescored from ``<run_dir>/eval/<row>.jsonl``."""
+    report = json.loads((run_dir / "report.json").read_text())
+    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", run_dir / "config.yaml") for name in report["rows"]}
 
 
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:
@@ -127,7 +148,7 @@ def main() -> None:
     reports, rises = {}, {}
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
-        reports[seed] = json.loads((run_dir / "report.json").read_text())
+        reports[seed] = {"rows": run_rows(run_dir)}
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
     command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *args.overrides])
     text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); mean ± 95 % CI "

@@ -16,7 +16,6 @@ Compare rows of one sweep, on one machine: float results differ between machines
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seeds import COLUMNS, paired_cells, seed_overrides, write_report  # noqa: E402
+from seeds import COLUMNS, paired_cells, rescored_row, seed_overrides, write_report  # noqa: E402
 
 from rlad.stats import mean_ci  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
@@ -48,8 +47,7 @@ def run_sft(name: str, seed: int, overrides: list[str], args: argparse.Namespace
         command = [sys.executable, "-m", "rlad.cli", "sft", args.config, *words]
         print("$ " + " ".join(command[2:]), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
-    done = json.loads(report.read_text())
-    row = done["rows"]["after"]
+    row = rescored_row(out / "eval_after.jsonl", out / "rlad.yaml")  # the columns of today's code, old runs too
     print(f"  {name} seed {seed}: " + "  ".join(f"{c} {row[c]:.3f}" for c in COLUMNS), flush=True)
     return row
 
