@@ -32,3 +32,14 @@ def test_spotted_images_are_seeded_and_their_mask_is_the_target(tmp_path):
     masks = [spotted_image(np.random.default_rng(s), tmp_path, f"s{s}").mask for s in range(12)]
     assert any(m.any() for m in masks) and any(not m.any() for m in masks)  # 0-2 discs: both kinds occur
     assert target(a).startswith("<seg>") and target(a).endswith("</seg>")
+
+
+def test_sees_probe_images_are_seeded_half_defective_and_their_cells_cover_the_defect():
+    from sees import generated_image
+
+    a_image, a_cells = generated_image(np.random.default_rng(3), 1.0)
+    b_image, b_cells = generated_image(np.random.default_rng(3), 1.0)
+    assert np.array_equal(np.asarray(a_image), np.asarray(b_image)) and np.array_equal(a_cells, b_cells)
+    draws = [generated_image(np.random.default_rng(s), 2.0)[1] for s in range(16)]
+    assert all(c.shape == (GRID, GRID) for c in draws)
+    assert 3 <= sum(c.any() for c in draws) <= 13  # about half the images hold a defect
