@@ -192,7 +192,7 @@ class SynthConfig:
     does not learn in CPU minutes to look a letter up among shuffled options)."""
     visibility: float = 1.0
     """How easy a generated defect is to see: its thickness (a scratch's or crack's width, a blob's radius) and a
-    stain's opacity times this. 1.0 is the benchmark's realism (lines 1-3 px wide at 224 px, faint stains);
+    stain's opacity times this. 1.0 is the benchmark's realism (lines 1-2 px wide at 224 px, faint stains);
     larger values are an easier benchmark, to be reported as such next to the 1.0 numbers."""
 
     def __post_init__(self) -> None:
