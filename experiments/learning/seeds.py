@@ -81,8 +81,12 @@ def rescored_row(completions: Path, config: Path) -> dict:
     from rlad.scoring import read_completions, score_records, summarise
 
     records = list(read_completions(completions))
-    (row,) = summarise(records, score_records(records, RewardMix(load_config(config).rewards))).values()
-    return row
+    if not records:
+        raise SystemExit(f"{completions} holds no completions")
+    rows = summarise(records, score_records(records, RewardMix(load_config(config).rewards)))
+    if len(rows) != 1:
+        raise SystemExit(f"{completions} holds several groups ({', '.join(rows)}); expected one held-out row")
+    return next(iter(rows.values()))
 
 
 def run_rows(run_dir: Path) -> dict[str, dict]:

@@ -59,3 +59,12 @@ def test_sft_levers_reads_a_lever_and_pairs_it_by_seed():
 def test_seed_placeholder_gives_each_seed_its_own_override():
     overrides = ["train.warm_start=runs/sft-levers/x/seed-{seed}", "grpo.steps=80"]
     assert per_seed(overrides, 2) == ["train.warm_start=runs/sft-levers/x/seed-2", "grpo.steps=80"]
+
+
+def test_rescoring_a_file_names_it_when_it_is_empty(tmp_path):
+    from seeds import rescored_row
+
+    empty = tmp_path / "eval_after.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match=r"eval_after.jsonl holds no completions"):
+        rescored_row(empty, tmp_path / "rlad.yaml")
