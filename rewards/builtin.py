@@ -38,27 +38,33 @@ def format_reward(completion: str, sample: VerifiableSample, *, blocks: Sequence
     return 1.0 if parse_completion(completion).is_well_formed(tuple(blocks)) else 0.0
 
 
-def detection_score(pred: np.ndarray, truth: np.ndarray, alpha: float) -> float:
-    """The detection rule on patch masks: 1 if both empty, 0 if only the truth is empty, else alpha * F1.
+def detection_score(pred: np.ndarray, truth: np.ndarray, alpha: float, found: float = 0.0) -> float:
+    """The detection rule on patch masks: 1 if both empty, 0 if only the truth is empty, else alpha * F1,
+    plus ``found`` when the truth is not empty and the prediction is not either.
 
-    F1 = 2|P∩G| / (|P| + |G|) over patches: P predicted, G ground truth.
+    F1 = 2|P∩G| / (|P| + |G|) over patches: P predicted, G ground truth. ``found`` is 0 in the paper.
     """
     n_truth = int(np.count_nonzero(truth))
     n_pred = int(np.count_nonzero(pred))
     if n_truth == 0:
         return 1.0 if n_pred == 0 else 0.0
     hits = int(np.count_nonzero(pred & truth))
-    return alpha * 2.0 * hits / (n_pred + n_truth)
+    return alpha * 2.0 * hits / (n_pred + n_truth) + (found if n_pred else 0.0)
 
 
 @reward("detection")
-def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0) -> float:
+def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0, found: float = 0.0) -> float:
     """Detection accuracy of the ``<seg>`` patch mask against the sample's ground truth.
 
     A missing, ambiguous or malformed ``<seg>`` earns 0, on normal images too: junk is never "no anomaly".
+
+    ``found`` (0 in the paper) pays a non-empty mask on an anomalous image, whatever its F1: the image-level
+    half of detection. Under the paper's rule a policy that cannot yet tell the two labels apart, and whose
+    masks score F1 < 1 / alpha, earns more by never writing a mask (1 on every normal image) than by writing
+    one (alpha * F1 on the anomalous ones); ``found`` = 1 pays both labels' right call alike (README, Rewards).
     """
     pred = mask_text.decode_or_none(parse_completion(completion).seg, sample.grid)
-    return 0.0 if pred is None else detection_score(pred, sample.mask, alpha)
+    return 0.0 if pred is None else detection_score(pred, sample.mask, alpha, found)
 
 
 @reward("answer")

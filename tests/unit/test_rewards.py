@@ -53,6 +53,19 @@ def test_detection_alpha_scales_only_anomalous_images():
     assert detection(completion(""), make_sample([]), alpha=5.0) == 1.0
 
 
+def test_detection_found_pays_a_mask_on_anomalous_images_only():
+    anomalous, normal = make_sample(ANOMALY), make_sample([])
+    # P = {(1,1),(1,2)} against G of 3 patches: F1 = 0.8 -> 2 * 0.8 + 1 = 2.6
+    assert detection(completion("(1, 1)-(1, 2)"), anomalous, found=1.0) == pytest.approx(2.6)
+    # disjoint: F1 = 0, the mask still found the anomaly -> 0 + 1
+    assert detection(completion("(0, 0)"), anomalous, found=1.0) == pytest.approx(1.0)
+    # empty on an anomalous image, junk, a false alarm and a right "normal" are as in the paper
+    assert detection(completion(""), anomalous, found=1.0) == 0.0
+    assert detection(completion("(1, 1) crack"), anomalous, found=1.0) == 0.0
+    assert detection(completion("(0, 0)"), normal, found=1.0) == 0.0
+    assert detection(completion(""), normal, found=1.0) == 1.0
+
+
 def test_detection_score_is_the_f1_rule():
     g = np.zeros((3, 3), bool)
     g[0, :] = True
@@ -132,5 +145,5 @@ def test_mix_rejects_bad_specs():
 
 def test_builtins_are_registered():
     assert {"format", "detection", "answer"} <= set(known_rewards())
-    assert get_reward("detection").params == {"alpha": 2.0}
+    assert get_reward("detection").params == {"alpha": 2.0, "found": 0.0}
     assert get_reward("answer").params == {"correct": 1.0, "wrong": 0.1}
