@@ -89,10 +89,12 @@ def rescored_row(completions: Path, config: Path) -> dict:
     return next(iter(rows.values()))
 
 
-def run_rows(run_dir: Path) -> dict[str, dict]:
-    """Every held-out row of a finished ``rlad train`` run, rescored from ``<run_dir>/eval/<row>.jsonl``."""
+def run_rows(run_dir: Path, score_with: Path | None = None) -> dict[str, dict]:
+    """Every held-out row of a finished ``rlad train`` run, rescored from ``<run_dir>/eval/<row>.jsonl`` under
+    the run's own reward mix, or ``score_with``'s (a config) when the run trained with another."""
     report = json.loads((run_dir / "report.json").read_text())
-    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", run_dir / "config.yaml") for name in report["rows"]}
+    config = score_with or run_dir / "config.yaml"
+    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config) for name in report["rows"]}
 
 
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:
@@ -144,6 +146,9 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="the recipe every seed runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least 3 for an interval worth reading")
     p.add_argument("--out", default=str(ROOT / "runs/seeds"), help="one run folder per seed, and seeds.md")
+    p.add_argument("--score-with", type=Path, help="score every held-out row under this config's reward mix, "
+                   "e.g. configs/demo.yaml (the paper's) when the overrides change what GRPO is rewarded for; "
+                   "default: each run's own")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80; "
                    "{seed} is replaced by the seed (train.warm_start=runs/sft-levers/x/seed-{seed})")  # fmt: skip
     args = p.parse_args()
@@ -152,11 +157,14 @@ def main() -> None:
     reports, rises = {}, {}
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
-        reports[seed] = {"rows": run_rows(run_dir)}
+        reports[seed] = {"rows": run_rows(run_dir, args.score_with)}
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
-    command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *args.overrides])
-    text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); mean ± 95 % CI "
-            "over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
+    scored = ["--score-with", str(args.score_with)] if args.score_with else []
+    command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *scored,
+                        *args.overrides])  # fmt: skip
+    mix = f"; rows scored under {args.score_with}'s reward mix" if args.score_with else ""
+    text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}{mix}); mean ± 95 % "
+            "CI over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
     write_report(Path(args.out) / "seeds.md", text)
 
 

@@ -68,3 +68,24 @@ def test_rescoring_a_file_names_it_when_it_is_empty(tmp_path):
     empty.write_text("")
     with pytest.raises(SystemExit, match=r"eval_after.jsonl holds no completions"):
         rescored_row(empty, tmp_path / "rlad.yaml")
+
+
+def test_rows_can_be_scored_under_another_mix_than_the_run_trained_with(tmp_path):
+    import json
+
+    from seeds import run_rows
+
+    from rlad.config import load_config, save_config
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps({"rows": {"grpo": {}}}))
+    save_config(load_config(root / "configs/demo.yaml", ["rewards.detection.found=1"]), run / "config.yaml")
+    sample = {"sample_id": "a#0", "question": "Q?\nA. yes\nB. no", "options": {"A": "yes", "B": "no"},
+              "answer": "A", "grid": 8, "mask": "(1, 1)-(1, 2)", "anomalous": True}  # fmt: skip
+    # P = {(1,1)}, G = {(1,1),(1,2)}: F1 = 2/3 -> detection 4/3 under the paper's rule, + found 1 under the run's
+    line = {"completion": "<seg>(1, 1)</seg><think>t</think><answer>A</answer>", "sample": sample, "group": "grpo"}
+    (run / "eval" / "grpo.jsonl").write_text(json.dumps(line) + "\n")
+    assert run_rows(run)["grpo"]["detection"] == pytest.approx(4 / 3 + 1)
+    assert run_rows(run, root / "configs/demo.yaml")["grpo"]["detection"] == pytest.approx(4 / 3)
