@@ -52,7 +52,7 @@ def detection_score(pred: np.ndarray, truth: np.ndarray, alpha: float, found: fl
     return alpha * 2.0 * hits / (n_pred + n_truth) + (found if n_pred else 0.0)
 
 
-@reward("detection")
+@reward("detection", blocks=("seg",))
 def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0, found: float = 0.0) -> float:
     """Detection accuracy of the ``<seg>`` patch mask against the sample's ground truth.
 
@@ -67,7 +67,7 @@ def detection(completion: str, sample: VerifiableSample, *, alpha: float = 2.0, 
     return 0.0 if pred is None else detection_score(pred, sample.mask, alpha, found)
 
 
-@reward("answer")
+@reward("answer", blocks=("think", "answer"))
 def answer(completion: str, sample: VerifiableSample, *, correct: float = 1.0, wrong: float = 0.1) -> float:
     """``correct`` if the letter in ``<answer>`` is the right option, ``wrong`` if it is another option, else 0.
 

@@ -53,6 +53,7 @@ class RegisteredReward:
     batched: bool
     params: dict[str, Any]  # keyword-only parameter -> default value, the knobs a config may set
     check: Callable[[dict[str, Any]], None] | None = None  # raises ValueError on bad parameter values
+    blocks: tuple[str, ...] | None = None  # the completion blocks it judges (grpo.credit block); None: all of it
 
     def __call__(self, completions: list[str], samples: list[Any], **params: Any) -> list[float]:
         """Score a batch whatever the function's own form."""
@@ -68,12 +69,18 @@ _PLUGIN_OF: dict[str, str] = {}  # reward name -> the entry point "name = value 
 
 
 def reward(
-    name: str, *, batched: bool = False, check: Callable[[dict[str, Any]], None] | None = None
+    name: str,
+    *,
+    batched: bool = False,
+    check: Callable[[dict[str, Any]], None] | None = None,
+    blocks: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the reward ``name``. Parameters a config may set must be keyword-only with defaults.
 
     ``check(params)``, if given, runs when a config naming this reward loads and raises ValueError for
-    parameter values the reward cannot use.
+    parameter values the reward cannot use. ``blocks`` names the completion blocks (``seg``, ``think``,
+    ``answer``) whose tokens this reward's advantage reaches under ``grpo.credit: block``; None (the default)
+    means every token, as in GRPO.
 
     >>> @reward("says_yes")
     ... def says_yes(completion, sample, *, bonus: float = 1.0) -> float:
@@ -86,9 +93,12 @@ def reward(
             raise ValueError(
                 f"reward {name!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}"
             )
+        if blocks is not None and (not blocks or any(b not in ("seg", "think", "answer") for b in blocks)):
+            raise ValueError(f"reward {name!r}: blocks must name some of seg, think, answer, got {blocks!r}")
         _REGISTRY[name] = RegisteredReward(
-            name=name, fn=fn, batched=batched, params=_config_params(name, fn), check=check
-        )
+            name=name, fn=fn, batched=batched, params=_config_params(name, fn), check=check,
+            blocks=None if blocks is None else tuple(blocks),
+        )  # fmt: skip
         return fn
 
     return register

@@ -379,6 +379,10 @@ class GRPOConfig:
     non-negative; GRPO's)."""
     advantage_scale: Literal["group", "batch", "none"] = "group"
     """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
+    credit: Literal["completion", "block"] = "completion"
+    """Which tokens an advantage reaches: ``completion`` (GRPO: every token gets the total reward's) or ``block``
+    (**not in the paper**; rlad/credit.py): each reward's share reaches only the blocks it judges (detection the
+    ``<seg>``, answer the ``<think>`` and ``<answer>``, format and rewards without blocks all tokens)."""
     aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
     tis_cap: float = 2.0

@@ -5,6 +5,9 @@ them in. Shapes: B = completions in the batch (prompts x group_size), T = comple
 
 - Advantages (OmniAD's GRPO): A_i = (r_i - mean(r_group)) / (std(r_group) + eps), with the group's sample std
   (``scale="group"``); ``"batch"`` divides by the batch's std instead, ``"none"`` only centres (Dr.GRPO).
+- Per-block credit (``grpo.credit: block``; not in the paper): each weighted reward's share of A_i
+  (``component_advantages``; the shares add up to A_i) reaches only the tokens of the blocks that reward judges
+  (``rlad.credit``), so the loss takes (B, T) advantages.
 - Surrogate: ratio = exp(logp - old_logp) per token; loss = -min(ratio * A, clip(ratio, 1 - eps_low,
   1 + eps_high) * A), the decoupled clip of DAPO (eps_low = eps_high gives PPO's).
 - Truncated importance sampling (TIS) against the rollout engine: when the policy that sampled (the engine's
@@ -28,7 +31,10 @@ from typing import Literal
 
 import torch
 
-__all__ = ["LossOutput", "group_advantages", "grpo_loss", "kl_estimate", "logprob_mismatch", "tis_weights"]
+__all__ = [
+    "LossOutput", "component_advantages", "group_advantages", "grpo_loss", "kl_estimate", "logprob_mismatch",
+    "tis_weights",
+]  # fmt: skip
 
 Scale = Literal["group", "batch", "none"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "dr_grpo"]
@@ -36,19 +42,41 @@ Aggregation = Literal["token_mean", "seq_mean_token_mean", "dr_grpo"]
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4) -> torch.Tensor:
     """(B,) total rewards, consecutive ``group_size`` completions per prompt -> (B,) advantages."""
+    return _centred(rewards, group_size) / _divisor(rewards, group_size, scale, eps)
+
+
+def component_advantages(
+    components: dict[str, torch.Tensor], group_size: int, scale: Scale = "group", eps: float = 1e-4
+) -> dict[str, torch.Tensor]:
+    """Each weighted reward's share of the group advantage (``grpo.credit: block``; not in the paper).
+
+    ``components``: name -> (B,) weighted reward. Each is centred in its group like the total, and all are
+    divided by the total's scale, so the shares add up to ``group_advantages`` of their sum.
+    """
+    total = sum(components.values())
+    divisor = _divisor(total, group_size, scale, eps)
+    return {name: _centred(r, group_size) / divisor for name, r in components.items()}
+
+
+def _centred(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be (prompts * group_size,), got {tuple(rewards.shape)} for {group_size=}")
     grouped = rewards.view(-1, group_size)  # (prompts, G)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+
+
+def _divisor(rewards: torch.Tensor, group_size: int, scale: Scale, eps: float) -> torch.Tensor:
+    """What centred rewards are divided by: 1 (Dr.GRPO), or the group's or the batch's std + eps."""
     if scale == "none":
-        return centred
+        return torch.ones_like(rewards)
     if scale == "group":
+        grouped = rewards.view(-1, group_size)
         std = grouped.std(dim=1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 else 0 * rewards
     elif scale == "batch":
         std = rewards.std().expand_as(rewards) if rewards.numel() > 1 else 0 * rewards
     else:
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
-    return centred / (std + eps)
+    return std + eps
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: Literal["k1", "k3"] = "k3") -> torch.Tensor:
@@ -108,13 +136,14 @@ def grpo_loss(
     """The GRPO objective for one batch (module docstring).
 
     logp (B, T): current policy's log-prob of each sampled token (with grad); old_logp (B, T): the same under
-    the policy that sampled (detached); advantages (B,); mask (B, T): 1 on completion tokens, 0 on padding;
+    the policy that sampled (detached); advantages (B,), one per completion, or (B, T), one per token
+    (``grpo.credit: block``); mask (B, T): 1 on completion tokens, 0 on padding;
     ref_logp (B, T): the frozen reference's, needed when ``kl_coef > 0``; behaviour_logp (B, T): the rollout
     engine's, weighting each token's surrogate by :func:`tis_weights` when ``tis_cap > 0``.
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # (B, T)
-    adv = advantages.unsqueeze(1)  # (B, 1), one advantage for every token of a completion
+    adv = advantages.unsqueeze(1) if advantages.ndim == 1 else advantages  # (B, 1): the same for every token
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv
     per_token = -torch.min(unclipped, clipped)  # (B, T)

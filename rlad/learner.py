@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import torch
 
 from rlad.config import Config, ConfigError, GenerationConfig, GRPOConfig, LearnerConfig
 from rlad.console import quiet_stdout
+from rlad.credit import token_advantages, token_pieces
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, shared_prompt_logprobs, token_logprobs
@@ -71,6 +73,7 @@ class Rollout:
     advantage: float
     fresh: bool = True  # sampled by the current weights; False: replayed from the store (off-policy)
     padding: bool = False  # a stand-in for a rank with no share of a small batch: runs, counts for nothing
+    block_advantages: dict[str, float] | None = None  # grpo.credit block: block -> share (rlad.credit)
 
 
 def loss_units(rollouts: Sequence[Rollout], aggregation: str) -> int:
@@ -208,6 +211,21 @@ class Learner:
             out.append((items, batch))
         return out
 
+    def _advantages(self, items: Sequence[Rollout], mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B,) advantages, or (B, T) per token where the completions carry per-block shares (grpo.credit)."""
+        if not any(r.block_advantages for r in items):
+            return torch.tensor([r.advantage for r in items], dtype=dtype, device=mask.device)
+        adv = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        tokenizer = self.builder.tokenizer
+        decode = partial(tokenizer.decode, skip_special_tokens=True)  # as the engine made the completion's text
+        for row, r in enumerate(items):
+            if r.block_advantages:
+                values = token_advantages(token_pieces(decode, r.token_ids), r.block_advantages)
+            else:
+                values = [r.advantage] * len(r.token_ids)
+            adv[row, mask[row]] = torch.tensor(values, dtype=dtype, device=mask.device)
+        return adv
+
     def _logprobs(self, model: Any, batch: dict | SharedPromptBatch, entropy: bool = False) -> tuple[torch.Tensor, ...]:
         """(logprobs, mask[, entropy]) of a micro-batch from ``_encode``, one row per completion."""
         temperature = self.generation.temperature
@@ -256,8 +274,8 @@ class Learner:
                     with torch.no_grad():
                         ref = self._logprobs(self.reference, batch)[0]
                 out = grpo_loss(
-                    logp, old, torch.tensor([r.advantage for r in items], dtype=logp.dtype, device=logp.device),
-                    mask, clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
+                    logp, old, self._advantages(items, mask, logp.dtype), mask, clip_eps_low=grpo.clip_eps_low,
+                    clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
                     kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
                     max_completion_length=self.generation.max_new_tokens,
                     behaviour_logp=engine_logp, tis_cap=grpo.tis_cap,
@@ -444,7 +462,14 @@ def learner_batch(config: Config, fresh: list[Group], past: list[Group], version
         want = round(len(fresh) * grpo.replay_share / (1 - grpo.replay_share))
         replayed = random.Random(f"{config.seed}-{step}").sample(candidates, min(want, len(candidates)))
     rollouts = [
-        Rollout(g.sample, g.token_ids[i], g.logprobs[i], g.advantages[i], fresh=is_fresh)
+        Rollout(
+            g.sample,
+            g.token_ids[i],
+            g.logprobs[i],
+            g.advantages[i],
+            fresh=is_fresh,
+            block_advantages=g.block_advantages[i] if g.block_advantages else None,
+        )
         for groups, is_fresh in ((chosen, True), (replayed, False))
         for g in groups
         for i in range(len(g.completions))

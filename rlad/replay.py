@@ -58,10 +58,13 @@ class Group:
     totals: list[float]  # weighted sum
     advantages: list[float]
     extra: dict[str, float] = field(default_factory=dict)
+    # grpo.credit block: per completion, block -> advantage share (rlad.credit.block_shares); None: completion
+    block_advantages: list[dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.completions)
         lengths = [len(self.token_ids), len(self.logprobs), len(self.totals), len(self.advantages)]
+        lengths += [len(self.block_advantages)] if self.block_advantages is not None else []
         lengths += [len(v) for v in self.rewards.values()]
         if any(k != n for k in lengths):
             raise ValueError(f"group {self.group_id}: per-completion lists differ in length: {n} vs {lengths}")
@@ -77,7 +80,8 @@ class Group:
 def _table(groups: Sequence[Group]) -> pa.Table:
     names = sorted({name for g in groups for name in g.rewards})
     cols: dict[str, list] = {k: [] for k in ("group_id", "step", "policy_version", "sample_id", "sample", "index",
-                                             "completion", "token_ids", "logprobs", "total", "advantage")}  # fmt: skip
+                                             "completion", "token_ids", "logprobs", "total", "advantage",
+                                             "block_advantages")}  # fmt: skip
     cols.update({f"reward.{n}": [] for n in names})
     for g in groups:
         sample_json = json.dumps(g.sample.to_record())
@@ -93,10 +97,11 @@ def _table(groups: Sequence[Group]) -> pa.Table:
             cols["logprobs"].append(g.logprobs[i])
             cols["total"].append(g.totals[i])
             cols["advantage"].append(g.advantages[i])
+            cols["block_advantages"].append(json.dumps(g.block_advantages[i]) if g.block_advantages else None)
             for n in names:
                 cols[f"reward.{n}"].append(g.rewards[n][i] if n in g.rewards else None)
     types = {"token_ids": pa.list_(pa.int32()), "logprobs": pa.list_(pa.float32()), "step": pa.int64(),
-             "policy_version": pa.int64(), "index": pa.int32()}  # fmt: skip
+             "policy_version": pa.int64(), "index": pa.int32(), "block_advantages": pa.string()}  # fmt: skip
     return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
 
 
@@ -122,6 +127,9 @@ def _groups(table: pa.Table) -> list[Group]:
                 rewards={n: [r[f"reward.{n}"] for r in members] for n in names},
                 totals=[r["total"] for r in members],
                 advantages=[r["advantage"] for r in members],
+                block_advantages=(  # stores written before grpo.credit have no such column
+                    [json.loads(r["block_advantages"]) for r in members] if first.get("block_advantages") else None
+                ),
             )
         )
     return groups
@@ -202,6 +210,7 @@ def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: 
     totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
     advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
     names = [k for k in scores[0] if k != "total"]
+    shares = block_advantages(config, scores, names) if config.grpo.credit == "block" else None
     groups = []
     for p, sample in enumerate(samples):
         idx = range(p * g, (p + 1) * g)
@@ -210,6 +219,20 @@ def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: 
             sample=sample, completions=[completions[i].text for i in idx],
             token_ids=[completions[i].token_ids for i in idx], logprobs=[completions[i].logprobs for i in idx],
             rewards={n: [scores[i][n] for i in idx] for n in names}, totals=[scores[i]["total"] for i in idx],
-            advantages=[advantages[i] for i in idx],
+            advantages=[advantages[i] for i in idx], block_advantages=shares and [shares[i] for i in idx],
         ))  # fmt: skip
     return records, scores, groups
+
+
+def block_advantages(config: Any, scores: list[dict[str, float]], names: list[str]) -> list[dict[str, float]]:
+    """Per completion, block -> advantage share under ``grpo.credit: block`` (rlad/credit.py): each weighted
+    reward centred in its group, over the total's scale, summed by the blocks its reward judges."""
+    from rewards import RewardMix, get_reward
+    from rlad.credit import block_shares
+    from rlad.grpo import component_advantages
+
+    weights = RewardMix(config.rewards).weights
+    weighted = {n: torch.tensor([s[n] * weights[n] for s in scores], dtype=torch.float64) for n in names}
+    parts = component_advantages(weighted, config.grpo.group_size, config.grpo.advantage_scale)
+    blocks = {n: get_reward(n).blocks for n in names}
+    return [block_shares({n: float(parts[n][i]) for n in names}, blocks) for i in range(len(scores))]

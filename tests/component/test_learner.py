@@ -255,3 +255,31 @@ def test_learners_on_one_node_meet_through_a_file_and_across_nodes_over_tcp():
     assert rendezvous_url(one, "abc") == "file:///tmp/rlad-rendezvous-abc"  # no network port opened by rlad
     two = [NodeAddress("n1", "10.0.0.5", 4000, "/tmp"), NodeAddress("n2", "10.0.0.6", 4001, "/tmp")]
     assert rendezvous_url(two, "abc") == "tcp://10.0.0.5:4000"  # rank 0's node
+
+
+def test_block_credit_reaches_the_tokens_of_each_block(small_benchmark, tiny_dir, rollouts, monkeypatch):
+    learner = _learner(small_benchmark, tiny_dir)
+    tokenizer = learner.builder.tokenizer
+    text = "<seg>(1, 1)</seg><think>a dent</think><answer>A</answer>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    shares = {"all": 0.25, "seg": 1.0, "think": -1.0, "answer": -1.0}
+    r = Rollout(rollouts[0].sample, ids, [0.0] * len(ids), 0.25, block_advantages=shares)
+    mask = torch.zeros(2, len(ids) + 2, dtype=torch.bool)
+    mask[0, 2:] = True  # left padding, as the learner's batches have it
+    mask[1, 2:] = True
+    adv = learner._advantages([r, dataclasses.replace(r, block_advantages=None)], mask, torch.float32)
+    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+    assert "".join(pieces) == text
+    seg_end = next(i for i in range(len(ids)) if "".join(pieces[: i + 1]).endswith("</seg>"))
+    assert adv[0, 2 : 2 + seg_end + 1].tolist() == [1.25] * (seg_end + 1)  # format's share + detection's
+    assert adv[0, 2 + seg_end + 1 : -1].tolist() == [-0.75] * (len(ids) - seg_end - 2)  # + answer's
+    assert adv[0, -1].item() == 0.25  # the end of text: in no block
+    assert adv[1, 2:].tolist() == [0.25] * len(ids) and not adv[:, :2].any()  # no shares: the completion's
+    # a completion without a <seg> block (the untrained policy's ten tokens) learns from the whole-completion
+    # share alone, as GRPO would have it
+    assert not any("</seg>" in tokenizer.decode(x.token_ids, skip_special_tokens=True) for x in rollouts)
+    same = [dataclasses.replace(x, block_advantages={"all": x.advantage, "seg": 9.0}) for x in rollouts]
+    plain = _gradients(learner, rollouts, 1, monkeypatch)
+    shared = _gradients(learner, same, 1, monkeypatch)
+    for name in plain:
+        torch.testing.assert_close(shared[name], plain[name], msg=name)

@@ -95,3 +95,15 @@ def test_cli_rescore_prints_per_step_under_the_new_mix(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["rescore", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
+
+
+def test_per_block_advantages_round_trip(tmp_path):
+    from dataclasses import replace
+
+    store = ReplayStore(tmp_path / "replay")
+    shares = [{"all": 0.1, "seg": 0.5}, {"all": -0.1, "seg": -0.5}]
+    store.append([replace(group("a"), block_advantages=shares), group("b")])
+    a, b = store.groups()
+    assert a.block_advantages == shares and b.block_advantages is None
+    with pytest.raises(ValueError, match="differ in length"):
+        replace(group("c"), block_advantages=shares[:1])

@@ -135,3 +135,11 @@ def test_parameter_types_are_checked_exactly(clean_registry):
     RewardMix({"counted": {"target": 100, "scale": 2}})  # an integer is a number
     with pytest.raises(RewardSpecError, match=r"rewards\.counted\.target must be an integer"):
         RewardMix({"counted": {"target": True}})
+
+
+def test_a_reward_names_only_blocks_that_exist(clean_registry):
+    with pytest.raises(ValueError, match="blocks must name some of seg, think, answer"):
+
+        @reward("judges_the_title", blocks=("title",))
+        def judges_the_title(completion, sample) -> float:
+            return 0.0

@@ -1,0 +1,69 @@
+"""Per-block credit (grpo.credit: block): which tokens each reward's advantage share reaches, by hand."""
+
+import pytest
+import torch
+
+from rewards import get_reward
+from rlad.credit import block_shares, token_advantages, token_blocks, token_pieces
+from rlad.grpo import component_advantages, group_advantages, grpo_loss
+
+PIECES = ["<seg>", "(1, ", "1)", "</seg>", "<think>", "a dent", "</think>", "\n", "<answer>", "A", "</answer>", ""]
+
+
+def test_each_token_is_in_the_block_its_text_starts_in():
+    assert token_blocks(PIECES) == [
+        "seg", "seg", "seg", "seg", "think", "think", "think", None, "answer", "answer", "answer", None,
+    ]  # fmt: skip
+    # a token that straddles two blocks counts for the one it starts in; the first block of a name counts
+    assert token_blocks(["<seg></seg><think>", "x</think>", "<seg>(0, 0)</seg>"]) == ["seg", "think", None]
+    # no blocks at all (junk): every token is outside
+    assert token_blocks(["hello", " world"]) == [None, None]
+
+
+def test_token_pieces_join_to_the_text_the_engine_decoded():
+    vocab = {1: "<seg>", 2: "</seg>", 3: " yes"}
+    one_by_one = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+    assert token_pieces(one_by_one, [1, 2, 3]) == ["<seg>", "</seg>", " yes"]
+    # a decoder that drops a leading space from a lone token (sentencepiece-like): prefixes decide
+    lone = lambda ids: one_by_one(ids).lstrip() if len(ids) == 1 else one_by_one(ids)  # noqa: E731
+    assert token_pieces(lone, [1, 3, 3]) == ["<seg>", " yes", " yes"]
+
+
+def test_block_shares_and_token_advantages_by_hand():
+    blocks = {"format": None, "detection": ("seg",), "answer": ("think", "answer")}
+    per_block = block_shares({"format": 0.25, "detection": 0.5, "answer": -1.0}, blocks)
+    assert per_block == {"all": 0.25, "seg": 0.5, "think": -1.0, "answer": -1.0}
+    # seg tokens 0.25 + 0.5; think and answer 0.25 - 1; between blocks and the end of text 0.25 only
+    assert token_advantages(PIECES, per_block) == [0.75] * 4 + [-0.75] * 3 + [0.25] + [-0.75] * 3 + [0.25]
+
+
+def test_the_builtin_rewards_judge_their_blocks():
+    assert get_reward("detection").blocks == ("seg",)
+    assert get_reward("answer").blocks == ("think", "answer")
+    assert get_reward("format").blocks is None
+
+
+def test_component_advantages_add_up_to_the_group_advantage():
+    # one group of 2: detection [2, 0] and answer [0, 1] -> totals [2, 1]; centred detection [1, -1],
+    # answer [-0.5, 0.5]; Dr.GRPO (none) keeps them; group scale divides both by std([2, 1]) + eps
+    parts = {"detection": torch.tensor([2.0, 0.0]), "answer": torch.tensor([0.0, 1.0])}
+    plain = component_advantages(parts, 2, "none")
+    assert torch.equal(plain["detection"], torch.tensor([1.0, -1.0]))
+    assert torch.equal(plain["answer"], torch.tensor([-0.5, 0.5]))
+    for scale in ("group", "batch", "none"):
+        shares = component_advantages(parts, 2, scale)
+        total = group_advantages(parts["detection"] + parts["answer"], 2, scale)
+        assert torch.allclose(shares["detection"] + shares["answer"], total)
+    std = torch.tensor([2.0, 1.0]).std() + 1e-4
+    assert torch.allclose(component_advantages(parts, 2, "group")["answer"], torch.tensor([-0.5, 0.5]) / std)
+
+
+def test_the_loss_takes_one_advantage_per_token():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    old, mask = torch.zeros(1, 3), torch.ones(1, 3)
+    # the same advantage on every token is GRPO's loss
+    same = grpo_loss(logp, old, torch.tensor([[1.0, 1.0, 1.0]]), mask).loss
+    assert same.item() == pytest.approx(grpo_loss(logp, old, torch.tensor([1.0]), mask).loss.item())
+    # A = [+1, -1, 0]: min(r, clip) = 1.28 for token 0, min(-0.5, -0.8) = -0.8 for token 1, 0 -> (-1.28 + 0.8) / 3
+    mixed = grpo_loss(logp, old, torch.tensor([[1.0, -1.0, 0.0]]), mask).loss
+    assert mixed.item() == pytest.approx((-1.28 + 0.8) / 3)
