@@ -73,28 +73,29 @@ def run_seed(seed: int, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def rescored_row(completions: Path, config: Path) -> dict:
-    """The held-out row of a saved completions file, scored now under the run's own config (its reward mix):
-    runs made before a column existed get it too, with the same code for every row of a table."""
+def rescored_row(completions: Path, config: Path, paper: bool = False) -> dict:
+    """The held-out row of a saved completions file, scored now under the run's own config (its reward mix), or
+    the paper's mix: runs made before a column existed get it too, with the same code for every row of a table."""
     from rewards import RewardMix
-    from rlad.config import load_config
+    from rlad.config import load_config, paper_rewards
     from rlad.scoring import read_completions, score_records, summarise
 
     records = list(read_completions(completions))
     if not records:
         raise SystemExit(f"{completions} holds no completions")
-    rows = summarise(records, score_records(records, RewardMix(load_config(config).rewards)))
+    mix = paper_rewards() if paper else load_config(config).rewards
+    rows = summarise(records, score_records(records, RewardMix(mix)))
     if len(rows) != 1:
         raise SystemExit(f"{completions} holds several groups ({', '.join(rows)}); expected one held-out row")
     return next(iter(rows.values()))
 
 
-def run_rows(run_dir: Path, score_with: Path | None = None) -> dict[str, dict]:
+def run_rows(run_dir: Path, paper_rewards: bool = False) -> dict[str, dict]:
     """Every held-out row of a finished ``rlad train`` run, rescored from ``<run_dir>/eval/<row>.jsonl`` under
-    the run's own reward mix, or ``score_with``'s (a config) when the run trained with another."""
+    the run's own reward mix, or the paper's (``rlad.config.paper_rewards``)."""
     report = json.loads((run_dir / "report.json").read_text())
-    config = score_with or run_dir / "config.yaml"
-    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config) for name in report["rows"]}
+    config = run_dir / "config.yaml"
+    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config, paper_rewards) for name in report["rows"]}
 
 
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:
@@ -146,9 +147,8 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="the recipe every seed runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least 3 for an interval worth reading")
     p.add_argument("--out", default=str(ROOT / "runs/seeds"), help="one run folder per seed, and seeds.md")
-    p.add_argument("--score-with", type=Path, help="score every held-out row under this config's reward mix, "
-                   "e.g. configs/demo.yaml (the paper's) when the overrides change what GRPO is rewarded for; "
-                   "default: each run's own")  # fmt: skip
+    p.add_argument("--paper-rewards", action="store_true", help="score every held-out row under the paper's "
+                   "reward mix, not each run's own (which may pay `found` or weigh rewards otherwise)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80; "
                    "{seed} is replaced by the seed (train.warm_start=runs/sft-levers/x/seed-{seed})")  # fmt: skip
     args = p.parse_args()
@@ -157,12 +157,12 @@ def main() -> None:
     reports, rises = {}, {}
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
-        reports[seed] = {"rows": run_rows(run_dir, args.score_with)}
+        reports[seed] = {"rows": run_rows(run_dir, args.paper_rewards)}
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
-    scored = ["--score-with", str(args.score_with)] if args.score_with else []
+    scored = ["--paper-rewards"] if args.paper_rewards else []
     command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *scored,
                         *args.overrides])  # fmt: skip
-    mix = f"; rows scored under {args.score_with}'s reward mix" if args.score_with else ""
+    mix = "; rows scored under the paper's reward mix" if args.paper_rewards else ""
     text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}{mix}); mean ± 95 % "
             "CI over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
     write_report(Path(args.out) / "seeds.md", text)

@@ -81,11 +81,11 @@ def test_rows_can_be_scored_under_another_mix_than_the_run_trained_with(tmp_path
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "report.json").write_text(json.dumps({"rows": {"grpo": {}}}))
-    save_config(load_config(root / "configs/demo.yaml", ["rewards.detection.found=1"]), run / "config.yaml")
+    save_config(load_config(root / "configs/demo.yaml", ["rewards.detection.found=2"]), run / "config.yaml")
     sample = {"sample_id": "a#0", "question": "Q?\nA. yes\nB. no", "options": {"A": "yes", "B": "no"},
               "answer": "A", "grid": 8, "mask": "(1, 1)-(1, 2)", "anomalous": True}  # fmt: skip
-    # P = {(1,1)}, G = {(1,1),(1,2)}: F1 = 2/3 -> detection 4/3 under the paper's rule, + found 1 under the run's
+    # P = {(1,1)}, G = {(1,1),(1,2)}: F1 = 2/3 -> detection 4/3 under the paper's rule, + found 2 under the run's
     line = {"completion": "<seg>(1, 1)</seg><think>t</think><answer>A</answer>", "sample": sample, "group": "grpo"}
     (run / "eval" / "grpo.jsonl").write_text(json.dumps(line) + "\n")
-    assert run_rows(run)["grpo"]["detection"] == pytest.approx(4 / 3 + 1)
-    assert run_rows(run, root / "configs/demo.yaml")["grpo"]["detection"] == pytest.approx(4 / 3)
+    assert run_rows(run)["grpo"]["detection"] == pytest.approx(4 / 3 + 2)
+    assert run_rows(run, paper_rewards=True)["grpo"]["detection"] == pytest.approx(4 / 3)
