@@ -323,7 +323,7 @@ def _model_card(config: Config, source: Source, model: Any, evals: dict[str, Any
                     "GRPO",
                     f"{g.steps} steps x {g.prompts_per_step} prompts x {g.group_size} completions, lr {g.lr}, "
                     f"clip [{g.clip_eps_low}, {g.clip_eps_high}], KL {g.kl_coef} ({g.kl_kind}), "
-                    f"advantages / {g.advantage_scale}",
+                    f"advantages / {g.advantage_scale}, {g.credit} credit",
                 ],
                 [
                     "sampling",
