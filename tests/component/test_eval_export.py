@@ -151,7 +151,7 @@ def test_the_model_cards_transformers_recipe_answers_like_rlad_predict(checkpoin
     card = (out / "README.md").read_text()
     assert re.search(r"^# rlad inspection policy \(\S+ M parameters", card, re.M)  # a title, not the folder name
     for part in ("## Intended use and limitations", "## Prompt format", "## Decoding `<seg>`", "## Reward mix",
-                 "| detection | 1.0 | alpha=2.0 |", "| answer | 1.0 | correct=1.0, wrong=0.1 |",
+                 "| detection | 1.0 | alpha=2.0, found=0.0 |", "| answer | 1.0 | correct=1.0, wrong=0.1 |",
                  "All are built into rlad", "rlad's tiny Qwen2.5-VL-architecture model",
                  "mm_token_type_ids"):  # fmt: skip
         assert part in card, part
