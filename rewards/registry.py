@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from rlad.completion import BLOCKS
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "RegisteredReward",
@@ -93,8 +95,8 @@ def reward(
             raise ValueError(
                 f"reward {name!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}"
             )
-        if blocks is not None and (not blocks or any(b not in ("seg", "think", "answer") for b in blocks)):
-            raise ValueError(f"reward {name!r}: blocks must name some of seg, think, answer, got {blocks!r}")
+        if blocks is not None and (not blocks or any(b not in BLOCKS for b in blocks)):
+            raise ValueError(f"reward {name!r}: blocks must name some of {', '.join(BLOCKS)}, got {blocks!r}")
         _REGISTRY[name] = RegisteredReward(
             name=name, fn=fn, batched=batched, params=_config_params(name, fn), check=check,
             blocks=None if blocks is None else tuple(blocks),

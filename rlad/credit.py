@@ -16,10 +16,12 @@ import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+from rlad.completion import BLOCKS
+
 __all__ = ["ALL", "block_shares", "token_advantages", "token_blocks", "token_pieces"]
 
 ALL = "all"  # the key of the rewards that judge the whole completion
-_BLOCK = re.compile(r"<(seg|think|answer)>.*?</\1>", re.DOTALL)
+_BLOCK = re.compile(rf"<({'|'.join(BLOCKS)})>.*?</\1>", re.DOTALL)
 
 
 def token_pieces(decode: Callable[[list[int]], str], ids: Sequence[int]) -> list[str]:

@@ -244,6 +244,7 @@ class Learner:
         chunks = self._micro_batches(rollouts, micro_batches)
         batches = self._encode(chunks, rollouts)  # once: every epoch reuses them
         old_learner: list[torch.Tensor | None] = [None] * len(chunks)
+        advantages: list[torch.Tensor | None] = [None] * len(chunks)  # per micro-batch, made once (decoding)
         sums: dict[str, float] = {}
         weight_total = 0.0
 
@@ -266,6 +267,7 @@ class Learner:
                 fresh = torch.tensor([r.fresh for r in items], device=logp.device).unsqueeze(1)
                 if epoch == 0:
                     old_learner[i] = logp.detach()
+                    advantages[i] = self._advantages(items, mask, logp.dtype)
                 # replayed groups were sampled by older weights: only the engine's numbers exist for them
                 use_engine = torch.full_like(mask, grpo.old_logprobs == "engine") | ~fresh
                 old = torch.where(use_engine, engine_logp, old_learner[i])
@@ -274,7 +276,7 @@ class Learner:
                     with torch.no_grad():
                         ref = self._logprobs(self.reference, batch)[0]
                 out = grpo_loss(
-                    logp, old, self._advantages(items, mask, logp.dtype), mask, clip_eps_low=grpo.clip_eps_low,
+                    logp, old, advantages[i], mask, clip_eps_low=grpo.clip_eps_low,
                     clip_eps_high=grpo.clip_eps_high, ref_logp=ref,
                     kl_coef=grpo.kl_coef, kl_kind=grpo.kl_kind, aggregation=grpo.aggregation,
                     max_completion_length=self.generation.max_new_tokens,

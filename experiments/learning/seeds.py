@@ -90,12 +90,12 @@ def rescored_row(completions: Path, config: Path, paper: bool = False) -> dict:
     return next(iter(rows.values()))
 
 
-def run_rows(run_dir: Path, paper_rewards: bool = False) -> dict[str, dict]:
+def run_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
     """Every held-out row of a finished ``rlad train`` run, rescored from ``<run_dir>/eval/<row>.jsonl`` under
     the run's own reward mix, or the paper's (``rlad.config.paper_rewards``)."""
     report = json.loads((run_dir / "report.json").read_text())
     config = run_dir / "config.yaml"
-    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config, paper_rewards) for name in report["rows"]}
+    return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config, paper) for name in report["rows"]}
 
 
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:

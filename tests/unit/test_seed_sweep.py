@@ -88,4 +88,4 @@ def test_rows_can_be_scored_under_another_mix_than_the_run_trained_with(tmp_path
     line = {"completion": "<seg>(1, 1)</seg><think>t</think><answer>A</answer>", "sample": sample, "group": "grpo"}
     (run / "eval" / "grpo.jsonl").write_text(json.dumps(line) + "\n")
     assert run_rows(run)["grpo"]["detection"] == pytest.approx(4 / 3 + 2)
-    assert run_rows(run, paper_rewards=True)["grpo"]["detection"] == pytest.approx(4 / 3)
+    assert run_rows(run, paper=True)["grpo"]["detection"] == pytest.approx(4 / 3)
