@@ -15,7 +15,11 @@ body on each prompt token once per group (its completions share them: a side tha
 gets no credit for the repeats), the body on every completion token, the output layer on completion positions
 (``step_flop``), attention excluded; against bf16 and fp32 matmul peaks measured at the start of the same run.
 
-    python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--quick]
+    python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--quick] [--tiny KEY=VALUE ...]
+
+``--tiny`` gives both sides a larger (or smaller) tiny model, e.g. ``--tiny hidden_size=384
+intermediate_size=1152 num_layers=6 num_heads=6 vision_depth=6 vision_hidden_size=384 vision_heads=6``: the
+step and its model-FLOP utilisation at the size a learning run would use instead of the demo's 1.7 M.
 
 Last line: ``speedup X.XXx (baseline A.AA s/step, now B.BB s/step)`` (medians of the whole step).
 """
@@ -199,6 +203,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="config overrides for this tree's side only (a lever to measure: model.dtype=bfloat16)",
     )
+    parser.add_argument(
+        "--tiny",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sizes of the tiny model both sides run (rlad/tiny.py TinySpec fields: hidden_size=384 ...)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 measured steps, 64 tokens: about 3 minutes")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,7 +228,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rlad-demo-speed-"))
     data = make_data(work / "data", per_class=8)
-    checkpoint = str(resolve_model_path(load_config("configs/demo.yaml").model))
+    tiny = [f"model.tiny.{kv}" for kv in args.tiny]
+    checkpoint = str(resolve_model_path(load_config("configs/demo.yaml", tiny).model))
     peaks = {"bf16": matmul_peak("bfloat16", threads), "fp32": matmul_peak("float32", threads)}
     spec = {"data": str(data), "checkpoint": checkpoint, "tokens": args.tokens, "threads": threads, "overrides": []}
     base_tree = extract(args.baseline, work / "baseline")
@@ -253,7 +265,7 @@ def main() -> None:
     rows.append(ratio)
     split = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in base.ready["params"].items())
     print(f"\n{parameter_count(checkpoint) / 1e6:.2f} M params ({split}), {threads} threads, "
-          f"CPU bf16 units: {cpu_bf16_units() or 'none'}, "
+          f"CPU bf16 units: {cpu_bf16_units() or 'none'}, tiny spec: {' '.join(args.tiny) or 'demo'}, "
           f"median of {args.steps} steps per side;\nmatmul peak bf16 {peaks['bf16'] / 1e12:.3f} / "
           f"fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s")  # fmt: skip
     columns = ["side", "dtype", *[f"{p} s" for p in PHASES], "step s", "gen tok/s", "learn tok/s",

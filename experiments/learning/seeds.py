@@ -19,6 +19,11 @@ Printed and written to ``<out>/seeds.md``:
 - the training reward's rise: the mean total reward of the last fifth of GRPO steps minus the first fifth,
   per seed, against the spread of the per-step rewards (their standard deviation) in those steps.
 
+``--heldout-all`` also scores the warm start and the final policy greedily on the *whole* held-out split
+(``rlad eval CHECKPOINT held-out``, ~1,100 questions for the demo instead of the run's ``train.eval_samples``)
+into ``<run>/eval-all/``, as the rows ``warm_start_all`` and ``grpo_all`` and their paired difference: fewer
+questions' luck in each seed's number, so a narrower interval over seeds.
+
 Float results differ between machines: compare rows of one sweep, never across machines.
 """
 
@@ -42,7 +47,7 @@ COLUMNS = [
     "total", "format", "detection", "answer", "image_F1", "image_F1_shared", "patch_F1", "IoU_ano", "bad_seg",
     "answer_acc", "discrimination",
 ]  # fmt: skip
-PAIRS = [("grpo", "warm_start"), ("grpo_sampled", "warm_start_sampled")]
+PAIRS = [("grpo", "warm_start"), ("grpo_sampled", "warm_start_sampled"), ("grpo_all", "warm_start_all")]
 
 
 def seed_overrides(seed: int, config_path: str, overrides: list[str]) -> list[str]:
@@ -85,9 +90,11 @@ def rescored_row(completions: Path, config: Path, paper: bool = False) -> dict:
         raise SystemExit(f"{completions} holds no completions")
     mix = paper_rewards() if paper else load_config(config).rewards
     rows = summarise(records, score_records(records, RewardMix(mix)))
-    if len(rows) != 1:
-        raise SystemExit(f"{completions} holds several groups ({', '.join(rows)}); expected one held-out row")
-    return next(iter(rows.values()))
+    if len(rows) == 1:
+        return next(iter(rows.values()))
+    if "all" in rows:  # rlad eval groups by class: its overall row
+        return rows["all"]
+    raise SystemExit(f"{completions} holds several groups ({', '.join(rows)}) and no overall row")
 
 
 def run_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
@@ -96,6 +103,24 @@ def run_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
     report = json.loads((run_dir / "report.json").read_text())
     config = run_dir / "config.yaml"
     return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config, paper) for name in report["rows"]}
+
+
+def heldout_all_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
+    """The warm start and the final policy of a finished run, each scored greedily on the whole held-out split
+    of the run's own data (``rlad eval``, under the run's config) — rows ``warm_start_all`` and ``grpo_all``."""
+    report = json.loads((run_dir / "report.json").read_text())
+    config = run_dir / "config.yaml"
+    checkpoints = {"warm_start_all": Path(report["warm_start"]), "grpo_all": run_dir / "final"}
+    rows = {}
+    for name, checkpoint in checkpoints.items():
+        out = run_dir / "eval-all" / name
+        if not (out / "eval.json").is_file():
+            command = [sys.executable, "-m", "rlad.cli", "eval", str(checkpoint), "held-out", "--config", str(config),
+                       "--out", str(out), "--overlays", "0"]  # fmt: skip
+            print("$ " + " ".join(command[2:]), flush=True)
+            subprocess.run(command, check=True, cwd=ROOT)
+        rows[name] = rescored_row(out / "completions.jsonl", config, paper)
+    return rows
 
 
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:
@@ -149,6 +174,8 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs/seeds"), help="one run folder per seed, and seeds.md")
     p.add_argument("--paper-rewards", action="store_true", help="score every held-out row under the paper's "
                    "reward mix, not each run's own (which may pay `found` or weigh rewards otherwise)")  # fmt: skip
+    p.add_argument("--heldout-all", action="store_true", help="also score the warm start and the final policy "
+                   "greedily on the whole held-out split (rows warm_start_all, grpo_all)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80; "
                    "{seed} is replaced by the seed (train.warm_start=runs/sft-levers/x/seed-{seed})")  # fmt: skip
     args = p.parse_args()
@@ -158,8 +185,10 @@ def main() -> None:
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
         reports[seed] = {"rows": run_rows(run_dir, args.paper_rewards)}
+        if args.heldout_all:
+            reports[seed]["rows"] |= heldout_all_rows(run_dir, args.paper_rewards)
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
-    scored = ["--paper-rewards"] if args.paper_rewards else []
+    scored = ["--paper-rewards"] * args.paper_rewards + ["--heldout-all"] * args.heldout_all
     command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *scored,
                         *args.overrides])  # fmt: skip
     mix = "; rows scored under the paper's reward mix" if args.paper_rewards else ""

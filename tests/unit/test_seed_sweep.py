@@ -89,3 +89,25 @@ def test_rows_can_be_scored_under_another_mix_than_the_run_trained_with(tmp_path
     (run / "eval" / "grpo.jsonl").write_text(json.dumps(line) + "\n")
     assert run_rows(run)["grpo"]["detection"] == pytest.approx(4 / 3 + 2)
     assert run_rows(run, paper=True)["grpo"]["detection"] == pytest.approx(4 / 3)
+
+
+def test_a_file_grouped_by_class_gives_its_overall_row(tmp_path):
+    """rlad eval writes one group per class; the sweep's whole-held-out rows read the overall one."""
+    import json
+
+    from seeds import rescored_row
+
+    from rlad.config import load_config, save_config
+
+    root = Path(__file__).resolve().parents[2]
+    save_config(load_config(root / "configs/demo.yaml"), tmp_path / "config.yaml")
+    sample = {"sample_id": "a#0", "question": "Q?\nA. yes\nB. no", "options": {"A": "yes", "B": "no"},
+              "answer": "A", "grid": 8, "mask": "(1, 1)", "anomalous": True}  # fmt: skip
+    right = {"completion": "<seg>(1, 1)</seg><think>t</think><answer>A</answer>", "sample": sample, "group": "pill"}
+    wrong = {"completion": "<seg></seg><think>t</think><answer>B</answer>", "sample": sample, "group": "wood"}
+    path = tmp_path / "completions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (right, wrong)))
+    row = rescored_row(path, tmp_path / "config.yaml", paper=True)
+    assert row["n"] == 2
+    assert row["answer_acc"] == pytest.approx(0.5)
+    assert row["image_F1"] == pytest.approx(2 / 3)  # one hit, one miss, no false alarm: P 1, R 1/2
