@@ -2,7 +2,7 @@
 
     python experiments/learning/sft_levers.py \
         --lever 'grounded=sft.grounding_position_weight=1 sft.grounding_mask_weight=1' \
-        [--seeds 0 1 2] [--out runs/sft-levers] [key=value ...]
+        [--seeds 0 1 2] [--out runs/sft-levers] [--paper-rewards] [key=value ...]
 
 Each seed runs ``rlad sft`` on the recipe (``--config``, the demo's by default) with ``seed=S`` and, for the
 tiny model, ``model.tiny.seed=S`` — once as it is (``baseline``) and once per ``--lever NAME=OVERRIDES``. A run
@@ -47,7 +47,8 @@ def run_sft(name: str, seed: int, overrides: list[str], args: argparse.Namespace
         command = [sys.executable, "-m", "rlad.cli", "sft", args.config, *words]
         print("$ " + " ".join(command[2:]), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
-    row = rescored_row(out / "eval_after.jsonl", out / "rlad.yaml")  # the columns of today's code, old runs too
+    # the columns of today's code, old runs too; under the paper's mix when levers were trained under others
+    row = rescored_row(out / "eval_after.jsonl", out / "rlad.yaml", args.paper_rewards)
     print(f"  {name} seed {seed}: " + "  ".join(f"{c} {row[c]:.3f}" for c in COLUMNS), flush=True)
     return row
 
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--lever", action="append", required=True, help="NAME=key=value [key=value ...]; repeatable")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least 3 for an interval worth reading")
     p.add_argument("--out", default=str(ROOT / "runs/sft-levers"), help="<out>/<lever>/seed-S per run, and levers.md")
+    p.add_argument("--paper-rewards", action="store_true", help="score every row under the paper's reward mix, "
+                   "not each run's own (runs made under configs with different mixes stay comparable)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args()
     if len(args.seeds) < 2:
@@ -71,7 +74,8 @@ def main() -> None:
     for name, _ in levers[1:]:
         body.append([f"{name} − baseline", *paired_cells(rows[name], rows["baseline"])])
     command = " ".join(["python experiments/learning/sft_levers.py", *(f"--lever '{x}'" for x in args.lever),
-                        "--seeds", *map(str, args.seeds), *args.overrides])  # fmt: skip
+                        "--seeds", *map(str, args.seeds), *["--paper-rewards"] * args.paper_rewards,
+                        *args.overrides])  # fmt: skip
     text = (f"# SFT levers over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}); held-out greedy "
             "after SFT, mean ± 95 % CI over seeds; `*`: the paired interval excludes 0.\n\n"
             + "\n".join(f"- {name}: {' '.join(o) or 'the recipe as it is'}" for name, o in levers) + "\n\n"
