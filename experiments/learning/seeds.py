@@ -20,9 +20,10 @@ Printed and written to ``<out>/seeds.md``:
   per seed, against the spread of the per-step rewards (their standard deviation) in those steps.
 
 ``--heldout-all`` also scores the warm start and the final policy greedily on the *whole* held-out split
-(``rlad eval CHECKPOINT held-out``, ~1,100 questions for the demo instead of the run's ``train.eval_samples``)
-into ``<run>/eval-all/``, as the rows ``warm_start_all`` and ``grpo_all`` and their paired difference: fewer
-questions' luck in each seed's number, so a narrower interval over seeds.
+(``rlad eval CHECKPOINT held-out``: 3,315 questions for today's demo instead of the run's ``train.eval_samples``)
+into ``<run>/eval-all/``, as the rows ``warm_start_all`` and ``grpo_all`` and their paired difference: each seed's
+number without the luck of which questions were drawn (on the demo the intervals hardly narrowed: the spread is
+between seeds; README).
 
 Float results differ between machines: compare rows of one sweep, never across machines.
 """
