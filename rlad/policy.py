@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_model_path",
 ]
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -155,9 +158,15 @@ def cpu_bf16_units() -> str | None:
 
 
 def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
-    """``model.dtype``; ``auto`` is bf16 on a GPU and fp32 on a CPU, whatever its bf16 units (see the field)."""
+    """``model.dtype``; ``auto`` is bf16 on a GPU and fp32 on a CPU, whatever its bf16 units (see the field).
+    An explicit ``bfloat16`` on a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16
+    matrices there on a slow fallback (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at
+    ~18 GFLOP/s against fp32's ~160; README, *Performance*)."""
     if config.dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if config.dtype == "bfloat16" and torch.device(device).type == "cpu" and cpu_bf16_units() is None:
+        log.warning("model.dtype=bfloat16 on a CPU without bf16 units (torch sees neither AMX nor AVX512-BF16): "
+                    "matrix products run on a slow fallback, several times slower than float32 (use auto)")  # fmt: skip
     return getattr(torch, config.dtype)
 
 

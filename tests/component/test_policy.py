@@ -228,3 +228,20 @@ def test_merged_lora_weights_equal_peft_merge(tiny_dir):
     assert set(merged) == set(reference)
     for name, tensor in reference.items():
         torch.testing.assert_close(merged[name], tensor, msg=name)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_obeyed_with_a_warning(monkeypatch, caplog):
+    import rlad.policy as policy
+
+    monkeypatch.setattr(policy, "cpu_bf16_units", lambda: None)
+    with caplog.at_level("WARNING", logger="rlad.policy"):
+        assert policy.torch_dtype(ModelConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
+        assert policy.torch_dtype(ModelConfig(dtype="auto"), "cpu") == torch.float32
+    assert [r.getMessage() for r in caplog.records if "without bf16 units" in r.getMessage()] != []
+    assert len(caplog.records) == 1  # auto says nothing: it chose fp32
+
+    caplog.clear()
+    monkeypatch.setattr(policy, "cpu_bf16_units", lambda: "avx512_bf16")
+    with caplog.at_level("WARNING", logger="rlad.policy"):
+        assert policy.torch_dtype(ModelConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
+    assert caplog.records == []
