@@ -3,10 +3,11 @@
 Each side is a long-lived process importing its own tree (the baseline is extracted with ``git archive`` into a
 temporary folder) and holding its own rollout engine and learner, built from ``configs/demo.yaml`` of its
 tree on the same tiny checkpoint, the same generated questions and the same seeds. The driver asks them for
-one step at a time, alternately (ABBA), so a slow spell of the shared machine hits both alike. One step is the
-demo's: 8 questions x 8 completions sampled (generate), rewards and group advantages (score), one GRPO update
-(learn), the new weights into the engine (sync). No Ray: the phases themselves are measured, not the actor
-calls (experiments/bench/efficiency.py measures what Ray adds).
+one step at a time, alternately (ABBA), so a slow spell of the shared machine hits both alike. One step is
+``--prompts`` questions (8: the demo's step until 2026-12-04, now 16) x 8 completions sampled (generate),
+rewards and group advantages (score), one GRPO update (learn), the new weights into the engine (sync). No Ray:
+the phases themselves are measured, not the actor calls (experiments/bench/efficiency.py measures what Ray
+adds).
 
 The policy is the demo's untrained tiny Qwen2.5-VL, so completions run to ``--tokens`` (the demo's trained
 policy writes ~85 tokens). Model-FLOP utilisation counts 2 FLOP per parameter use for generation and 6 for
@@ -15,7 +16,8 @@ body on each prompt token once per group (its completions share them: a side tha
 gets no credit for the repeats), the body on every completion token, the output layer on completion positions
 (``step_flop``), attention excluded; against bf16 and fp32 matmul peaks measured at the start of the same run.
 
-    python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--quick] [--tiny KEY=VALUE ...]
+    python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--prompts 8] [--quick] \
+        [--tiny KEY=VALUE ...]
 
 ``--tiny`` gives both sides a larger (or smaller) tiny model, e.g. ``--tiny hidden_size=384
 intermediate_size=1152 num_layers=6 num_heads=6 vision_depth=6 vision_hidden_size=384 vision_heads=6``: the
@@ -199,6 +201,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per side (after one warm-up each)")
     parser.add_argument("--tokens", type=int, default=96, help="max new tokens (the demo's policy writes ~85)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per side (0: every core)")
+    parser.add_argument("--prompts", type=int, default=8, help="questions a step, each with 8 completions, both sides")
     parser.add_argument(
         "--now",
         nargs="*",
@@ -234,12 +237,15 @@ def main() -> None:
     tiny = [f"model.tiny.{kv}" for kv in args.tiny]
     checkpoint = str(resolve_model_path(load_config("configs/demo.yaml", tiny).model))
     peaks = {"bf16": matmul_peak("bfloat16", threads), "fp32": matmul_peak("float32", threads)}
-    spec = {"data": str(data), "checkpoint": checkpoint, "tokens": args.tokens, "threads": threads, "overrides": []}
+    # identical work on both sides, whatever each tree's demo.yaml says the step is (the demo went from 8 to 16
+    # questions a step on 2026-12-04; the README's ratios are of the 8-question step)
+    step = [f"grpo.prompts_per_step={args.prompts}", f"rollout.batch_size={8 * args.prompts}"]
+    spec = {"data": str(data), "checkpoint": checkpoint, "tokens": args.tokens, "threads": threads, "overrides": step}
     base_tree = extract(args.baseline, work / "baseline")
     now = " ".join(args.now)
     sides = [
         Side(f"baseline {args.baseline}", base_tree, spec),
-        Side(f"now {now}".strip(), ROOT, spec | {"overrides": args.now}),
+        Side(f"now {now}".strip(), ROOT, spec | {"overrides": [*step, *args.now]}),
     ]
     for side in sides:
         side.step(0, keep=False)  # warm-up
