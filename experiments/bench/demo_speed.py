@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per side (after one warm-up each)")
     parser.add_argument("--tokens", type=int, default=96, help="max new tokens (the demo's policy writes ~85)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per side (0: every core)")
-    parser.add_argument("--prompts", type=int, default=8, help="questions a step, each with 8 completions, both sides")
+    parser.add_argument("--prompts", type=int, default=8, help="questions a step, both sides")
     parser.add_argument(
         "--now",
         nargs="*",
@@ -235,11 +235,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlad-demo-speed-"))
     data = make_data(work / "data", per_class=8)
     tiny = [f"model.tiny.{kv}" for kv in args.tiny]
-    checkpoint = str(resolve_model_path(load_config("configs/demo.yaml", tiny).model))
+    demo = load_config("configs/demo.yaml", tiny)
+    checkpoint = str(resolve_model_path(demo.model))
     peaks = {"bf16": matmul_peak("bfloat16", threads), "fp32": matmul_peak("float32", threads)}
     # identical work on both sides, whatever each tree's demo.yaml says the step is (the demo went from 8 to 16
     # questions a step on 2026-12-04; the README's ratios are of the 8-question step)
-    step = [f"grpo.prompts_per_step={args.prompts}", f"rollout.batch_size={8 * args.prompts}"]
+    step = [f"grpo.prompts_per_step={args.prompts}", f"rollout.batch_size={demo.grpo.group_size * args.prompts}"]
     spec = {"data": str(data), "checkpoint": checkpoint, "tokens": args.tokens, "threads": threads, "overrides": step}
     base_tree = extract(args.baseline, work / "baseline")
     now = " ".join(args.now)

@@ -19,7 +19,6 @@ Localization questions, prints per file and as mean ± 95 % CI over files:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from rlad import mask_text  # noqa: E402
 from rlad.completion import parse_completion  # noqa: E402
 from rlad.data.questions import region_of  # noqa: E402
+from rlad.scoring import CompletionFileError, ScoredRecord, read_completions  # noqa: E402
 from rlad.stats import mean_ci  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
@@ -47,32 +47,24 @@ def grid_region(mask: np.ndarray | None) -> str | None:
     return region_of(mask, ndimage.label(mask)[1])
 
 
-def where_hits(rows: Iterable[dict]) -> dict[str, float]:
-    """Shares of Defect Localization questions in ``rows`` (``rlad eval`` completion rows) that the answer,
-    the own mask's region and the true grid mask's region get right, and ``n``."""
+def where_hits(records: Iterable[ScoredRecord]) -> dict[str, float]:
+    """Shares of the Defect Localization questions among ``records`` that the answer, the own mask's region and
+    the true grid mask's region get right, and ``n``."""
     hits = dict.fromkeys(COLUMNS, 0)
     n = 0
-    for row in rows:
-        sample = row["sample"]
-        if sample["subtask"] != SUBTASK:
+    for record in records:
+        sample = record.sample
+        if sample.subtask != SUBTASK:
             continue
         n += 1
-        truth = sample["options"][sample["answer"]].rstrip(".")
-        parsed = parse_completion(row["completion"])
-        hits["answered"] += parsed.answer_letter == sample["answer"]
-        own = mask_text.decode_or_none(parsed.seg, sample["grid"])
-        hits["own_mask"] += grid_region(own) == truth
-        hits["true_grid"] += grid_region(mask_text.decode(sample["mask"], sample["grid"])) == truth
+        truth = sample.options[sample.answer].rstrip(".")
+        parsed = parse_completion(record.completion)
+        hits["answered"] += parsed.answer_letter == sample.answer
+        hits["own_mask"] += grid_region(mask_text.decode_or_none(parsed.seg, sample.grid)) == truth
+        hits["true_grid"] += grid_region(sample.mask) == truth
     if n == 0:
         raise ValueError(f"no {SUBTASK} questions in these rows")
     return {"n": n} | {c: hits[c] / n for c in COLUMNS}
-
-
-def read_rows(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"{path}: not a readable completions.jsonl ({e})") from e
 
 
 def main() -> None:
@@ -82,7 +74,11 @@ def main() -> None:
     results = []
     for path in args.completions:
         try:
-            results.append(where_hits(read_rows(path)))
+            results.append(where_hits(read_completions(path)))
+        except CompletionFileError as e:  # names the file and line
+            raise SystemExit(str(e)) from e
+        except OSError as e:
+            raise SystemExit(f"{path}: cannot read ({e.strerror})") from e
         except ValueError as e:
             raise SystemExit(f"{path}: {e}") from e
     pairs = zip(args.completions, results, strict=True)

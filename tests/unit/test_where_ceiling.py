@@ -1,32 +1,42 @@
 """experiments/learning/where_ceiling.py: Defect Localization answers against the region of the policy's own mask
 and of the true grid mask, by hand."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
 from where_ceiling import where_hits
 
+from rlad.sample import VerifiableSample
+from rlad.scoring import ScoredRecord
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments/learning/where_ceiling.py"
 OPTIONS = {"A": "top left", "B": "center", "C": "bottom right", "D": "scattered"}
 
 
-def _row(true_mask, seg, letter, answer="A", subtask="Defect Localization"):
-    sample = {"subtask": subtask, "options": OPTIONS, "answer": answer, "grid": 3, "mask": true_mask}
-    return {"sample": sample, "completion": f"<seg>{seg}</seg><think>t</think><answer>{letter}</answer>"}
+def _record(true_cells, seg, letter, answer="A", subtask="Defect Localization"):
+    mask = np.zeros((3, 3), bool)
+    for r, c in true_cells:
+        mask[r, c] = True
+    sample = VerifiableSample("s", "Where is the defect located?", OPTIONS, answer, mask, True, subtask=subtask)
+    return ScoredRecord(f"<seg>{seg}</seg><think>t</think><answer>{letter}</answer>", sample, "all")
 
 
 def test_where_hits_by_hand():
-    rows = [
-        _row("(0, 0)", "(0, 0)", "A"),  # answered right, own mask right, true grid right
-        _row("(0, 0)", "(2, 2)", "A"),  # answered right, own mask says bottom right
-        _row("(1, 1)", "(1, 1)", "A", answer="B"),  # answered wrong, own mask right
-        _row("(0, 0)", "(0, 0)-(0, 9)", "C"),  # unparseable mask: wrong; answer wrong
-        _row("(1, 1)", "", "B", answer="A"),  # the true grid names center, the benchmark says top left
-        _row("(0, 0)", "(0, 0)", "A", subtask="Defect Classification"),  # not counted
+    records = [
+        _record([(0, 0)], "(0, 0)", "A"),  # answered right, own mask right, true grid right
+        _record([(0, 0)], "(2, 2)", "A"),  # answered right, own mask says bottom right
+        _record([(1, 1)], "(1, 1)", "A", answer="B"),  # answered wrong, own mask right
+        _record([(0, 0)], "(0, 0)-(0, 9)", "C"),  # unparseable mask: wrong; answer wrong
+        _record([(1, 1)], "", "B", answer="A"),  # the true grid names center, the benchmark says top left
+        _record([(0, 0)], "(0, 0)", "A", subtask="Defect Classification"),  # not counted
     ]
-    got = where_hits(rows)
+    got = where_hits(records)
     assert got["n"] == 5
     assert got["answered"] == pytest.approx(2 / 5)
     assert got["own_mask"] == pytest.approx(2 / 5)
@@ -34,10 +44,21 @@ def test_where_hits_by_hand():
 
 
 def test_spread_pieces_are_scattered():
-    rows = [_row("(0, 0), (2, 2)", "(0, 0), (2, 2)", "D", answer="D")]
-    assert where_hits(rows) == {"n": 1, "answered": 1.0, "own_mask": 1.0, "true_grid": 1.0}
+    records = [_record([(0, 0), (2, 2)], "(0, 0), (2, 2)", "D", answer="D")]
+    assert where_hits(records) == {"n": 1, "answered": 1.0, "own_mask": 1.0, "true_grid": 1.0}
 
 
 def test_no_localization_questions_is_an_error():
     with pytest.raises(ValueError, match="no Defect Localization questions"):
-        where_hits([_row("(0, 0)", "(0, 0)", "A", subtask="Defect Classification")])
+        where_hits([_record([(0, 0)], "(0, 0)", "A", subtask="Defect Classification")])
+
+
+def test_a_bad_file_is_refused_naming_it(tmp_path):
+    good = _record([(0, 0)], "(0, 0)", "A")
+    bad = tmp_path / "completions.jsonl"
+    bad.write_text(json.dumps({"completion": good.completion, "sample": good.sample.to_record()}) + "\n{not json\n")
+    missing = tmp_path / "missing.jsonl"
+    for path, message in ((bad, f"{bad}:2: not valid JSON"), (missing, f"{missing}: cannot read")):
+        out = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
+        assert out.returncode != 0
+        assert message in out.stderr
