@@ -32,6 +32,7 @@ __all__ = [
     "load_policy",
     "merge_lora_state",
     "parameter_count",
+    "patch_embedding_as_matmul",
     "policy_config",
     "resolve_checkpoint",
     "resolve_model_path",
@@ -209,6 +210,7 @@ def load_policy(
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
     path = resolve_model_path(config)
     model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
+    patch_embedding_as_matmul(model)
     model.to(device)
     builder = load_builder(config, shots=shots, blocks=blocks)
     tokenizer, image_processor = builder.tokenizer, builder.image_processor
@@ -217,6 +219,36 @@ def load_policy(
     else:
         model.eval()
     return Policy(model, tokenizer, image_processor, builder, path)
+
+
+class PatchProjection(torch.nn.Conv3d):
+    """The vision tower's patch embedding computed as the matrix product it is.
+
+    Qwen-VL embeds each patch with a ``Conv3d`` whose kernel is its stride and the whole input: one output per
+    patch, a linear map of the flattened patch. torch's CPU ``conv3d`` is slow on that shape (measured on the
+    demo's SFT step: forward + backward 40 ms of 400, against a few ms as a matmul; cuDNN has the same trouble on
+    some GPUs, which is why vLLM and transformers' ``fusion_config`` switch to a linear layer). The weight stays
+    the Conv3d's, same name and shape, so checkpoints, LoRA, DeepSpeed and the weight sync to vLLM see no
+    difference; any other input shape takes the ordinary convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != tuple(self.kernel_size):
+            return super().forward(x)
+        out = torch.nn.functional.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+        return out.view(len(x), self.out_channels, 1, 1, 1)
+
+
+def patch_embedding_as_matmul(model: Any) -> int:
+    """Turn every non-overlapping ``Conv3d`` of ``model`` (Qwen-VL's patch embedding) into a ``PatchProjection``
+    in place (its class only: parameters untouched); returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Conv3d and module.stride == module.kernel_size and module.groups == 1 and (
+            module.padding == (0, 0, 0) and module.dilation == (1, 1, 1)
+        ):  # fmt: skip
+            module.__class__ = PatchProjection
+            count += 1
+    return count
 
 
 def load_builder(config: ModelConfig, *, shots: int = 1, blocks: Sequence[str] = BLOCKS) -> InputBuilder:

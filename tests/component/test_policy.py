@@ -245,3 +245,37 @@ def test_bf16_on_a_cpu_without_bf16_units_is_obeyed_with_a_warning(monkeypatch, 
     with caplog.at_level("WARNING", logger="rlad.policy"):
         assert policy.torch_dtype(ModelConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
     assert caplog.records == []
+
+
+
+def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weight(tiny_dir):
+    from rlad.policy import PatchProjection, patch_embedding_as_matmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 16, kernel_size=(2, 14, 14), stride=(2, 14, 14), bias=True)
+    state = {k: v.clone() for k, v in conv.state_dict().items()}
+    patches = torch.randn(40, 3, 2, 14, 14, requires_grad=True)  # one patch per row, as Qwen-VL feeds it
+    upstream = torch.randn(40, 16, 1, 1, 1)
+
+    def values_and_grads(forward):
+        out = forward(patches)
+        (out * upstream).sum().backward(inputs=[conv.weight, conv.bias, patches])
+        grads = [t.grad for t in (conv.weight, conv.bias, patches)]
+        conv.weight.grad = conv.bias.grad = patches.grad = None
+        return [out.detach(), *grads]
+
+    want = values_and_grads(lambda x: torch.nn.functional.conv3d(x, conv.weight, conv.bias, stride=conv.stride))
+    assert patch_embedding_as_matmul(torch.nn.Sequential(conv)) == 1 and type(conv) is PatchProjection
+    got = values_and_grads(conv)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    assert conv.state_dict().keys() == state.keys() and all(torch.equal(conv.state_dict()[k], state[k]) for k in state)
+
+    image = torch.randn(1, 3, 2, 28, 28)  # any other input shape still convolves
+    assert torch.allclose(conv(image), torch.nn.functional.conv3d(image, conv.weight, conv.bias, stride=conv.stride))
+    overlapping = torch.nn.Conv3d(3, 4, kernel_size=3, stride=1)  # a real convolution is left alone
+    assert patch_embedding_as_matmul(torch.nn.Sequential(overlapping)) == 0 and type(overlapping) is torch.nn.Conv3d
+
+    proj = load_policy(ModelConfig(path=str(tiny_dir))).model.model.visual.patch_embed.proj
+    assert type(proj) is PatchProjection  # every loaded policy
+    assert proj.weight.dim() == 5  # the checkpoint's layout: saving and the weight sync see no difference
