@@ -247,7 +247,6 @@ def test_bf16_on_a_cpu_without_bf16_units_is_obeyed_with_a_warning(monkeypatch, 
     assert caplog.records == []
 
 
-
 def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weight(tiny_dir):
     from rlad.policy import PatchProjection, patch_embedding_as_matmul
 
@@ -267,7 +266,7 @@ def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weigh
     want = values_and_grads(lambda x: torch.nn.functional.conv3d(x, conv.weight, conv.bias, stride=conv.stride))
     assert patch_embedding_as_matmul(torch.nn.Sequential(conv)) == 1 and type(conv) is PatchProjection
     got = values_and_grads(conv)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     assert conv.state_dict().keys() == state.keys() and all(torch.equal(conv.state_dict()[k], state[k]) for k in state)
 
