@@ -2,7 +2,8 @@
 (pixel- and image-level ``F1, Acc``, IoU_ano, IoU_nor), in percent with one decimal.
 
 Rows are any ``{name: metrics}`` mapping where ``metrics`` is what :func:`rlad.evaluate.evaluation_metrics`
-returns; ``rlad eval`` writes one row per class, the ablation scripts one row per variant.
+returns; ``rlad eval`` writes one row per class, the ablation scripts one row per variant (each number an
+``rlad.stats.Interval`` over seeds, printed as mean ± half-width).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlad.metrics import SUBTASKS
+from rlad.stats import Interval
 
 __all__ = ["SHORT_SUBTASKS", "detection_table", "markdown_table", "percent", "text_table", "understanding_table"]
 
@@ -20,7 +22,10 @@ SHORT_SUBTASKS = dict(
 )
 
 
-def percent(x: float | None) -> str:
+def percent(x: float | Interval | None) -> str:
+    """A share in percent with one decimal; an ``Interval`` (a mean over seeds) as ``mean ± half-width``."""
+    if isinstance(x, Interval):
+        return percent(x.mean) if math.isnan(x.half_width) else f"{percent(x.mean)} ± {100 * x.half_width:.1f}"
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 

@@ -2,7 +2,8 @@
 reasoning (<think>), without both, and all. Each variant is taught (SFT targets, system prompt) and rewarded
 (format reward) for its own layout via ``output.blocks``; without <seg> the detection reward is off.
 
-    python experiments/ablations/reasoning.py [--config configs/demo.yaml] [--out runs/ablations] [key=value ...]
+    python experiments/ablations/reasoning.py [--config configs/demo.yaml] [--out runs/ablations] [--seeds 0 1 2]
+        [key=value ...]
 
 Writes ``<out>/reasoning.md`` and ``<out>/reasoning_rewards.png``.
 """

@@ -2,12 +2,12 @@
 left out keeps weight 0: still computed and logged, not trained on. Every variant starts from the same SFT
 policy (the mix only matters to GRPO).
 
-    python experiments/ablations/reward_mix.py [--config configs/demo.yaml] [--out runs/ablations] [key=value ...]
+    python experiments/ablations/reward_mix.py [--config configs/demo.yaml] [--out runs/ablations] [--seeds 0 1 2]
+        [key=value ...]
 
 Writes ``<out>/reward_mix.md`` and ``<out>/reward_mix_rewards.png``, then the cheap form of the same ablation:
-the "All" run's replay store re-scored under each mix (nothing generated: the learning signal each mix
-would have given the same samples), in
-``<out>/reward_mix_rescored.md``.
+the first seed's "All" run's replay store re-scored under each mix (nothing generated: the learning signal each
+mix would have given the same samples), in ``<out>/reward_mix_rescored.md``.
 """
 
 from pathlib import Path
@@ -57,10 +57,10 @@ def rescored_table(run: Path, args) -> str:
               "groups without signal", "advantages of opposite sign", "rank correlation"]  # fmt: skip
     return (
         '# The reward mixes by re-scoring the replay store of the "All" run\n\n'
-        f"{len(groups)} stored groups of `{run.name}`, scored again under each mix (nothing generated; what "
-        "`rlad rescore` does). The policy is the one trained with all rewards: this shows how each mix would have "
-        "rated the same samples and how different a learning signal it would have given (advantages as the run "
-        "computed them, compared with the ones it stored).\n\n" + markdown_table(header, rows)
+        f"{len(groups)} stored groups of `{run.parent.name}/{run.name}`, scored again under each mix (nothing "
+        "generated; what `rlad rescore` does). The policy is the one trained with all rewards: this shows how each "
+        "mix would have rated the same samples and how different a learning signal it would have given (advantages "
+        "as the run computed them, compared with the ones it stored).\n\n" + markdown_table(header, rows)
     )
 
 
@@ -73,7 +73,7 @@ if __name__ == "__main__":
         args,
         "reward_mix",
     )
-    run = train(VARIANTS[-1], args).parent  # already trained above: its run folder
+    run = train(VARIANTS[-1], args, args.seeds[0]).parent  # already trained above: its run folder
     path = Path(args.out) / "reward_mix_rescored.md"
     path.write_text(rescored_table(run, args))
     print(path.read_text() + f"\nwritten to {path}")

@@ -1,6 +1,7 @@
 """Paper Table 5, training strategies: SFT alone, GRPO alone (from the untrained model), SFT then GRPO.
 
-    python experiments/ablations/strategy.py [--config configs/demo.yaml] [--out runs/ablations] [key=value ...]
+    python experiments/ablations/strategy.py [--config configs/demo.yaml] [--out runs/ablations] [--seeds 0 1 2]
+        [key=value ...]
 
 Writes ``<out>/strategy.md`` (understanding and detection tables) and ``<out>/strategy_rewards.png``.
 """

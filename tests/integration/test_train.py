@@ -487,6 +487,6 @@ def test_ablation_helpers_rescore_a_run_and_draw_its_curves(full_run, tmp_path):
     table = rescored_table(run_dir, SimpleNamespace(config=None, overrides=[]))
     rows = [line for line in table.splitlines() if line.startswith("| w/o") or line.startswith("| All")]
     assert len(rows) == 3 and rows[-1].split("|")[-3].strip() == "0.000"  # the trained mix never disagrees with itself
-    png = reward_curves({"run": run_dir / "metrics.jsonl"}, tmp_path / "curves.png", "t", smooth=2)
+    png = reward_curves({"run": [run_dir / "metrics.jsonl"] * 2}, tmp_path / "curves.png", "t", smooth=2)
     assert png.stat().st_size > 1000
     assert _slug(["rewards.answer.weight=0"]) != _slug(["rewards.detection.weight=0"])
