@@ -309,6 +309,12 @@ class SFTConfig:
     """Held-out questions scored (greedy) before and after training; 0 skips the check."""
     num_workers: int = 0
     """DataLoader processes that load and preprocess images."""
+    share_prefix: bool = True
+    """Run the leading tokens every example of a batch has in common (the system prompt: a third of the demo's
+    sequence) once per batch instead of once per example, the rest behind their key/value cache
+    (``rlad.sft.shared_prefix_forward``): the same loss and gradients up to float rounding (tested), less
+    compute. Off, or with ``model.gradient_checkpointing`` (checkpointed layers drop the cache): the plain
+    forward."""
     seg_loss_weight: float = 1.0
     """Weight of the ``<seg>…</seg>`` tokens in the SFT loss, relative to the other completion tokens (a weighted
     token mean). 1: the paper's plain loss. The mask is a short span of a long target whose think text would

@@ -42,7 +42,7 @@ from rlad.config import Config, ConfigError, save_config
 from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.grounding import HEAD_NAME, attach_head, grounding_loss, head_state, strip_head, token_cells
-from rlad.inputs import InputBuilder
+from rlad.inputs import IGNORE_INDEX, InputBuilder
 from rlad.policy import Policy, load_policy, resolve_model_path
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
 from rlad.sample import VerifiableSample
@@ -54,6 +54,8 @@ __all__ = [
     "save_policy",
     "seg_token_weights",
     "seg_weighted_loss",
+    "shared_prefix_forward",
+    "shared_prefix_length",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,8 +272,8 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         ids = (tok.convert_tokens_to_ids("<seg>"), tok.convert_tokens_to_ids("</seg>"))
         loss = functools.partial(seg_weighted_loss, seg_ids=ids, weight=sft.seg_loss_weight, accum=sft.grad_accum)
     grounding = sft.grounding  # the auxiliary loss, not the paper's recipe (rlad/grounding.py)
-    trainer_class = grounded_trainer(Trainer, policy, sft) if grounding else Trainer
-    trainer = trainer_class(
+    share = sft.share_prefix and not config.model.gradient_checkpointing
+    trainer = sft_trainer(Trainer, policy, sft, share)(
         model=policy.model,
         args=args,
         compute_loss_func=loss,
@@ -314,23 +316,28 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     return report
 
 
-def grounded_trainer(base: type, policy: Policy, sft: Any) -> type:
-    """``base`` (transformers' Trainer) whose loss adds the auxiliary grounding loss of rlad/grounding.py, read
-    from the language model's hidden state ``sft.grounding_layer``; its parts are logged with the loss."""
+def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> type:
+    """``base`` (transformers' Trainer) whose forward runs each batch's common prefix once (``share_prefix``,
+    ``shared_prefix_forward``) and whose loss adds the auxiliary grounding loss of rlad/grounding.py when it is on,
+    read from the language model's hidden state ``sft.grounding_layer``; its parts are logged with the loss."""
     image_token_id = policy.builder.image_token_id
     merge = policy.model.config.vision_config.spatial_merge_size
 
-    class GroundedTrainer(base):
+    class SFTTrainer(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.parts: dict[str, list[float]] = {}  # the auxiliary loss's parts since the last log
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            covered_grid = inputs.pop("grounding_mask")
+            covered_grid = inputs.pop("grounding_mask", None)
+            start = shared_prefix_length(inputs, image_token_id) if share_prefix else 0
+            forward = functools.partial(shared_prefix_forward, model, start) if start else model
+            if not sft.grounding:
+                return super().compute_loss(forward, inputs, return_outputs, num_items_in_batch)
             inputs["output_hidden_states"] = True
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            loss, outputs = super().compute_loss(forward, inputs, True, num_items_in_batch)
             head = getattr(model, HEAD_NAME)
-            states = outputs.hidden_states[sft.grounding_layer][inputs["input_ids"] == image_token_id]
+            states = outputs.hidden_states[sft.grounding_layer][inputs["input_ids"][:, start:] == image_token_id]
             rows, cols, side = token_cells(inputs["image_grid_thw"], merge)
             per_sample = len(inputs["image_grid_thw"]) // len(covered_grid)  # the query image is each one's last
             query = torch.arange(len(covered_grid)) * per_sample + per_sample - 1
@@ -356,7 +363,45 @@ def grounded_trainer(base: type, policy: Policy, sft: Any) -> type:
                 self.parts = {}
             super().log(logs, *args, **kwargs)
 
-    return GroundedTrainer
+    return SFTTrainer
+
+
+def shared_prefix_length(batch: dict[str, torch.Tensor], image_token_id: int, minimum: int = 8) -> int:
+    """How many leading tokens every row of a collated SFT batch has in common and can run once: the longest
+    prefix of real, unlabelled tokens equal in every row, ending before the first image token (the vision
+    features are placed in the remainder). 0 when shorter than ``minimum`` or the batch has one row."""
+    ids = batch["input_ids"]
+    if len(ids) < 2:
+        return 0
+    same = (ids == ids[:1]).all(0) & batch["attention_mask"].bool().all(0) & (ids[0] != image_token_id)
+    if "labels" in batch:
+        same &= (batch["labels"] == IGNORE_INDEX).all(0)
+    length = int(same.long().cumprod(0).sum())
+    return length if length >= minimum else 0
+
+
+def shared_prefix_forward(model: Any, start: int, **inputs: Any) -> Any:
+    """``model(**inputs)`` for a right-padded batch whose rows share their first ``start`` tokens
+    (``shared_prefix_length``), computed as one forward of that prefix for one row, keeping its key/value cache
+    with its autograd history, then every row's remainder behind that cache (expanded to the batch: its gradient
+    sums over the rows, in a fixed order). The output is the plain forward's at positions ``start`` on — logits,
+    hidden states, and the loss, since position ``start - 1`` predicts an unlabelled token — up to float
+    rounding (tested), for the prefix's share less compute. M-RoPE positions come from the model's own
+    ``get_rope_index`` over the whole batch, as the plain forward computes them (``rlad.shared_prompt``)."""
+    from transformers import DynamicCache
+
+    from rlad.shared_prompt import cache_keyword, model_output_cache, prompt_positions, rope_index_of
+
+    keyword = cache_keyword(model)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    positions = prompt_positions(inputs, rope_index_of(model))  # (3, B, L) or (B, L)
+    prefix = model(input_ids=ids[:1, :start], attention_mask=mask[:1, :start], position_ids=positions[..., :1, :start],
+                   use_cache=True, logits_to_keep=1, **{keyword: DynamicCache()})  # fmt: skip
+    cache = DynamicCache()
+    for i, layer in enumerate(model_output_cache(prefix).layers):
+        cache.update(layer.keys.expand(len(ids), -1, -1, -1), layer.values.expand(len(ids), -1, -1, -1), i)
+    rest = {k: v[:, start:] if k in ("input_ids", "labels", "mm_token_type_ids") else v for k, v in inputs.items()}
+    return model(**rest, position_ids=positions[..., start:], use_cache=True, **{keyword: cache})
 
 
 def seg_token_weights(labels: torch.Tensor, seg_ids: tuple[int, int], weight: float) -> torch.Tensor:
@@ -374,8 +419,10 @@ def seg_weighted_loss(
     accum: int = 1,
 ) -> torch.Tensor:  # fmt: skip
     """The SFT loss with the ``<seg>`` span weighted (``sft.seg_loss_weight``): the weighted mean over completion
-    tokens of next-token cross-entropy. Trainer no longer divides a custom loss by the accumulation steps, so it
+    tokens of next-token cross-entropy. ``outputs.logits`` may cover only the last positions (after a shared
+    prefix): ``labels`` are aligned to them. Trainer no longer divides a custom loss by the accumulation steps, so it
     is done here (each micro-batch's weighted mean counts 1/accum)."""
+    labels = labels[:, labels.shape[1] - outputs.logits.shape[1] :]  # a shared prefix's logits are not computed
     logits = outputs.logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
     target = labels[:, 1:].to(logits.device)  # (B, L-1)
     ce = torch.nn.functional.cross_entropy(

@@ -270,3 +270,45 @@ def test_a_grounding_layer_the_model_lacks_is_named_before_training(small_benchm
     with pytest.raises(ConfigError, match=r"sft\.grounding_layer 99: .* has 4 language-model layers"):
         run_sft(config)
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_a_shared_prefix_gives_the_plain_forwards_loss_and_gradients(small_benchmark, tiny_dir):
+    """sft.share_prefix: the system prompt run once per batch, every example's remainder behind its cache — the
+    plain forward's loss, logits, hidden states and gradients, the <seg>-weighted loss included (1-shot: the
+    prefix stops before the reference image)."""
+    from rlad.config import ModelConfig
+    from rlad.data.questions import sft_target
+    from rlad.sft import seg_weighted_loss, shared_prefix_forward, shared_prefix_length
+
+    _, samples = small_benchmark
+    policy = load_policy(ModelConfig(path=str(tiny_dir), image_size=224), shots=1, trainable=True)
+    builder, model = policy.builder, policy.model
+    batch = builder.collate([builder.encode_sft(s, sft_target(s)) for s in samples[:4]])
+    start = shared_prefix_length(batch, builder.image_token_id)
+    first_image = int((batch["input_ids"][0] == builder.image_token_id).nonzero()[0])
+    assert 50 < start == first_image  # the system prompt and the user turn up to its first image token
+    seg_ids = tuple(builder.tokenizer.convert_tokens_to_ids(t) for t in ("<seg>", "</seg>"))
+
+    def loss_and_grads(forward):
+        out = forward(**batch, output_hidden_states=True)
+        weighted = seg_weighted_loss(out, batch["labels"], seg_ids=seg_ids, weight=3.0)
+        (out.loss + weighted).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        return out, weighted, grads
+
+    plain, plain_weighted, plain_grads = loss_and_grads(model)
+    shared, shared_weighted, shared_grads = loss_and_grads(lambda **b: shared_prefix_forward(model, start, **b))
+    assert shared.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5)
+    assert shared_weighted.item() == pytest.approx(plain_weighted.item(), rel=1e-5)
+    assert torch.allclose(shared.logits, plain.logits[:, start:], atol=1e-5)
+    assert torch.allclose(shared.hidden_states[-1], plain.hidden_states[-1][:, start:], atol=1e-5)
+    assert shared_grads.keys() == plain_grads.keys()
+    for name, g in plain_grads.items():
+        assert torch.allclose(shared_grads[name], g, atol=1e-5 + 1e-4 * g.abs().max()), name
+
+    one = {k: v[:1] for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
+    assert shared_prefix_length(one, builder.image_token_id) == 0  # nothing to share in one row
+    early = dict(batch, labels=batch["labels"].clone())
+    early["labels"][:, 20] = 7  # a labelled token ends the shareable prefix
+    assert shared_prefix_length(early, builder.image_token_id) == 20
