@@ -29,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from rlad.logbook import read_metrics  # noqa: E402
 from rlad.stats import mean_ci, paired_difference  # noqa: E402
 from rlad.tables import detection_table, markdown_table, understanding_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments" / "learning"))
-from seeds import seed_overrides  # noqa: E402
+from seeds import reward_rise, seed_overrides  # noqa: E402
 
 # Quiet, fixed-size runs: the scripts evaluate every policy themselves, on the whole held-out split.
 COMMON = ["sft.eval_samples=0", "train.eval_samples=0"]
@@ -171,6 +172,17 @@ def run_table(title: str, caption: str, variants: Sequence[Variant], args: argpa
         reference = variants[-1].name
         md += (f"\n## Each variant − {reference}, paired by seed (points; `*`: the 95 % interval excludes 0)\n\n"
                + difference_table(per_seed, reference))  # fmt: skip
+    rises = {v.name: [reward_rise(read_metrics(p.parent / "metrics.jsonl"))[0] for p in policies[v.name]]
+             for v in variants if v.grpo}  # fmt: skip
+    if rises:
+        md += (
+            "\nTraining reward, mean of the last fifth of GRPO steps − the first fifth (its own mix): "
+            + "; ".join(
+                f"{label} {mean_ci(r)}{' *' if len(r) > 1 and mean_ci(r).excludes_zero() else ''}"
+                for label, r in rises.items()
+            )
+            + ".\n"
+        )
     path = Path(args.out) / f"{name}.md"
     path.write_text(md)
     print(md, flush=True)
@@ -189,8 +201,6 @@ def reward_curves(runs: dict[str, Sequence[Path]], out: Path, title: str, smooth
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from rlad.logbook import read_metrics
 
     series = {name: _mean_by_step([read_metrics(p) for p in paths]) for name, paths in runs.items()}
     keys = sorted({k for rows in series.values() for r in rows for k in r if k.startswith("reward/")} - {
