@@ -11,13 +11,15 @@ tokens only (prompt labels -100), closing end-of-turn token included.
 The loop is transformers' ``Trainer``: it brings gradient accumulation, the cosine schedule, DeepSpeed
 (``sft.deepspeed``), TensorBoard, the progress bar and checkpoint/resume. TRL's SFTTrainer was not used
 because its VLM path builds inputs through the HF processor (torchvision, absent here) and its own chat
-templating; our builder would have to be bolted around it. rlad adds only three things:
+templating; our builder would have to be bolted around it. rlad adds only four things:
 
 - a held-out check: greedy completions on ``sft.eval_samples`` held-out questions scored by the reward mix
   before and after training, next to a chance row (empty mask and a random letter), in ``report.json``;
 - resume from the last *complete* checkpoint: the Trainer writes ``trainer_state.json`` last, so a
   checkpoint folder without it was cut off mid-write; it is moved aside (never deleted) and the one before
   is used;
+- the tokens every example of a batch shares (the system prompt) run once per batch, the rest behind their
+  key/value cache (``sft.share_prefix``, ``shared_prefix_forward``): the plain loss for less compute;
 - the final policy is written to ``<output_dir>/final`` atomically (built aside, then renamed), LoRA merged
   in, with tokenizer, chat template and image processor: a plain checkpoint ``from_pretrained`` and the
   GRPO stage load.
