@@ -98,7 +98,8 @@ def evaluate(policy: Path, args: argparse.Namespace, seed: int) -> dict:
     """``rlad eval`` of the policy on its held-out split; its overall metrics (reused when already there)."""
     out = Path(args.out) / f"seed-{seed}" / "eval" / policy.parent.name
     if not (out / "eval.json").is_file():
-        _rlad("eval", str(policy), "held-out", "--out", str(out), "--limit", str(args.limit), "--overlays", "8")
+        limit = ["--limit", str(args.limit)] if args.limit else []  # rlad eval refuses 0; left out, it scores all
+        _rlad("eval", str(policy), "held-out", "--out", str(out), *limit, "--overlays", "8")
     return json.loads((out / "eval.json").read_text())["overall"]
 
 
