@@ -1,0 +1,114 @@
+"""rlad.attention: the matmul attention against transformers' own sdpa (same outputs and gradients) and which
+calls take it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from rlad.attention import cpu_attention, matmul_attention
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, groups: int, causal: bool = True):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = causal
+
+
+def _inputs(batch, heads, kv_heads, q_len, k_len, dim, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    return make(batch, heads, q_len, dim), make(batch, kv_heads, k_len, dim), make(batch, kv_heads, k_len, dim)
+
+
+def _padded_mask(batch, q_len, k_len, pad):
+    """Left padding of ``pad[b]`` keys per row, causal over the last ``q_len`` positions (bool, True attends)."""
+    keys = torch.arange(k_len)
+    queries = torch.arange(k_len - q_len, k_len)
+    causal = keys[None, :] <= queries[:, None]
+    mask = causal[None].repeat(batch, 1, 1)
+    for b, p in enumerate(pad):
+        mask[b, :, :p] = False
+    return mask[:, None]
+
+
+def _both(layer, q, k, v, mask):
+    """(ours, sdpa's), both (B, Lq, H, D)."""
+    ours = matmul_attention(q, k, v, mask).transpose(1, 2)
+    theirs = sdpa_attention_forward(layer, q, k, v, mask)[0]
+    return ours, theirs
+
+
+def test_a_decode_step_with_grouped_heads_equals_sdpa_values_and_gradients():
+    """fp32, where rounding cannot hide a wrong fold of the heads or of the mask."""
+    layer = _Layer(groups=2)
+    q, k, v = _inputs(4, 4, 2, 1, 9, 8, torch.float32)
+    mask = _padded_mask(4, 1, 9, pad=[0, 2, 5, 8])
+    ours, theirs = _both(layer, q, k, v, mask)
+    assert ours.shape == theirs.shape == (4, 1, 4, 8)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(ours.shape)
+    grads_ours = torch.autograd.grad((ours * weights).sum(), (q, k, v))
+    grads_theirs = torch.autograd.grad((theirs * weights).sum(), (q, k, v))
+    for a, b in zip(grads_ours, grads_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_many_queries_behind_a_cache_with_a_float_mask_equal_sdpa():
+    layer = _Layer(groups=3)
+    q, k, v = _inputs(2, 6, 2, 3, 7, 4, torch.float32, seed=1)
+    bias = torch.randn(2, 1, 3, 7)
+    ours, theirs = _both(layer, q, k, v, bias)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_bf16_training_shapes_match_sdpa_to_bf16_rounding(groups):
+    """Many queries behind a longer key cache (a completion behind its shared prompt), bf16: the matmul path.
+    Against an fp32 reference it errs no more than transformers' eager attention, which rounds the softmax
+    weights to bf16 the same way (sdpa's fused kernel keeps them in fp32 and errs about half as much)."""
+    from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
+
+    layer = _Layer(groups=groups)
+    layer.training = False
+    q, k, v = _inputs(3, 2 * groups, 2, 5, 12, 16, torch.bfloat16, seed=2)
+    mask = _padded_mask(3, 5, 12, pad=[0, 3, 6])
+    ours = cpu_attention(layer, q, k, v, mask)[0]
+    additive = torch.zeros(mask.shape, dtype=torch.bfloat16).masked_fill(~mask, torch.finfo(torch.bfloat16).min)
+    eager = eager_attention_forward(layer, q, k, v, additive, scaling=16**-0.5)[0]
+    reference = sdpa_attention_forward(layer, *(t.detach().float() for t in (q, k, v)), mask)[0]
+    err_ours = (ours.float() - reference).abs().max()
+    err_eager = (eager.float() - reference).abs().max()
+    assert err_ours <= 1.25 * err_eager, (err_ours, err_eager)
+    ours.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_a_row_with_every_key_masked_gives_numbers_not_nan():
+    """Left padding longer than a row's keys (a padding query): eager attention's uniform average, no NaN that
+    a backward pass would spread."""
+    q, k, v = _inputs(2, 2, 2, 1, 5, 4, torch.float32, seed=3)
+    mask = torch.zeros(2, 1, 1, 5, dtype=torch.bool)
+    mask[0] = True
+    out = matmul_attention(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1, :, 0], v[1].mean(1).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_on_a_cpu_takes_the_matmuls_and_fp32_or_dropout_stay_with_sdpa(monkeypatch):
+    """In fp32 the flash kernel is as fast or faster (experiments/bench/attention.py); dropout is sdpa's."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    calls = []
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", lambda *a, **kw: calls.append(a) or ("sdpa", None))
+    layer = _Layer(groups=1)
+    mask = _padded_mask(1, 4, 4, pad=[0])
+    q, k, v = _inputs(1, 2, 2, 4, 4, 8, torch.float32)
+    assert cpu_attention(layer, q, k, v, mask)[0] == "sdpa"
+    q, k, v = _inputs(1, 2, 2, 4, 4, 8, torch.bfloat16)
+    assert cpu_attention(layer, q, k, v, mask, dropout=0.1)[0] == "sdpa"
+    out = cpu_attention(layer, q, k, v, mask)[0]
+    assert len(calls) == 2 and out.shape == (1, 4, 2, 8) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, matmul_attention(q, k, v, mask).transpose(1, 2))
