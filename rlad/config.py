@@ -141,10 +141,11 @@ class ModelConfig:
     path: str = "tiny"
     """A local checkpoint directory (never a hub name: nothing is downloaded), or ``tiny``."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``. bf16 on a CPU with bf16 units
-    (``rlad.policy.cpu_bf16_units``) keeps fp32 master weights and optimizer state in the learner. Measured on an
-    AVX512-BF16 CPU without AMX (experiments/bench/demo_speed.py): the demo step 1.08x faster, so ``auto`` stays
-    fp32 there; AMX CPUs were not measured."""
+    """``auto``, ``float32`` or ``bfloat16``. ``auto`` is bf16 on a GPU; on a CPU it is bf16 only with AMX and a
+    language model at least 256 wide (``rlad.policy.BF16_CPU_MIN_WIDTH``: measured 0.98x at the demo's width
+    128, 1.30x at 256, ~1.5x at 384 on a Xeon with AMX; no gain without AMX), fp32 otherwise. bf16 on a CPU
+    keeps fp32 master weights and optimizer state: the learner's DeepSpeed bf16 optimizer, and SFT's fp32
+    weights under the Trainer's bf16 autocast (an SFT on a GPU trains the bf16 weights, as TRL does)."""
     image_size: int | None = 512
     """Images are resized to this square size before the image processor (paper: 512); null keeps them."""
     min_pixels: int | None = None

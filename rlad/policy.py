@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlad import attention
 from rlad.completion import BLOCKS
 from rlad.config import ConfigError, ModelConfig
 from rlad.inputs import InputBuilder
@@ -158,13 +159,34 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
-def torch_dtype(config: ModelConfig, device: torch.device | str) -> torch.dtype:
-    """``model.dtype``; ``auto`` is bf16 on a GPU and fp32 on a CPU, whatever its bf16 units (see the field).
-    An explicit ``bfloat16`` on a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16
-    matrices there on a slow fallback (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at
-    ~18 GFLOP/s against fp32's ~160; README, *Performance*)."""
+BF16_CPU_MIN_WIDTH = 256
+"""``model.dtype: auto`` runs bf16 on a CPU with AMX from this language-model width up. The demo's step on a Xeon
+with AMX (``experiments/bench/demo_speed.py --baseline HEAD --quick --prompts 16 --now model.dtype=bfloat16
+--tiny ...``, 2026-12-04): width 128 (the demo's 1.7 M parameters) 0.98x, where casts and small ops cost what
+the matmuls gain; width 256 (4 + 4 blocks) 1.30x; width 384 (6 + 6 blocks, 23 M) 1.39x before rlad's bf16
+attention, 1.5x with it. Without AMX (AVX512-BF16 alone, or AVX2) bf16 never paid (README, *Performance*)."""
+
+
+def text_width(path: Path | None) -> int | None:
+    """The language model's hidden size from a checkpoint's ``config.json`` (None when unreadable)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+    return (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+
+
+def torch_dtype(config: ModelConfig, device: torch.device | str, path: Path | None = None) -> torch.dtype:
+    """``model.dtype``; ``auto`` is bf16 on a GPU, and on a CPU bf16 where it pays: AMX and a language model at
+    least ``BF16_CPU_MIN_WIDTH`` wide (read from ``path``'s config), fp32 otherwise. An explicit ``bfloat16`` on
+    a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16 matrices there on a slow fallback
+    (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at ~18 GFLOP/s against fp32's ~160;
+    README, *Performance*)."""
     if config.dtype == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16
+        wide = (text_width(path) or 0) >= BF16_CPU_MIN_WIDTH
+        return torch.bfloat16 if wide and cpu_bf16_units() == "amx_bf16" else torch.float32
     if config.dtype == "bfloat16" and torch.device(device).type == "cpu" and cpu_bf16_units() is None:
         log.warning("model.dtype=bfloat16 on a CPU without bf16 units (torch sees neither AMX nor AVX512-BF16): "
                     "matrix products run on a slow fallback, several times slower than float32 (use auto)")  # fmt: skip
@@ -209,8 +231,10 @@ def load_policy(
 ) -> Policy:
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
     path = resolve_model_path(config)
-    model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device), local_files_only=True)
+    model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device, path), local_files_only=True)
     patch_embedding_as_matmul(model)
+    if torch.device(device).type == "cpu" and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(attention.register())  # plain matmuls where CPU SDPA is slow (rlad/attention.py)
     model.to(device)
     builder = load_builder(config, shots=shots, blocks=blocks)
     tokenizer, image_processor = builder.tokenizer, builder.image_processor

@@ -45,7 +45,7 @@ from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.grounding import HEAD_NAME, attach_head, grounding_loss, head_state, strip_head, token_cells
 from rlad.inputs import IGNORE_INDEX, InputBuilder
-from rlad.policy import Policy, load_policy, resolve_model_path
+from rlad.policy import Policy, load_policy, resolve_model_path, torch_dtype
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
 from rlad.sample import VerifiableSample
 
@@ -221,9 +221,11 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     save_config(config, out / "rlad.yaml")
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy = load_policy(
-        config.model, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True
-    )
+    # bf16 on a CPU (model.dtype, or auto where it pays): fp32 weights and optimizer state, bf16 matmuls under
+    # the Trainer's autocast. A bf16 model in the Trainer would be updated in bf16, where small steps round away.
+    autocast = device == "cpu" and torch_dtype(config.model, device, resolve_model_path(config.model)) == torch.bfloat16
+    weights = dataclasses.replace(config.model, dtype="float32") if autocast else config.model
+    policy = load_policy(weights, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
     if sft.grounding:  # before a resume restores weights: its checkpoints hold the head too
@@ -266,7 +268,8 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         include_num_input_tokens_seen="non_padding",  # logs train_tokens_per_second (non-padding tokens)
         report_to="none",  # TensorBoard is added below, writing to <output_dir>/tensorboard
         disable_tqdm=True,  # our own bar (_ProgressBar): Trainer's would be forwarded by Ray line by line
-        bf16=torch_is_bf16(policy.model),
+        bf16=autocast or torch_is_bf16(policy.model),
+        use_cpu=autocast,  # transformers refuses bf16 on a CPU unless told the CPU is meant
     )
     loss = None
     if sft.seg_loss_weight != 1.0:  # the plain loss stays transformers' own

@@ -17,7 +17,7 @@ gets no credit for the repeats), the body on every completion token, the output 
 (``step_flop``), attention excluded; against bf16 and fp32 matmul peaks measured at the start of the same run.
 
     python experiments/bench/demo_speed.py [--baseline 635bb9d] [--steps 6] [--prompts 8] [--quick] \
-        [--tiny KEY=VALUE ...]
+        [--tiny KEY=VALUE ...] [--now KEY=VALUE ...] [--then KEY=VALUE ...]
 
 ``--tiny`` gives both sides a larger (or smaller) tiny model, e.g. ``--tiny hidden_size=384
 intermediate_size=1152 num_layers=6 num_heads=6 vision_depth=6 vision_hidden_size=384 vision_heads=6``: the
@@ -210,6 +210,14 @@ def main() -> None:
         help="config overrides for this tree's side only (a lever to measure: model.dtype=bfloat16)",
     )
     parser.add_argument(
+        "--then",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for the baseline's side only (one lever against another: --baseline HEAD "
+        "--then model.dtype=bfloat16 --now model.dtype=bfloat16 learner.micro_batch_size=16)",
+    )
+    parser.add_argument(
         "--tiny",
         nargs="*",
         default=[],
@@ -243,9 +251,9 @@ def main() -> None:
     step = [f"grpo.prompts_per_step={args.prompts}", f"rollout.batch_size={demo.grpo.group_size * args.prompts}"]
     spec = {"data": str(data), "checkpoint": checkpoint, "tokens": args.tokens, "threads": threads, "overrides": step}
     base_tree = extract(args.baseline, work / "baseline")
-    now = " ".join(args.now)
+    now, then = " ".join(args.now), " ".join(args.then)
     sides = [
-        Side(f"baseline {args.baseline}", base_tree, spec),
+        Side(f"baseline {args.baseline} {then}".strip(), base_tree, spec | {"overrides": [*step, *args.then]}),
         Side(f"now {now}".strip(), ROOT, spec | {"overrides": [*step, *args.now]}),
     ]
     for side in sides:

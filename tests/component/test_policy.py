@@ -247,6 +247,28 @@ def test_bf16_on_a_cpu_without_bf16_units_is_obeyed_with_a_warning(monkeypatch, 
     assert caplog.records == []
 
 
+def test_auto_is_bf16_on_a_cpu_only_with_amx_and_a_wide_enough_model(monkeypatch, tmp_path):
+    """Where it was measured to pay (rlad.policy.BF16_CPU_MIN_WIDTH): AMX and a language model >= 256 wide."""
+    import rlad.policy as policy
+
+    def checkpoint(width):
+        folder = tmp_path / f"w{width}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"text_config": {"hidden_size": width}}))
+        return folder
+
+    auto = ModelConfig(dtype="auto")
+    narrow, wide = checkpoint(128), checkpoint(policy.BF16_CPU_MIN_WIDTH)
+    monkeypatch.setattr(policy, "cpu_bf16_units", lambda: "amx_bf16")
+    assert policy.torch_dtype(auto, "cpu", wide) == torch.bfloat16
+    assert policy.torch_dtype(auto, "cpu", narrow) == torch.float32
+    assert policy.torch_dtype(auto, "cpu", tmp_path / "missing") == torch.float32
+    assert policy.torch_dtype(ModelConfig(dtype="float32"), "cpu", wide) == torch.float32
+    for units in ("avx512_bf16", None):
+        monkeypatch.setattr(policy, "cpu_bf16_units", lambda units=units: units)
+        assert policy.torch_dtype(auto, "cpu", wide) == torch.float32
+
+
 def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weight(tiny_dir):
     from rlad.policy import PatchProjection, patch_embedding_as_matmul
 
@@ -278,3 +300,23 @@ def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weigh
     proj = load_policy(ModelConfig(path=str(tiny_dir))).model.model.visual.patch_embed.proj
     assert type(proj) is PatchProjection  # every loaded policy
     assert proj.weight.dim() == 5  # the checkpoint's layout: saving and the weight sync see no difference
+
+
+def test_the_policy_runs_it_on_a_cpu_and_logits_match_sdpa():
+    """rlad/attention.py's function is what a CPU policy attends with; in bf16 (where it takes its own path) a
+    prefill and a cached decode step through it give transformers' sdpa logits to bf16 rounding."""
+    model = load_policy(ModelConfig(path="tiny", dtype="bfloat16")).model
+    assert model.config.text_config._attn_implementation == "rlad_cpu"
+    ids = torch.randint(10, 400, (3, 12))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, :4] = 0
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=attention_mask, use_cache=True)
+        step = dict(input_ids=ids[:, :1], attention_mask=torch.cat([attention_mask, attention_mask[:, :1]], 1))
+        ours = model(**step, past_key_values=out.past_key_values).logits
+        model.set_attn_implementation("sdpa")
+        out = model(input_ids=ids, attention_mask=attention_mask, use_cache=True)
+        theirs = model(**step, past_key_values=out.past_key_values).logits
+    assert ours.dtype == torch.bfloat16
+    scale = theirs.float().abs().max()
+    assert (ours.float() - theirs.float()).abs().max() <= 0.02 * scale

@@ -312,3 +312,21 @@ def test_a_shared_prefix_gives_the_plain_forwards_loss_and_gradients(small_bench
     early = dict(batch, labels=batch["labels"].clone())
     early["labels"][:, 20] = 7  # a labelled token ends the shareable prefix
     assert shared_prefix_length(early, builder.image_token_id) == 20
+
+
+def test_bf16_on_a_cpu_trains_fp32_weights_under_autocast(small_benchmark, tmp_path, tiny_dir):
+    """model.dtype=bfloat16 on a CPU: bf16 matmuls under the Trainer's autocast, the weights and AdamW's state
+    in fp32. A step of lr 1e-5 moves nearly every weight; updated in bf16 (an ulp of ~1e-4 at these
+    magnitudes) nearly all of it would round away."""
+    from safetensors.torch import load_file
+
+    root, _ = small_benchmark
+    run_sft(_config(root, tmp_path, "sft.max_steps=1", "sft.eval_samples=0", "sft.lr=1e-5", "sft.warmup_ratio=0",
+                    "sft.weight_decay=0", "model.dtype=bfloat16"))  # fmt: skip
+    before, after = load_file(tiny_dir / "model.safetensors"), load_file(tmp_path / "final" / "model.safetensors")
+    name = next(n for n in before if n.endswith("layers.0.mlp.up_proj.weight"))
+    assert after[name].dtype == torch.float32
+    moved = (after[name] != before[name]).float().mean().item()
+    assert moved > 0.9, moved
+    step = (after[name] - before[name]).abs().max().item()
+    assert 5e-6 < step < 2e-5, step  # Adam's first step: about lr per weight
