@@ -1,21 +1,26 @@
-"""Attention on a CPU in bf16: plain matrix products, where torch's fused SDPA kernel is the slower path.
+"""Attention on a CPU in bf16: plain matrix products where torch's fused SDPA kernel is the slower path.
 
 transformers' ``sdpa`` attention calls ``torch.nn.functional.scaled_dot_product_attention``, which on a CPU runs
-a flash-attention kernel. In fp32 it is the fastest path at this project's shapes; in bf16 it loses to three
-ordinary calls (scores, softmax in fp32, weighted values), which reach the CPU's bf16 matrix units. Measured with
-``python experiments/bench/attention.py`` (torch 2.13, 2 threads of a Xeon with AMX, ms per call, sdpa -> rlad):
+a flash-attention kernel. In fp32 it is the fastest path at this project's shapes, and so is its bf16 forward
+over many queries; but its bf16 backward over short query blocks, and a bf16 decode step, lose to three ordinary
+calls (scores, softmax in fp32, weighted values). Measured with ``python experiments/bench/attention.py`` and
+by hand (torch 2.13, 2 threads of a Xeon with AMX, ms per call, sdpa -> matmuls):
 
-    learner, bf16 (8 rows x 63 completion tokens behind their ~290-token shared prompt, forward + backward):
-    4.97 -> 2.86 ms at head dim 32 (the demo's), 8.36 -> 4.49 ms at head dim 64 (1.7-1.9x)
-    decoding, bf16 (128 rows over a 291-token static cache): 0.75 -> 0.72 ms (32), 1.49 -> 1.29 ms (64)
-    fp32, every shape: sdpa equal or faster, so fp32 keeps it
+    learner, bf16, forward + backward: completions behind their shared prompt, 8 rows x 63 queries over ~290
+    keys: 4.97 -> 2.86 (head dim 32), 8.36 -> 4.49 (64); 128 queries: 8.9 -> 4.7, 14.8 -> 8.5; but 230
+    queries over 348 keys: 11.8 -> 10.9 (32), 22.3 -> 29.4 (64), and 290 over 290: 23.7 -> 27.3 (64)
+    decoding, bf16, one query per row (128 rows over a 291-token static cache): 0.75 -> 0.72 (32), 1.49 -> 1.29
+    (64); a bf16 forward without gradients over 227 queries (the prefill): 8.2 -> 26.5 (64), so not there
+    fp32, every shape: sdpa equal or faster
 
-``cpu_attention`` takes ``matmul_attention`` for bf16 on a CPU and hands everything else (fp32, dropout, a GPU)
-to transformers' own ``sdpa_attention_forward``. The query heads sharing a key/value head are folded into the
-query length, so keys and values are never copied per head (``repeat_kv``). A row whose keys are all masked
-(padding) gets the uniform average eager attention gives it instead of NaN. Registered with transformers as
-``rlad_cpu`` (attention and mask interfaces); the policy loader selects it on a CPU (``rlad.policy.load_policy``).
-It is not saved with a checkpoint: vLLM and any other loader see the model's usual attention.
+``cpu_attention`` therefore computes ``matmul_attention`` for bf16 on a CPU when the call is a decode step (one
+query) or needs gradients over at most ``MATMUL_MAX_QUERIES`` queries, and hands everything else to
+transformers' own ``sdpa_attention_forward`` (fp32, long query blocks, dropout, a GPU). The query heads sharing a
+key/value head are folded into the query length, so keys and values are never copied per head (``repeat_kv``).
+A row whose keys are all masked (padding) gets the uniform average eager attention gives it instead of NaN.
+Registered with transformers as ``rlad_cpu`` (attention and mask interfaces); the policy loader selects it on a
+CPU (``rlad.policy.load_policy``). It is not saved with a checkpoint: vLLM and any other loader see the model's
+usual attention.
 """
 
 from __future__ import annotations
@@ -27,15 +32,21 @@ import torch
 __all__ = ["NAME", "cpu_attention", "matmul_attention", "register", "uses_matmul"]
 
 NAME = "rlad_cpu"
+MATMUL_MAX_QUERIES = 128
+"""Longest query block whose bf16 forward + backward runs as matmuls (measured: 1.8-1.9x at 63 and 128, 0.76-1.09x
+at 230; see the module docstring)."""
 
 
 def uses_matmul(query: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool, dropout: float) -> bool:
-    """Whether ``cpu_attention`` computes this call itself (bf16 on a CPU) rather than handing it to sdpa."""
-    if query.device.type != "cpu" or dropout > 0.0:
+    """Whether ``cpu_attention`` computes this call itself rather than handing it to sdpa: bf16 on a CPU, and a
+    decode step or a gradient-taking call over at most ``MATMUL_MAX_QUERIES`` queries."""
+    if query.device.type != "cpu" or query.dtype != torch.bfloat16 or dropout > 0.0:
         return False
-    if attention_mask is None and causal and query.shape[2] > 1:
+    length = query.shape[2]
+    if attention_mask is None and causal and length > 1:
         return False  # sdpa's own convention for a causal call without a mask; never reached by these models
-    return query.dtype == torch.bfloat16
+    grads = torch.is_grad_enabled() and query.requires_grad
+    return length == 1 or (grads and length <= MATMUL_MAX_QUERIES)
 
 
 def cpu_attention(

@@ -8,7 +8,8 @@ backward for the training cases), their ratio, and which path ``cpu_attention`` 
 
 Shapes: the demo's decode step (16 prompts x 8 completions over a 291-token static cache, 4 query / 2 key-value
 heads of 32) and the larger tiny spec's (6 / 2 heads of 64); the learner's completions behind their shared
-prompt (8 rows x 63 queries over ~290 keys) at both head sizes; in fp32 and bf16.
+prompt (8 rows x 63 queries over ~290 keys) at both head sizes; the prefill of 16 prompts; an SFT batch's rows
+behind their shared prefix (230 queries over 348 keys); in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CASES = [  # name, batch, heads, kv heads, queries, keys, head dim, backward
     ("decode, 384-wide", 128, 6, 2, 1, 291, 64, False),
     ("learn, demo", 8, 4, 2, 63, 290, 32, True),
     ("learn, 384-wide", 8, 6, 2, 63, 290, 64, True),
+    ("prefill, 384-wide", 16, 6, 2, 227, 227, 64, False),
+    ("SFT rows behind the shared prefix, 384-wide", 8, 6, 2, 230, 348, 64, True),
 ]
 
 
@@ -79,7 +82,8 @@ def main() -> None:
                     run()
                     seconds[key].append(time.perf_counter() - start)
             ms = {key: 1e3 * sorted(s)[len(s) // 2] for key, s in seconds.items()}
-            path = "matmul" if uses_matmul(q, mask, True, 0.0) else "sdpa"
+            with torch.set_grad_enabled(backward):
+                path = "matmul" if uses_matmul(q, mask, True, 0.0) else "sdpa"
             print(f"| {name} | {str(dtype).removeprefix('torch.')} | {path} | {ms['sdpa']:.3f} | {ms['rlad']:.3f} | "
                   f"{ms['sdpa'] / ms['rlad']:.2f} |")  # fmt: skip
 

@@ -97,18 +97,34 @@ def test_a_row_with_every_key_masked_gives_numbers_not_nan():
     torch.testing.assert_close(out[1, :, 0], v[1].mean(1).detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_on_a_cpu_takes_the_matmuls_and_fp32_or_dropout_stay_with_sdpa(monkeypatch):
-    """In fp32 the flash kernel is as fast or faster (experiments/bench/attention.py); dropout is sdpa's."""
+def test_which_calls_take_the_matmuls(monkeypatch):
+    """bf16 decode steps and short gradient-taking blocks; fp32, dropout, a bf16 prefill without gradients and
+    long blocks stay with sdpa, where its kernel is as fast or faster (rlad/attention.py's measurements)."""
     import transformers.integrations.sdpa_attention as sdpa_module
+
+    from rlad.attention import MATMUL_MAX_QUERIES
 
     calls = []
     monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", lambda *a, **kw: calls.append(a) or ("sdpa", None))
     layer = _Layer(groups=1)
-    mask = _padded_mask(1, 4, 4, pad=[0])
-    q, k, v = _inputs(1, 2, 2, 4, 4, 8, torch.float32)
-    assert cpu_attention(layer, q, k, v, mask)[0] == "sdpa"
-    q, k, v = _inputs(1, 2, 2, 4, 4, 8, torch.bfloat16)
-    assert cpu_attention(layer, q, k, v, mask, dropout=0.1)[0] == "sdpa"
-    out = cpu_attention(layer, q, k, v, mask)[0]
-    assert len(calls) == 2 and out.shape == (1, 4, 2, 8) and out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, matmul_attention(q, k, v, mask).transpose(1, 2))
+
+    def path(q_len, dtype, grad=True, dropout=0.0):
+        q, k, v = _inputs(1, 2, 2, q_len, q_len + 3, 8, dtype)
+        mask = _padded_mask(1, q_len, q_len + 3, pad=[0])
+        with torch.set_grad_enabled(grad):
+            out = cpu_attention(layer, q, k, v, mask, dropout=dropout)[0]
+        if isinstance(out, str):
+            return out
+        assert out.shape == (1, q_len, 2, 8) and out.dtype == dtype
+        torch.testing.assert_close(out, matmul_attention(q, k, v, mask).transpose(1, 2))
+        return "matmul"
+
+    assert path(4, torch.bfloat16) == "matmul"
+    assert path(1, torch.bfloat16, grad=False) == "matmul"
+    assert path(MATMUL_MAX_QUERIES, torch.bfloat16) == "matmul"
+    assert path(MATMUL_MAX_QUERIES + 1, torch.bfloat16) == "sdpa"
+    assert path(4, torch.bfloat16, grad=False) == "sdpa"
+    assert path(4, torch.bfloat16, dropout=0.1) == "sdpa"
+    assert path(4, torch.float32) == "sdpa"
+    assert path(1, torch.float32, grad=False) == "sdpa"
+    assert len(calls) == 5
