@@ -518,7 +518,10 @@ class LearnerConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per learner (e.g. ``{learner_node: 1}``; see ``rollout.resources``)."""
     micro_batch_size: int = 8
-    """Completions per forward/backward; gradients accumulate over a worker's share of the step's batch."""
+    """Completions per forward/backward; gradients accumulate over a worker's share of the step's batch. Larger
+    pays in bf16 on a CPU, where bigger matmuls reach the AMX units: 32 instead of 8 made the learn phase 1.24x
+    faster at width 384 (``experiments/bench/demo_speed.py``, README *Performance*); in fp32 at the demo's
+    width 128, 64 was not faster than 8."""
     share_prompts: bool = True
     """Score a micro-batch's completions against one forward pass of each distinct prompt, through its key/value
     cache (``rlad/shared_prompt.py``): the prompt and its images run once per group, not once per completion; the

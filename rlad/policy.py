@@ -2,8 +2,9 @@
 
 ``load_policy(config.model)`` returns the model with its tokenizer, image processor and the one
 ``InputBuilder`` built from them. Nothing is ever fetched: the path must be a local directory (``tiny`` is
-built here, see ``rlad.tiny``), and transformers runs with ``local_files_only``. bf16 on a GPU, fp32 on a CPU
-unless ``model.dtype`` says otherwise; LoRA (peft) on the language model when ``model.lora.r > 0``.
+built here, see ``rlad.tiny``), and transformers runs with ``local_files_only``. bf16 on a GPU; on a CPU fp32,
+or bf16 where it pays (AMX, a wide enough model: ``torch_dtype``), unless ``model.dtype`` says otherwise; on a
+CPU the attention is ``rlad.attention``'s. LoRA (peft) on the language model when ``model.lora.r > 0``.
 """
 
 from __future__ import annotations
