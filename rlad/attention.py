@@ -44,7 +44,7 @@ def uses_matmul(query: torch.Tensor, attention_mask: torch.Tensor | None, causal
         return False
     length = query.shape[2]
     if attention_mask is None and causal and length > 1:
-        return False  # sdpa's own convention for a causal call without a mask; never reached by these models
+        return False  # transformers dropped the mask because causality alone describes it: sdpa's is_causal path
     grads = torch.is_grad_enabled() and query.requires_grad
     return length == 1 or (grads and length <= MATMUL_MAX_QUERIES)
 
