@@ -165,7 +165,8 @@ BF16_CPU_MIN_WIDTH = 256
 with AMX (``experiments/bench/demo_speed.py --baseline HEAD --quick --prompts 16 --now model.dtype=bfloat16
 --tiny ...``, 2026-12-04): width 128 (the demo's 1.7 M parameters) 0.98x, where casts and small ops cost what
 the matmuls gain; width 256 (4 + 4 blocks) 1.30x; width 384 (6 + 6 blocks, 23 M) 1.39x before rlad's bf16
-attention, 1.5x with it. Without AMX (AVX512-BF16 alone, or AVX2) bf16 never paid (README, *Performance*)."""
+attention, which adds 1.09x in bf16 (~1.5x, a product of two runs). Without AMX (AVX512-BF16 alone, or AVX2)
+bf16 never paid (README, *Performance*)."""
 
 
 def text_width(path: Path | None) -> int | None:
