@@ -8,7 +8,8 @@ processors. Here:
     expand    the key/value cache and the last logits to n rows per prompt (into one static cache for prompt +
               ``max_new_tokens`` with ``generation.kv_cache: static``)
     decode    one token for every row per step, with explicit positions (the prompt's last + 1 + t), until
-              each row has written a stop token or ``max_new_tokens``
+              each row has written a stop token or ``max_new_tokens``; on a CPU (``rlad_cpu`` attention) each
+              step reads one copy of a group's prompt from the cache, not n (``rlad.attention.SharedPrompt``)
 
 Sampling is plain and exact: banned tokens masked, logits / temperature, top-k, then top-p (nucleus) over the
 sorted probabilities, then inverse-CDF draws from a seeded generator. The reported log-prob of each token is
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rlad.attention import NAME as CPU_ATTENTION
+from rlad.attention import SHARED_PROMPT, SharedPrompt
 from rlad.config import GenerationConfig
 from rlad.shared_prompt import cache_keyword, model_output_cache, prompt_positions, rope_index_of
 
@@ -88,13 +91,13 @@ def decode(
     from transformers import DynamicCache, StaticCache
 
     keyword = cache_keyword(model)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     positions = prompt_positions(batch, rope_index_of(model))
     attention = batch["attention_mask"].long()
     out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1, **{keyword: DynamicCache()})
     cache = model_output_cache(out)
     if settings.kv_cache == "static":  # preallocated for prompt + max_new_tokens: no concatenation per token
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        static = StaticCache(config=config, max_cache_len=attention.shape[1] + settings.max_new_tokens)
+        static = StaticCache(config=text_config, max_cache_len=attention.shape[1] + settings.max_new_tokens)
         filled = {"cache_position": torch.arange(attention.shape[1], device=attention.device)}
         for i, layer in enumerate(cache.layers):
             static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), i, filled)
@@ -104,7 +107,15 @@ def decode(
     logits = out.logits[:, -1].repeat_interleave(n, dim=0)
     last = positions[..., -1:].repeat_interleave(n, dim=-2)  # (3, B, 1) or (B, 1): the prompts' last position
     attention = attention.repeat_interleave(n, dim=0)
-    rows = logits.shape[0]
+    rows, prompt = logits.shape[0], attention.shape[1]
+    # one prompt copy per group (rlad.attention.SharedPrompt) where rlad's CPU attention runs every layer
+    shared = (
+        n > 1
+        and getattr(model.config, "_attn_implementation", None) == CPU_ATTENTION
+        and set(getattr(text_config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    )  # fmt: skip
+    if shared:  # the steps' mask, made once: shared_prompt_attention reads only its prompt part (left padding)
+        step_mask = {"full_attention": attention.bool()[:, None, None, :]}
     stop_ids = torch.tensor(sorted(set(stop)), dtype=torch.long, device=logits.device)
     done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     tokens, logprobs = [], []
@@ -116,10 +127,14 @@ def decode(
         done |= torch.isin(token, stop_ids)
         if bool(done.all()) or t + 1 == settings.max_new_tokens:
             break
-        attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=1)
+        if shared:
+            mask, extra = step_mask, {SHARED_PROMPT: SharedPrompt(n, prompt, prompt + t + 1)}
+        else:
+            mask = attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=1)
+            extra = {}
         out = model(
-            input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=last + 1 + t, use_cache=True,
-            **{keyword: cache},
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=last + 1 + t, use_cache=True,
+            **{keyword: cache}, **extra,
         )  # fmt: skip
         cache = model_output_cache(out)
         logits = out.logits[:, -1]

@@ -140,6 +140,42 @@ def test_static_and_dynamic_kv_cache_generate_the_same_completions(tiny_policy, 
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
+def test_decoding_a_group_over_one_prompt_copy_generates_what_sdpa_over_every_copy_does(tiny_policy, small_benchmark):
+    """On a CPU the engine's decode steps read one copy of a group's prompt (``rlad.attention.SharedPrompt``): the
+    same tokens, greedy and sampled with one seed, and the same log-probs within float noise as transformers' sdpa
+    over the whole cache, with the static and the dynamic cache."""
+    from rlad.attention import NAME, SHARED_PROMPT
+    from rlad.config import GenerationConfig
+
+    _, samples = small_benchmark
+    model = tiny_policy.model
+    assert model.config._attn_implementation == NAME
+    seen = []
+    hook = model.model.language_model.layers[0].self_attn.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get(SHARED_PROMPT)), with_kwargs=True
+    )
+    runs = {}
+    try:
+        for attention in (NAME, "sdpa"):
+            model.set_attn_implementation(attention)
+            for cache in ("static", "dynamic"):
+                engine = TransformersEngine(model, tiny_policy.builder, GenerationConfig(max_new_tokens=16,
+                                            kv_cache=cache))  # fmt: skip
+                runs[attention, cache] = engine.generate(samples[:3], n=4, seed=5) + engine.generate(
+                    samples[:2], n=3, greedy=True
+                )
+    finally:
+        model.set_attn_implementation(NAME)
+        hook.remove()
+    shared = [s for s in seen if s is not None]
+    assert shared and {s.group for s in shared} == {4, 3} and all(s.filled > s.prompt for s in shared)
+    for cache in ("static", "dynamic"):
+        ours, theirs = runs[NAME, cache], runs["sdpa", cache]
+        assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 def test_chat_template_kept_with_the_processor_is_used(tiny_dir, tmp_path, small_benchmark):
     """Released Qwen-VL folders may keep the vision-aware template in chat_template.json, not the tokenizer."""
     folder = tmp_path / "ckpt"

@@ -128,3 +128,53 @@ def test_which_calls_take_the_matmuls(monkeypatch):
     assert path(4, torch.float32) == "sdpa"
     assert path(1, torch.float32, grad=False) == "sdpa"
     assert len(calls) == 5
+
+
+def _group_cache(groups, n, kv_heads, prompt, new, filled, dim, dtype, pads, seed=4):
+    """A decode step's static cache for ``groups`` prompts of ``n`` rows each: every row of a group holds the same
+    prompt keys/values (left-padded by ``pads[k]``), then its own completion in ``[prompt, filled)`` and an unwritten
+    tail (garbage, masked) up to ``prompt + new``; the bool mask as transformers builds it (True attends)."""
+    g = torch.Generator().manual_seed(seed)
+    length, rows = prompt + new, groups * n
+    key, value = (torch.randn(rows, kv_heads, length, dim, generator=g) for _ in range(2))
+    for t in (key, value):
+        t[:, :, :prompt] = torch.randn(groups, kv_heads, prompt, dim, generator=g).repeat_interleave(n, 0)
+    mask = torch.zeros(rows, 1, 1, length, dtype=torch.bool)
+    mask[..., :filled] = True
+    for k, pad in enumerate(pads):
+        mask[k * n : (k + 1) * n, ..., :pad] = False
+    return key.to(dtype), value.to(dtype), mask
+
+
+@pytest.mark.parametrize("filled_new", [1, 5])
+def test_a_groups_decode_step_against_one_prompt_copy_equals_attention_over_the_whole_cache(filled_new):
+    """rlad.attention.shared_prompt_attention: the group's rows over one copy of their prompt, each row over its own
+    completion, merged by log-sum-exp — the same numbers as sdpa over every cached row (fp32)."""
+    from rlad.attention import SharedPrompt, shared_prompt_attention
+
+    groups, n, heads, kv_heads, prompt, dim = 3, 4, 4, 2, 11, 8
+    key, value, mask = _group_cache(groups, n, kv_heads, prompt, 7, prompt + filled_new, dim, torch.float32,
+                                    pads=[0, 3, 6])  # fmt: skip
+    query = torch.randn(groups * n, heads, 1, dim, generator=torch.Generator().manual_seed(5))
+    ours = shared_prompt_attention(query, key, value, mask, SharedPrompt(n, prompt, prompt + filled_new))
+    theirs = sdpa_attention_forward(_Layer(groups=2), query, key, value, mask)[0].transpose(1, 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    # through the registered function, as a model's forward hands it the keyword
+    via = cpu_attention(_Layer(groups=2), query, key, value, mask, rlad_shared_prompt=SharedPrompt(n, prompt,
+                        prompt + filled_new))[0]  # fmt: skip
+    torch.testing.assert_close(via, theirs.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_a_groups_decode_step_in_bf16_errs_no_more_than_sdpa():
+    from rlad.attention import SharedPrompt, shared_prompt_attention
+
+    groups, n, prompt, filled = 2, 8, 40, 49
+    key, value, mask = _group_cache(groups, n, 2, prompt, 20, filled, 64, torch.bfloat16, pads=[0, 9])
+    query = torch.randn(groups * n, 6, 1, 64, generator=torch.Generator().manual_seed(6)).bfloat16()
+    layer = _Layer(groups=3)
+    reference = sdpa_attention_forward(layer, query.float(), key.float(), value.float(), mask)[0]
+    ours = shared_prompt_attention(query, key, value, mask, SharedPrompt(n, prompt, filled)).transpose(1, 2)
+    sdpa = sdpa_attention_forward(layer, query, key, value, mask)[0]
+    assert ours.dtype == torch.bfloat16
+    err_ours, err_sdpa = ((x.float() - reference).abs().max() for x in (ours, sdpa))
+    assert err_ours <= 1.25 * err_sdpa + 1e-3, (err_ours, err_sdpa)
