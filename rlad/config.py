@@ -522,7 +522,7 @@ class LearnerConfig:
     """Completions per forward/backward; gradients accumulate over a worker's share of the step's batch. Larger
     pays in bf16 on a CPU, where bigger matmuls reach the AMX units: 32 instead of 8 made the learn phase 1.24x
     faster at width 384 (``experiments/bench/demo_speed.py``, README *Performance*); in fp32 at the demo's
-    width 128, 64 was not faster than 8."""
+    width 128, 16 was 1.15x faster than 8 (fewer, larger calls; the demo takes 16), 32 no faster than 16."""
     share_prompts: bool = True
     """Score a micro-batch's completions against one forward pass of each distinct prompt, through its key/value
     cache (``rlad/shared_prompt.py``): the prompt and its images run once per group, not once per completion; the
