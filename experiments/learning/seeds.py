@@ -25,6 +25,10 @@ into ``<run>/eval-all/``, as the rows ``warm_start_all`` and ``grpo_all`` and th
 number without the luck of which questions were drawn (on the demo the intervals hardly narrowed: the spread is
 between seeds; README).
 
+``--against OTHER`` compares two GRPO recipes from the same warm starts: another sweep's folder (same seeds, its
+``--heldout-all`` evaluations in place or run now) whose final policy's row is added as ``OTHER:grpo_all``, with
+``grpo_all − OTHER:grpo_all`` paired by seed — a lever against the demo's GRPO, not only against the SFT policy.
+
 Float results differ between machines: compare rows of one sweep, never across machines.
 """
 
@@ -146,15 +150,18 @@ def write_report(path: Path, text: str) -> None:
     print(text + f"\nwritten to {path}")
 
 
-def sweep_table(reports: dict[int, dict], rises: dict[int, tuple[float, float]]) -> str:
-    """The sweep as Markdown: rows over seeds with intervals, paired differences, the training reward's rise."""
+def sweep_table(
+    reports: dict[int, dict], rises: dict[int, tuple[float, float]], pairs: list[tuple[str, str]] = PAIRS
+) -> str:
+    """The sweep as Markdown: rows over seeds with intervals, the ``pairs`` (after, before) as paired differences
+    where both rows exist, the training reward's rise."""
     seeds = sorted(reports)
     rows_by_name = {name: [reports[s]["rows"][name] for s in seeds] for name in reports[seeds[0]]["rows"]}
     body = []
     for name, rows in rows_by_name.items():
         if rows and all(rows):
             body.append([name, str(int(rows[0]["n"])), *(str(mean_ci([r[c] for r in rows])) for c in COLUMNS)])
-    for after, before in PAIRS:
+    for after, before in pairs:
         if after in rows_by_name and before in rows_by_name and all(rows_by_name[after]):
             body.append([f"{after} − {before}", "paired", *paired_cells(rows_by_name[after], rows_by_name[before])])
     text = markdown_table(["row", "n", *COLUMNS], body)
@@ -174,24 +181,34 @@ def main() -> None:
                    "reward mix, not each run's own (which may pay `found` or weigh rewards otherwise)")  # fmt: skip
     p.add_argument("--heldout-all", action="store_true", help="also score the warm start and the final policy "
                    "greedily on the whole held-out split (rows warm_start_all, grpo_all)")  # fmt: skip
+    p.add_argument("--against", help="another sweep's folder (same seeds and warm starts): its final policies' "
+                   "whole held-out rows, and this sweep's paired against them (needs --heldout-all)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides for every seed, e.g. grpo.steps=80; "
                    "{seed} is replaced by the seed (train.warm_start=runs/sft-levers/x/seed-{seed})")  # fmt: skip
     args = p.parse_args()
     if len(args.seeds) < 2:
         p.error("an interval needs at least 2 seeds (3 or more to be worth reading)")
+    if args.against and not args.heldout_all:
+        p.error("--against compares the whole held-out rows: add --heldout-all")
+    other = f"{Path(args.against).name}:grpo_all" if args.against else None
     reports, rises = {}, {}
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
         reports[seed] = {"rows": run_rows(run_dir, args.paper_rewards)}
         if args.heldout_all:
             reports[seed]["rows"] |= heldout_all_rows(run_dir, args.paper_rewards)
+        if other:
+            against = heldout_all_rows(Path(args.against) / f"seed-{seed}", args.paper_rewards)
+            reports[seed]["rows"][other] = against["grpo_all"]
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
     scored = ["--paper-rewards"] * args.paper_rewards + ["--heldout-all"] * args.heldout_all
+    scored += ["--against", args.against] if args.against else []
     command = " ".join(["python experiments/learning/seeds.py", "--seeds", *map(str, args.seeds), *scored,
                         *args.overrides])  # fmt: skip
     mix = "; rows scored under the paper's reward mix" if args.paper_rewards else ""
     text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}{mix}); mean ± 95 % "
-            "CI over seeds; `*`: the interval excludes 0.\n\n" + sweep_table(reports, rises))  # fmt: skip
+            "CI over seeds; `*`: the interval excludes 0.\n\n")  # fmt: skip
+    text += sweep_table(reports, rises, PAIRS + ([("grpo_all", other)] if other else []))
     write_report(Path(args.out) / "seeds.md", text)
 
 

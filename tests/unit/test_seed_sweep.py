@@ -111,3 +111,18 @@ def test_a_file_grouped_by_class_gives_its_overall_row(tmp_path):
     assert row["n"] == 2
     assert row["answer_acc"] == pytest.approx(0.5)
     assert row["image_F1"] == pytest.approx(2 / 3)  # one hit, one miss, no false alarm: P 1, R 1/2
+
+
+def test_a_lever_sweep_pairs_its_final_policies_with_another_sweeps():
+    """``--against``: the other sweep's final policies as a row of their own, and this sweep's paired with them."""
+    # demo GRPO totals 2.0, 2.2, 1.8; the lever's 2.1, 2.3, 1.9 (+0.1 each, sd ~0: half-width 0.000);
+    # patch F1 +0.05, +0.06, +0.07 -> 0.060 ± 0.025 *
+    reports = {s: {"rows": {"demo:grpo_all": _row(w, 0.1, n=3315), "grpo_all": _row(w + 0.1, 0.1 + d, n=3315)}}
+               for s, w, d in ((0, 2.0, 0.05), (1, 2.2, 0.06), (2, 1.8, 0.07))}  # fmt: skip
+    text = sweep_table(reports, {s: (0.0, 0.1) for s in range(3)}, [("grpo_all", "demo:grpo_all")])
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+             if line.startswith("| ")}  # fmt: skip
+    assert lines["demo:grpo_all"][:2] == ["3315", "2.000 ± 0.497"]
+    pair = lines["grpo_all − demo:grpo_all"]
+    assert pair[0] == "paired" and pair[1 + COLUMNS.index("patch_F1")] == "0.060 ± 0.025 *"
+    assert pair[1].startswith("0.100 ± 0.000")
