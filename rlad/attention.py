@@ -146,6 +146,11 @@ def shared_prompt_attention(
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     batch, heads, _, dim = query.shape
     kv_heads, n, prompt = key.shape[1], shared.group, shared.prompt
+    if batch % n or not 0 < prompt < shared.filled <= key.shape[2]:
+        raise ValueError(
+            f"{shared} does not describe a decode step of {batch} rows over {key.shape[2]} cached positions: "
+            "rows must come in whole groups, and prompt < filled <= the cache's length"
+        )
     fold, groups = heads // kv_heads, batch // n
     scale = dim**-0.5 if scaling is None else scaling
     # the group's n rows x fold query heads of a kv head as one block of n * fold queries over its prompt

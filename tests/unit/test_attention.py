@@ -178,3 +178,13 @@ def test_a_groups_decode_step_in_bf16_errs_no_more_than_sdpa():
     assert ours.dtype == torch.bfloat16
     err_ours, err_sdpa = ((x.float() - reference).abs().max() for x in (ours, sdpa))
     assert err_ours <= 1.25 * err_sdpa + 1e-3, (err_ours, err_sdpa)
+
+
+def test_a_shared_prompt_that_does_not_fit_the_step_is_refused_by_name():
+    from rlad.attention import SharedPrompt, shared_prompt_attention
+
+    key, value, mask = _group_cache(2, 4, 2, 6, 4, 8, 8, torch.float32, pads=[0, 0])
+    query = torch.randn(8, 4, 1, 8)
+    for bad in (SharedPrompt(3, 6, 8), SharedPrompt(4, 6, 6), SharedPrompt(4, 6, 11), SharedPrompt(4, 0, 3)):
+        with pytest.raises(ValueError, match="does not describe a decode step of 8 rows over 10 cached"):
+            shared_prompt_attention(query, key, value, mask, bad)
