@@ -95,7 +95,9 @@ def cpu_attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     shared = kwargs.pop(SHARED_PROMPT, None)
-    if shared is not None and query.shape[2] == 1 and query.device.type == "cpu" and dropout == 0.0:
+    if shared is not None:  # a group's decode step (rollout/decode.py): its mask covers the prompt only
+        if dropout:
+            raise ValueError(f"{SHARED_PROMPT} is for decoding: attention dropout {dropout} is not applied there")
         out = shared_prompt_attention(query, key, value, attention_mask, shared, scaling)
         return out.transpose(1, 2).contiguous(), None
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -146,10 +148,11 @@ def shared_prompt_attention(
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     batch, heads, _, dim = query.shape
     kv_heads, n, prompt = key.shape[1], shared.group, shared.prompt
-    if batch % n or not 0 < prompt < shared.filled <= key.shape[2]:
+    if query.shape[2] != 1 or batch % n or not 0 < prompt < shared.filled <= key.shape[2]:
         raise ValueError(
-            f"{shared} does not describe a decode step of {batch} rows over {key.shape[2]} cached positions: "
-            "rows must come in whole groups, and prompt < filled <= the cache's length"
+            f"{shared} does not describe a decode step of {batch} rows x {query.shape[2]} queries over "
+            f"{key.shape[2]} cached positions: one query a row, rows in whole groups, prompt < filled <= the "
+            "cache's length"
         )
     fold, groups = heads // kv_heads, batch // n
     scale = dim**-0.5 if scaling is None else scaling

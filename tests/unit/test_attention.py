@@ -186,5 +186,9 @@ def test_a_shared_prompt_that_does_not_fit_the_step_is_refused_by_name():
     key, value, mask = _group_cache(2, 4, 2, 6, 4, 8, 8, torch.float32, pads=[0, 0])
     query = torch.randn(8, 4, 1, 8)
     for bad in (SharedPrompt(3, 6, 8), SharedPrompt(4, 6, 6), SharedPrompt(4, 6, 11), SharedPrompt(4, 0, 3)):
-        with pytest.raises(ValueError, match="does not describe a decode step of 8 rows over 10 cached"):
+        with pytest.raises(ValueError, match="does not describe a decode step of 8 rows x 1 queries over 10 cached"):
             shared_prompt_attention(query, key, value, mask, bad)
+    with pytest.raises(ValueError, match="8 rows x 2 queries"):  # a prefill is not a decode step
+        shared_prompt_attention(torch.randn(8, 4, 2, 8), key, value, mask, SharedPrompt(4, 6, 8))
+    with pytest.raises(ValueError, match=r"dropout 0\.1"):
+        cpu_attention(_Layer(groups=2), query, key, value, mask, dropout=0.1, rlad_shared_prompt=SharedPrompt(4, 6, 8))
