@@ -159,10 +159,12 @@ def shared_prompt_attention(
     # the group's n rows x fold query heads of a kv head as one block of n * fold queries over its prompt
     queries = query.reshape(groups, n, kv_heads, fold, dim).transpose(1, 2).reshape(groups, kv_heads, n * fold, dim)
     bias = None
-    if attention_mask is not None:
+    if attention_mask is not None:  # the flash kernel takes an additive bias (rollout/decode.py passes one, made once)
         mask = attention_mask[::n, :, -1:, :prompt]  # (groups, 1, 1, prompt)
-        zero = torch.zeros((), dtype=query.dtype, device=query.device)
-        bias = zero.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else mask.to(query.dtype)
+        if mask.dtype == torch.bool:
+            bias = torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
+        else:
+            bias = mask.to(query.dtype)
     head, head_lse = flash(queries, key[::n, :, :prompt], value[::n, :, :prompt], attn_mask=bias, scale=scale)
     head = head.reshape(groups, kv_heads, n, fold, dim).transpose(1, 2).reshape(batch, kv_heads, fold, dim)
     head_lse = head_lse.reshape(groups, kv_heads, n, fold).transpose(1, 2).reshape(batch, kv_heads, fold, 1)

@@ -114,8 +114,10 @@ def decode(
         and getattr(model.config, "_attn_implementation", None) == CPU_ATTENTION
         and set(getattr(text_config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
     )  # fmt: skip
-    if shared:  # the steps' mask, made once: shared_prompt_attention reads only its prompt part (left padding)
-        step_mask = {"full_attention": attention.bool()[:, None, None, :]}
+    if shared:  # the steps' mask, made once as the additive bias the attention takes: its prompt part (left padding)
+        zero = torch.zeros((), dtype=next(model.parameters()).dtype, device=attention.device)
+        bias = zero.masked_fill(attention == 0, -torch.inf)
+        step_mask = {"full_attention": bias[:, None, None, :]}
     stop_ids = torch.tensor(sorted(set(stop)), dtype=torch.long, device=logits.device)
     done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     tokens, logprobs = [], []

@@ -107,14 +107,18 @@ def run_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
     return {name: rescored_row(run_dir / "eval" / f"{name}.jsonl", config, paper) for name in report["rows"]}
 
 
-def heldout_all_rows(run_dir: Path, paper: bool = False) -> dict[str, dict]:
-    """The warm start and the final policy of a finished run, each scored greedily on the whole held-out split
-    of the run's own data (``rlad eval``, under the run's config) — rows ``warm_start_all`` and ``grpo_all``."""
+def heldout_all_rows(
+    run_dir: Path, paper: bool = False, names: tuple[str, ...] = ("warm_start_all", "grpo_all")
+) -> dict[str, dict]:
+    """The warm start and the final policy of a finished run (rows ``warm_start_all`` and ``grpo_all``, or those of
+    ``names``), each scored greedily on the whole held-out split of the run's own data (``rlad eval``, under the
+    run's config)."""
     report = json.loads((run_dir / "report.json").read_text())
     config = run_dir / "config.yaml"
     checkpoints = {"warm_start_all": Path(report["warm_start"]), "grpo_all": run_dir / "final"}
     rows = {}
-    for name, checkpoint in checkpoints.items():
+    for name in names:
+        checkpoint = checkpoints[name]
         out = run_dir / "eval-all" / name
         if not (out / "eval.json").is_file():
             command = [sys.executable, "-m", "rlad.cli", "eval", str(checkpoint), "held-out", "--config", str(config),
@@ -190,6 +194,10 @@ def main() -> None:
         p.error("an interval needs at least 2 seeds (3 or more to be worth reading)")
     if args.against and not args.heldout_all:
         p.error("--against compares the whole held-out rows: add --heldout-all")
+    missing = [f"seed-{s}" for s in args.seeds if args.against and not (Path(args.against) / f"seed-{s}" /
+               "report.json").is_file()]  # fmt: skip
+    if missing:  # before any run starts: a finished sweep of the same seeds is what --against pairs with
+        p.error(f"--against {args.against} holds no finished run for {', '.join(missing)} (no report.json)")
     other = f"{Path(args.against).name}:grpo_all" if args.against else None
     reports, rises = {}, {}
     for seed in args.seeds:
@@ -198,7 +206,7 @@ def main() -> None:
         if args.heldout_all:
             reports[seed]["rows"] |= heldout_all_rows(run_dir, args.paper_rewards)
         if other:
-            against = heldout_all_rows(Path(args.against) / f"seed-{seed}", args.paper_rewards)
+            against = heldout_all_rows(Path(args.against) / f"seed-{seed}", args.paper_rewards, ("grpo_all",))
             reports[seed]["rows"][other] = against["grpo_all"]
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
     scored = ["--paper-rewards"] * args.paper_rewards + ["--heldout-all"] * args.heldout_all

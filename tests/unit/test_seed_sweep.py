@@ -126,3 +126,17 @@ def test_a_lever_sweep_pairs_its_final_policies_with_another_sweeps():
     pair = lines["grpo_all − demo:grpo_all"]
     assert pair[0] == "paired" and pair[1 + COLUMNS.index("patch_F1")] == "0.060 ± 0.025 *"
     assert pair[1].startswith("0.100 ± 0.000")
+
+
+def test_against_a_folder_without_the_seeds_runs_is_refused_before_anything_runs(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "learning" / "seeds.py"
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "report.json").write_text("{}")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), "--heldout-all", "--against", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert f"--against {tmp_path} holds no finished run for seed-1, seed-2 (no report.json)" in done.stderr
+    assert not out.exists()
