@@ -391,6 +391,10 @@ class GRPOConfig:
     """Which tokens an advantage reaches: ``completion`` (GRPO: every token gets the total reward's) or ``block``
     (**not in the paper**; rlad/credit.py): each reward's share reaches only the blocks it judges (detection the
     ``<seg>``, answer the ``<think>`` and ``<answer>``, format and rewards without blocks all tokens)."""
+    cell_credit: float = 0.0
+    """Per-run credit inside ``<seg>`` (**not in the paper**; ``rlad.credit.cell_credits``), added to each
+    token's advantage: ``w (2 p - 1)`` on the tokens of a written run whose patches are a share p anomalous,
+    ``w (1 - 2 m)`` on the closing tag with a share m of the anomalous patches unnamed. 0: off (GRPO's)."""
     aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
     tis_cap: float = 2.0
@@ -421,6 +425,8 @@ class GRPOConfig:
             raise ConfigError(f"grpo.tis_cap must be >= 0 (0 turns TIS off), got {self.tis_cap}")
         if self.kl_coef < 0:
             raise ConfigError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
+        if not 0 <= self.cell_credit < float("inf"):
+            raise ConfigError(f"grpo.cell_credit must be a finite number >= 0 (0 turns it off), got {self.cell_credit}")
 
 
 @dataclass

@@ -16,9 +16,12 @@ import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+
+from rlad import mask_text
 from rlad.completion import BLOCKS
 
-__all__ = ["ALL", "block_shares", "token_advantages", "token_blocks", "token_pieces"]
+__all__ = ["ALL", "block_shares", "cell_credits", "token_advantages", "token_blocks", "token_pieces"]
 
 ALL = "all"  # the key of the rewards that judge the whole completion
 _BLOCK = re.compile(rf"<({'|'.join(BLOCKS)})>.*?</\1>", re.DOTALL)
@@ -76,3 +79,49 @@ def token_advantages(pieces: Sequence[str], per_block: Mapping[str, float]) -> l
     """One advantage per token: the ``all`` share plus its block's (``block_shares``)."""
     base = per_block.get(ALL, 0.0)
     return [base + (per_block.get(b, 0.0) if b else 0.0) for b in token_blocks(pieces)]
+
+
+def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float) -> list[float]:
+    """Per-token credit of the ``<seg>`` mask's runs against the ``grid x grid`` ground truth (module docstring):
+    ``weight * (2 p - 1)`` on the tokens that start inside a run, ``weight * (1 - 2 m)`` on the token that
+    writes the closing tag's ``<``, 0 elsewhere; all 0 when the completion has no well-formed ``<seg>`` (the
+    format and detection rewards judge that). A token that both ends a run and starts the closing tag gets both;
+    the separators between runs get nothing.
+
+    >>> truth = np.zeros((4, 4), bool); truth[1, 1:3] = True
+    >>> cell_credits(["<seg>", "(1, 1)-(1, 2)", ",", " (3, 3)", "</seg>", "<answer>A</answer>"], truth, 1.0)
+    [0.0, 1.0, 0.0, -1.0, 1.0, 0.0]
+    >>> cell_credits(["<seg>", "(1, 2)", "</seg>"], truth, 0.5)
+    [0.0, 0.5, 0.0]
+    """
+    truth = np.asarray(truth, dtype=bool)
+    out = [0.0] * len(pieces)
+    text = "".join(pieces)
+    block = next((m for m in _BLOCK.finditer(text) if m.group(1) == "seg"), None)
+    if block is None or weight == 0.0:
+        return out
+    opening, closing = block.start() + len("<seg>"), block.end() - len("</seg>")
+    try:
+        found = mask_text.runs(text[opening:closing], truth.shape[0])
+    except mask_text.MaskTextError:
+        return out
+    named = np.zeros_like(truth)
+    spans: list[tuple[int, int, float]] = []
+    for run in found:
+        cells = np.zeros_like(truth)
+        cells[run.row, run.col_start : run.col_end + 1] = True
+        right = np.count_nonzero(cells & truth & ~named)
+        spans.append((opening + run.start, opening + run.end, float(right) / np.count_nonzero(cells)))
+        named |= cells
+    anomalous = np.count_nonzero(truth)
+    missed = float(np.count_nonzero(truth & ~named)) / anomalous if anomalous else 0.0
+    start = 0
+    for k, piece in enumerate(pieces):
+        end = start + len(piece)
+        for a, b, right in spans:
+            if a <= start < b:
+                out[k] += float(weight * (2.0 * right - 1.0))
+        if piece and start <= closing < end:
+            out[k] += float(weight * (1.0 - 2.0 * missed))
+        start = end
+    return out

@@ -38,7 +38,7 @@ import torch
 
 from rlad.config import Config, ConfigError, GenerationConfig, GRPOConfig, LearnerConfig
 from rlad.console import quiet_stdout
-from rlad.credit import token_advantages, token_pieces
+from rlad.credit import cell_credits, token_advantages, token_pieces
 from rlad.grpo import grpo_loss, logprob_mismatch
 from rlad.inputs import to_model
 from rlad.logprobs import completion_logprobs, shared_prompt_logprobs, token_logprobs
@@ -212,17 +212,22 @@ class Learner:
         return out
 
     def _advantages(self, items: Sequence[Rollout], mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B,) advantages, or (B, T) per token where the completions carry per-block shares (grpo.credit)."""
-        if not any(r.block_advantages for r in items):
+        """(B,) advantages, or (B, T) per token where the completions carry per-block shares (grpo.credit) or
+        per-run credit is on (grpo.cell_credit)."""
+        cells = self.grpo.cell_credit
+        if not cells and not any(r.block_advantages for r in items):
             return torch.tensor([r.advantage for r in items], dtype=dtype, device=mask.device)
         adv = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         tokenizer = self.builder.tokenizer
         decode = partial(tokenizer.decode, skip_special_tokens=True)  # as the engine made the completion's text
         for row, r in enumerate(items):
+            pieces = token_pieces(decode, r.token_ids) if cells or r.block_advantages else []
             if r.block_advantages:
-                values = token_advantages(token_pieces(decode, r.token_ids), r.block_advantages)
+                values = token_advantages(pieces, r.block_advantages)
             else:
                 values = [r.advantage] * len(r.token_ids)
+            if cells and not r.padding:
+                values = [v + c for v, c in zip(values, cell_credits(pieces, r.sample.mask, cells), strict=True)]
             adv[row, mask[row]] = torch.tensor(values, dtype=dtype, device=mask.device)
         return adv
 

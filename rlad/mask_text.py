@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "Cover",
     "MaskTextError",
+    "Run",
     "decode",
     "decode_or_none",
     "encode",
     "grid_to_mask",
     "mask_to_grid",
     "max_text_chars",
+    "runs",
 ]
 
 
@@ -84,11 +87,23 @@ def encode(mask: np.ndarray) -> str:
     return ", ".join(f"({r}, {s})-({r}, {e - 1})" for r, s, e in runs)
 
 
-def decode(text: str, grid: int) -> np.ndarray:
-    """The ``grid x grid`` boolean mask that ``text`` describes; raises :class:`MaskTextError` if malformed.
+class Run(NamedTuple):
+    """One run (or singleton) of a mask text: its characters ``text[start:end]`` (leading white space included,
+    the separator after it not) name patches ``(row, col_start)`` to ``(row, col_end)``."""
 
-    >>> decode("(0, 1)-(0, 2), (1, 0)", 3).astype(int).tolist()
-    [[0, 1, 1], [1, 0, 0], [0, 0, 0]]
+    start: int
+    end: int
+    row: int
+    col_start: int
+    col_end: int
+
+
+def runs(text: str, grid: int) -> list[Run]:
+    """The runs of ``text`` in the order written, each with its character span; raises :class:`MaskTextError`
+    if malformed (``decode`` is their union).
+
+    >>> runs("(0, 1)-(0, 2), (1, 0)", 3)
+    [Run(start=0, end=13, row=0, col_start=1, col_end=2), Run(start=14, end=21, row=1, col_start=0, col_end=0)]
     """
     if not isinstance(text, str):
         raise MaskTextError(f"mask text must be a string, got {type(text).__name__}")
@@ -97,9 +112,9 @@ def decode(text: str, grid: int) -> np.ndarray:
     limit = max_text_chars(grid)
     if len(text) > limit:
         raise MaskTextError(f"mask text of {len(text)} characters exceeds the {limit} allowed for a {grid}x{grid} grid")
-    mask = np.zeros((grid, grid), dtype=bool)
+    out: list[Run] = []
     if not text.strip():
-        return mask
+        return out
     pos = 0
     while True:
         m = _ITEM.match(text, pos)
@@ -117,10 +132,26 @@ def decode(text: str, grid: int) -> np.ndarray:
             raise MaskTextError(f"run {m.group(0).strip(' ,')!r} has col_start {col_start} > col_end {col_end}")
         if row >= grid or col_end >= grid:
             raise MaskTextError(f"patch {m.group(0).strip(' ,')!r} lies outside the {grid}x{grid} grid")
-        mask[row, col_start : col_end + 1] = True
+        end = m.start(5)  # the separator's place (or the end), white space before it left out
+        while end > pos and text[end - 1].isspace():
+            end -= 1
+        out.append(Run(pos, end, row, col_start, col_end))
         pos = m.end()
         if sep == "" or not text[pos:].strip():  # end of text, or a harmless trailing comma
-            return mask
+            return out
+
+
+def decode(text: str, grid: int) -> np.ndarray:
+    """The ``grid x grid`` boolean mask that ``text`` describes; raises :class:`MaskTextError` if malformed.
+
+    >>> decode("(0, 1)-(0, 2), (1, 0)", 3).astype(int).tolist()
+    [[0, 1, 1], [1, 0, 0], [0, 0, 0]]
+    """
+    found = runs(text, grid)
+    mask = np.zeros((grid, grid), dtype=bool)
+    for run in found:
+        mask[run.row, run.col_start : run.col_end + 1] = True
+    return mask
 
 
 def decode_or_none(text: str | None, grid: int) -> np.ndarray | None:

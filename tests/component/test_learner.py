@@ -4,6 +4,7 @@ the direction of a GRPO step, the KL and engine-logprob paths, and checkpoint ro
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -283,3 +284,27 @@ def test_block_credit_reaches_the_tokens_of_each_block(small_benchmark, tiny_dir
     shared = _gradients(learner, same, 1, monkeypatch)
     for name in plain:
         torch.testing.assert_close(shared[name], plain[name], msg=name)
+
+
+def test_cell_credit_adds_to_the_advantage_of_the_seg_tokens(small_benchmark, tiny_dir, rollouts):
+    from rlad.credit import cell_credits
+
+    learner = _learner(small_benchmark, tiny_dir, "grpo.cell_credit=0.5")
+    tokenizer = learner.builder.tokenizer
+    text = "<seg>(1, 1)-(1, 2), (5, 5)</seg><think>a dent</think><answer>A</answer>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    sample = rollouts[0].sample
+    truth = np.zeros_like(sample.mask)
+    truth[1, 1:3] = True  # the first run right, the second wrong, nothing missed
+    r = Rollout(dataclasses.replace(sample, mask=truth, anomalous=True), ids, [0.0] * len(ids), 0.25)
+    mask = torch.zeros(1, len(ids) + 2, dtype=torch.bool)
+    mask[0, 2:] = True  # left padding, as the learner's batches have it
+    adv = learner._advantages([r], mask, torch.float32)[0, 2:].tolist()
+    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+    close = next(i for i in range(len(ids)) if "".join(pieces[: i + 1]).endswith("</seg>"))
+    assert adv[0] == 0.25 and adv[1] == pytest.approx(0.75)  # "<seg>": the completion's; the right run: +0.5
+    assert adv[close] == pytest.approx(0.75) and adv[close - 1] == pytest.approx(-0.25)  # close +0.5, wrong run -0.5
+    assert adv[close + 1 :] == [0.25] * (len(ids) - close - 1)  # think, answer, end of text: untouched
+    assert adv == pytest.approx([0.25 + c for c in cell_credits(pieces, truth, 0.5)])
+    off = _learner(small_benchmark, tiny_dir)  # grpo.cell_credit 0 (the default): GRPO's one advantage a completion
+    assert off._advantages([r], mask, torch.float32).tolist() == [0.25]

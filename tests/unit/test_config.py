@@ -151,6 +151,8 @@ def test_bad_files_are_rejected_naming_file_and_key(tmp_path, text, says):
         ("nope=1", r"override 'nope=1': key 'nope'"),
         ("rewards.answer.wrong=high", r"with overrides \['rewards.answer.wrong=high'\]: rewards.answer.wrong"),
         ("data.synth.visibility=0", r"data.synth.visibility must be > 0, got 0"),
+        ("grpo.cell_credit=-0.5", r"grpo.cell_credit must be a finite number >= 0 \(0 turns it off\), got -0.5"),
+        ("grpo.cell_credit=.inf", r"grpo.cell_credit must be a finite number >= 0 \(0 turns it off\), got inf"),
     ],
 )
 def test_bad_overrides_are_rejected(override, says):

@@ -1,10 +1,12 @@
-"""Per-block credit (grpo.credit: block): which tokens each reward's advantage share reaches, by hand."""
+"""Per-block credit (grpo.credit: block): which tokens each reward's advantage share reaches, by hand; per-run
+credit inside <seg> (grpo.cell_credit), by hand."""
 
+import numpy as np
 import pytest
 import torch
 
 from rewards import get_reward
-from rlad.credit import block_shares, token_advantages, token_blocks, token_pieces
+from rlad.credit import block_shares, cell_credits, token_advantages, token_blocks, token_pieces
 from rlad.grpo import component_advantages, group_advantages, grpo_loss
 
 PIECES = ["<seg>", "(1, ", "1)", "</seg>", "<think>", "a dent", "</think>", "\n", "<answer>", "A", "</answer>", ""]
@@ -67,3 +69,44 @@ def test_the_loss_takes_one_advantage_per_token():
     # A = [+1, -1, 0]: min(r, clip) = 1.28 for token 0, min(-0.5, -0.8) = -0.8 for token 1, 0 -> (-1.28 + 0.8) / 3
     mixed = grpo_loss(logp, old, torch.tensor([[1.0, -1.0, 0.0]]), mask).loss
     assert mixed.item() == pytest.approx((-1.28 + 0.8) / 3)
+
+
+# the tiny tokenizer's pieces of "<seg>(3, 2)-(3, 4), (4, 3)</seg>..." (a run's ")" and the separator share a token)
+RUNS = ["<seg>", "(", "3", ",", " 2", ")-(", "3", ",", " 4", "),", " (", "4", ",", " 3", ")", "</seg>",
+        "<think>", "x", "</think>", "<answer>", "B", "</answer>", ""]  # fmt: skip
+
+
+def test_cell_credit_judges_each_run_and_the_closing_tag_by_hand():
+    truth = np.zeros((8, 8), bool)
+    truth[3, 3:5] = True  # the first run, (3, 2)-(3, 4), names (3, 2) wrong, (3, 3) and (3, 4) right: p = 2/3
+    truth[5, 0] = True  # never named: 1 of the 3 anomalous patches missed when the mask closes
+    credit = cell_credits(RUNS, truth, 1.5)
+    first, second = 1.5 * (2 * 2 / 3 - 1), 1.5 * (2 * 0 - 1)  # (4, 3) is normal: p = 0
+    closing = 1.5 * (1 - 2 * 1 / 3)
+    assert credit[:15] == pytest.approx([0.0] + [first] * 9 + [second] * 5)  # "<seg>" itself: no credit
+    assert credit[15] == pytest.approx(closing)
+    assert credit[16:] == [0.0] * 7  # think, answer, end of text: the rewards' business
+    # every anomalous patch named and nothing else: +w on each run and on the close
+    exact = np.zeros((8, 8), bool)
+    exact[3, 2:5] = True
+    exact[4, 3] = True
+    assert cell_credits(RUNS, exact, 1.0)[1:16] == [1.0] * 15
+
+
+def test_cell_credit_on_a_normal_image_a_repeat_and_a_malformed_mask():
+    normal = np.zeros((8, 8), bool)
+    assert cell_credits(["<seg>", "</seg>", "<answer>A</answer>"], normal, 1.0) == [0.0, 1.0, 0.0]  # right call
+    assert cell_credits(["<seg>", "(0, 0)", "</seg>"], normal, 1.0) == [0.0, -1.0, 1.0]  # a false run; closing is
+    # not wrong on an image with nothing to miss
+    truth = np.zeros((8, 8), bool)
+    truth[0, 0] = True
+    # a run named twice: the second time names nothing new, so it counts as wrong
+    assert cell_credits(["<seg>", "(0, 0)", ",", " (0, 0)", "</seg>"], truth, 1.0) == [0.0, 1.0, 0.0, -1.0, 1.0]
+    # an anomalous image with an empty mask: the close misses everything
+    assert cell_credits(["<seg>", "</seg>"], truth, 1.0) == [0.0, -1.0]
+    # the close shares a token with the run it ends: that token gets both
+    assert cell_credits(["<seg>", "(0, 1)</seg>"], truth, 1.0) == [0.0, -1.0 + -1.0]
+    # malformed, missing or off-grid masks and weight 0 earn nothing here (format and detection judge them)
+    for pieces in (["<seg>", "(0, 0", "</seg>"], ["(0, 0)"], ["<seg>", "(9, 9)", "</seg>"]):
+        assert cell_credits(pieces, truth, 1.0) == [0.0] * len(pieces)
+    assert cell_credits(["<seg>", "(0, 0)", "</seg>"], truth, 0.0) == [0.0, 0.0, 0.0]
