@@ -392,9 +392,12 @@ class GRPOConfig:
     (**not in the paper**; rlad/credit.py): each reward's share reaches only the blocks it judges (detection the
     ``<seg>``, answer the ``<think>`` and ``<answer>``, format and rewards without blocks all tokens)."""
     cell_credit: float = 0.0
-    """Per-run credit inside ``<seg>`` (**not in the paper**; ``rlad.credit.cell_credits``), added to each
-    token's advantage: ``w (2 p - 1)`` on the tokens of a written run whose patches are a share p anomalous,
-    ``w (1 - 2 m)`` on the closing tag with a share m of the anomalous patches unnamed. 0: off (GRPO's)."""
+    """Weight w of per-run credit inside ``<seg>`` (**not in the paper**; ``rlad.credit.cell_credits``), added to
+    each token's advantage by ``cell_credit_rule``. 0: off (GRPO's)."""
+    cell_credit_rule: Literal["gain", "precision"] = "gain"
+    """``gain``: a run's tokens get w x what the run added to the mask's patch F1 (the credits of a mask sum to
+    w x its F1); ``precision``: w (2 p - 1) for a run whose patches are a share p anomalous, w (1 - 2 m) on the
+    closing tag with a share m of the anomalous patches unnamed (measured to shrink masks; README)."""
     aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
     tis_cap: float = 2.0

@@ -8,6 +8,20 @@ also rewards the mask written before it, and the policy learns masks from the an
 (``rlad.grpo.component_advantages``) of the rewards that judge its block, plus those of the rewards that
 judge the whole completion (``"all"``); tokens outside every block (white space between blocks, the end of
 text) get only the latter. A reward declares its blocks when it is registered (``@reward(..., blocks=...)``).
+
+Per-run credit (``grpo.cell_credit``; not in the paper) adds a verifier's judgement of each decision inside
+``<seg>`` to those advantages (``cell_credits``), by one of two rules (``grpo.cell_credit_rule``):
+
+- ``gain``: the tokens of each run the policy wrote get ``w`` times what that run added to the mask's score
+  Φ — its patch F1 against the truth, or for an image without a defect 1 while the mask is empty and 0 after.
+  The credits of a mask add up to ``w (Φ(mask) - Φ(empty))``: the detection reward's F1, handed out run by
+  run (reward shaping by a potential), so a right run is paid where it was written and a wrong one charged.
+- ``precision``: the tokens of a run get ``w (2 p - 1)``, p the share of its patches that are anomalous and
+  not named before, and the token that closes the mask ``w (1 - 2 m)``, m the share of anomalous patches left
+  unnamed (``+w`` for an image with no defect). Measured: it shrinks the masks (README).
+
+The group advantage says which completion was better; this says which of its runs were. A group whose
+completions all wrote the same mask carries no GRPO signal, but its runs still carry this one.
 """
 
 from __future__ import annotations
@@ -81,19 +95,30 @@ def token_advantages(pieces: Sequence[str], per_block: Mapping[str, float]) -> l
     return [base + (per_block.get(b, 0.0) if b else 0.0) for b in token_blocks(pieces)]
 
 
-def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float) -> list[float]:
+def _score(named: np.ndarray, truth: np.ndarray) -> float:
+    """Φ of the ``gain`` rule: patch F1 against an anomalous truth; 1 or 0 (empty or not) against a normal one."""
+    anomalous = np.count_nonzero(truth)
+    if not anomalous:
+        return 0.0 if named.any() else 1.0
+    return 2.0 * np.count_nonzero(named & truth) / (np.count_nonzero(named) + anomalous)
+
+
+def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: str = "gain") -> list[float]:
     """Per-token credit of the ``<seg>`` mask's runs against the ``grid x grid`` ground truth (module docstring):
-    ``weight * (2 p - 1)`` on the tokens that start inside a run, ``weight * (1 - 2 m)`` on the token that
+    the run's credit on the tokens that start inside it, under ``precision`` also the close's on the token that
     writes the closing tag's ``<``, 0 elsewhere; all 0 when the completion has no well-formed ``<seg>`` (the
     format and detection rewards judge that). A token that both ends a run and starts the closing tag gets both;
     the separators between runs get nothing.
 
     >>> truth = np.zeros((4, 4), bool); truth[1, 1:3] = True
-    >>> cell_credits(["<seg>", "(1, 1)-(1, 2)", ",", " (3, 3)", "</seg>", "<answer>A</answer>"], truth, 1.0)
+    >>> pieces = ["<seg>", "(1, 1)-(1, 2)", ",", " (3, 3)", "</seg>", "<answer>A</answer>"]
+    >>> [round(c, 6) for c in cell_credits(pieces, truth, 1.0)]  # F1 0 -> 1 -> 2 * 2 / (3 + 2) = 0.8
+    [0.0, 1.0, 0.0, -0.2, 0.0, 0.0]
+    >>> cell_credits(pieces, truth, 1.0, "precision")
     [0.0, 1.0, 0.0, -1.0, 1.0, 0.0]
-    >>> cell_credits(["<seg>", "(1, 2)", "</seg>"], truth, 0.5)
-    [0.0, 0.5, 0.0]
     """
+    if rule not in ("gain", "precision"):
+        raise ValueError(f"cell credit rule {rule!r}: one of 'gain', 'precision'")
     truth = np.asarray(truth, dtype=bool)
     out = [0.0] * len(pieces)
     text = "".join(pieces)
@@ -106,22 +131,25 @@ def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float) -> lis
     except mask_text.MaskTextError:
         return out
     named = np.zeros_like(truth)
-    spans: list[tuple[int, int, float]] = []
+    spans: list[tuple[int, int, float]] = []  # each run's characters and credit
     for run in found:
         cells = np.zeros_like(truth)
         cells[run.row, run.col_start : run.col_end + 1] = True
-        right = np.count_nonzero(cells & truth & ~named)
-        spans.append((opening + run.start, opening + run.end, float(right) / np.count_nonzero(cells)))
+        if rule == "gain":
+            credit = _score(named | cells, truth) - _score(named, truth)
+        else:
+            credit = 2.0 * np.count_nonzero(cells & truth & ~named) / np.count_nonzero(cells) - 1.0
+        spans.append((opening + run.start, opening + run.end, float(weight * credit)))
         named |= cells
-    anomalous = np.count_nonzero(truth)
-    missed = float(np.count_nonzero(truth & ~named)) / anomalous if anomalous else 0.0
+    close = 0.0
+    if rule == "precision":
+        anomalous = np.count_nonzero(truth)
+        close = float(weight * (1.0 - 2.0 * np.count_nonzero(truth & ~named) / anomalous)) if anomalous else weight
     start = 0
     for k, piece in enumerate(pieces):
         end = start + len(piece)
-        for a, b, right in spans:
-            if a <= start < b:
-                out[k] += float(weight * (2.0 * right - 1.0))
+        out[k] += sum(credit for a, b, credit in spans if a <= start < b)
         if piece and start <= closing < end:
-            out[k] += float(weight * (1.0 - 2.0 * missed))
+            out[k] += close
         start = end
-    return out
+    return [float(x) for x in out]

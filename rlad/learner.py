@@ -227,7 +227,8 @@ class Learner:
             else:
                 values = [r.advantage] * len(r.token_ids)
             if cells and not r.padding:
-                values = [v + c for v, c in zip(values, cell_credits(pieces, r.sample.mask, cells), strict=True)]
+                credit = cell_credits(pieces, r.sample.mask, cells, self.grpo.cell_credit_rule)
+                values = [v + c for v, c in zip(values, credit, strict=True)]
             adv[row, mask[row]] = torch.tensor(values, dtype=dtype, device=mask.device)
         return adv
 

@@ -289,7 +289,7 @@ def test_block_credit_reaches_the_tokens_of_each_block(small_benchmark, tiny_dir
 def test_cell_credit_adds_to_the_advantage_of_the_seg_tokens(small_benchmark, tiny_dir, rollouts):
     from rlad.credit import cell_credits
 
-    learner = _learner(small_benchmark, tiny_dir, "grpo.cell_credit=0.5")
+    learner = _learner(small_benchmark, tiny_dir, "grpo.cell_credit=0.5", "grpo.cell_credit_rule=precision")
     tokenizer = learner.builder.tokenizer
     text = "<seg>(1, 1)-(1, 2), (5, 5)</seg><think>a dent</think><answer>A</answer>"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -305,6 +305,11 @@ def test_cell_credit_adds_to_the_advantage_of_the_seg_tokens(small_benchmark, ti
     assert adv[0] == 0.25 and adv[1] == pytest.approx(0.75)  # "<seg>": the completion's; the right run: +0.5
     assert adv[close] == pytest.approx(0.75) and adv[close - 1] == pytest.approx(-0.25)  # close +0.5, wrong run -0.5
     assert adv[close + 1 :] == [0.25] * (len(ids) - close - 1)  # think, answer, end of text: untouched
-    assert adv == pytest.approx([0.25 + c for c in cell_credits(pieces, truth, 0.5)])
+    assert adv == pytest.approx([0.25 + c for c in cell_credits(pieces, truth, 0.5, "precision")])
+    gain = _learner(small_benchmark, tiny_dir, "grpo.cell_credit=0.5")  # the default rule: F1 1 -> 2*2/(3+2)
+    assert gain._advantages([r], mask, torch.float32)[0, 2:].tolist() == pytest.approx(
+        [0.25 + c for c in cell_credits(pieces, truth, 0.5, "gain")]
+    )
+    assert gain._advantages([r], mask, torch.float32)[0, 3].item() == pytest.approx(0.75)
     off = _learner(small_benchmark, tiny_dir)  # grpo.cell_credit 0 (the default): GRPO's one advantage a completion
     assert off._advantages([r], mask, torch.float32).tolist() == [0.25]

@@ -1,11 +1,14 @@
 """Per-block credit (grpo.credit: block): which tokens each reward's advantage share reaches, by hand; per-run
 credit inside <seg> (grpo.cell_credit), by hand."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
 from rewards import get_reward
+from rlad import credit
 from rlad.credit import block_shares, cell_credits, token_advantages, token_blocks, token_pieces
 from rlad.grpo import component_advantages, group_advantages, grpo_loss
 
@@ -76,11 +79,11 @@ RUNS = ["<seg>", "(", "3", ",", " 2", ")-(", "3", ",", " 4", "),", " (", "4", ",
         "<think>", "x", "</think>", "<answer>", "B", "</answer>", ""]  # fmt: skip
 
 
-def test_cell_credit_judges_each_run_and_the_closing_tag_by_hand():
+def test_precision_rule_judges_each_run_and_the_closing_tag_by_hand():
     truth = np.zeros((8, 8), bool)
     truth[3, 3:5] = True  # the first run, (3, 2)-(3, 4), names (3, 2) wrong, (3, 3) and (3, 4) right: p = 2/3
     truth[5, 0] = True  # never named: 1 of the 3 anomalous patches missed when the mask closes
-    credit = cell_credits(RUNS, truth, 1.5)
+    credit = cell_credits(RUNS, truth, 1.5, "precision")
     first, second = 1.5 * (2 * 2 / 3 - 1), 1.5 * (2 * 0 - 1)  # (4, 3) is normal: p = 0
     closing = 1.5 * (1 - 2 * 1 / 3)
     assert credit[:15] == pytest.approx([0.0] + [first] * 9 + [second] * 5)  # "<seg>" itself: no credit
@@ -90,11 +93,12 @@ def test_cell_credit_judges_each_run_and_the_closing_tag_by_hand():
     exact = np.zeros((8, 8), bool)
     exact[3, 2:5] = True
     exact[4, 3] = True
-    assert cell_credits(RUNS, exact, 1.0)[1:16] == [1.0] * 15
+    assert cell_credits(RUNS, exact, 1.0, "precision")[1:16] == [1.0] * 15
 
 
-def test_cell_credit_on_a_normal_image_a_repeat_and_a_malformed_mask():
+def test_precision_rule_on_a_normal_image_a_repeat_and_a_malformed_mask():
     normal = np.zeros((8, 8), bool)
+    cell_credits = partial(credit.cell_credits, rule="precision")
     assert cell_credits(["<seg>", "</seg>", "<answer>A</answer>"], normal, 1.0) == [0.0, 1.0, 0.0]  # right call
     assert cell_credits(["<seg>", "(0, 0)", "</seg>"], normal, 1.0) == [0.0, -1.0, 1.0]  # a false run; closing is
     # not wrong on an image with nothing to miss
@@ -110,3 +114,26 @@ def test_cell_credit_on_a_normal_image_a_repeat_and_a_malformed_mask():
     for pieces in (["<seg>", "(0, 0", "</seg>"], ["(0, 0)"], ["<seg>", "(9, 9)", "</seg>"]):
         assert cell_credits(pieces, truth, 1.0) == [0.0] * len(pieces)
     assert cell_credits(["<seg>", "(0, 0)", "</seg>"], truth, 0.0) == [0.0, 0.0, 0.0]
+
+
+def test_gain_rule_pays_each_run_what_it_added_to_the_patch_f1_by_hand():
+    truth = np.zeros((8, 8), bool)
+    truth[3, 3:5] = True  # 3 anomalous patches: (3, 3), (3, 4), (5, 0)
+    truth[5, 0] = True
+    # run 1 (3, 2)-(3, 4): 2 right of 3 named -> F1 2*2/(3+3) = 2/3; run 2 (4, 3): wrong -> 2*2/(4+3) = 4/7
+    credit = cell_credits(RUNS, truth, 2.0)
+    assert credit[:15] == pytest.approx([0.0] + [2.0 * 2 / 3] * 9 + [2.0 * (4 / 7 - 2 / 3)] * 5)
+    assert credit[15:] == [0.0] * 8  # the close and everything after it: nothing (the runs carry the score)
+    # the credits of one token per run add up to w x the mask's F1 (shaping by a potential)
+    assert credit[1] + credit[10] == pytest.approx(2.0 * 4 / 7)
+    normal = np.zeros((8, 8), bool)
+    # an image with no defect: the empty mask keeps its score 1 (no credit); the first run drops it to 0, a second
+    # one changes nothing more
+    assert cell_credits(["<seg>", "</seg>"], normal, 1.0) == [0.0, 0.0]
+    assert cell_credits(["<seg>", "(0, 0)", ",", " (1, 1)", "</seg>"], normal, 1.0) == [0.0, -1.0, 0.0, 0.0, 0.0]
+    # a repeated run adds nothing to the named patches but the F1's denominator counts them once: no change
+    one = np.zeros((8, 8), bool)
+    one[0, 0] = True
+    assert cell_credits(["<seg>", "(0, 0)", ",", " (0, 0)", "</seg>"], one, 1.0) == [0.0, 1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="cell credit rule 'f1'"):
+        cell_credits(["<seg>", "</seg>"], one, 1.0, "f1")

@@ -1,0 +1,51 @@
+"""experiments/learning/mask_sizes.py: mask size, precision and recall against the truth, by hand."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
+from mask_sizes import mask_sizes
+
+from rlad.sample import VerifiableSample
+from rlad.scoring import ScoredRecord
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments/learning/mask_sizes.py"
+
+
+def _record(true_cells, seg):
+    mask = np.zeros((4, 4), bool)
+    for r, c in true_cells:
+        mask[r, c] = True
+    sample = VerifiableSample("s", "Is there a defect?", {"A": "Yes.", "B": "No."}, "A", mask, bool(true_cells))
+    return ScoredRecord(f"<seg>{seg}</seg><think>t</think><answer>A</answer>", sample, "all")
+
+
+def test_mask_sizes_by_hand():
+    records = [
+        _record([(0, 0), (0, 1)], "(0, 0)-(0, 2)"),  # 3 named, 2 right, 2 true
+        _record([(1, 1), (2, 2)], "(2, 2)"),  # 1 named, 1 right, 2 true
+        _record([(3, 3)], "(3, 3)-(3, 9)"),  # off the grid: unparseable, none named, 1 true
+        _record([], "(0, 0)"),  # a normal image: not counted
+    ]
+    got = mask_sizes(records)
+    assert got == pytest.approx(
+        {"n": 3, "cells": 4 / 3, "truth": 5 / 3, "precision": 3 / 4, "recall": 3 / 5, "unparseable": 1 / 3}
+    )
+
+
+def test_no_defect_questions_is_an_error_and_a_bad_file_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="no questions about a defect"):
+        mask_sizes([_record([], "")])
+    good = _record([(0, 0)], "(0, 0)")
+    bad = tmp_path / "completions.jsonl"
+    bad.write_text(json.dumps({"completion": good.completion, "sample": good.sample.to_record()}) + "\n{not json\n")
+    missing = tmp_path / "missing.jsonl"
+    for path, message in ((bad, f"{bad}:2: not valid JSON"), (missing, f"{missing}: cannot read")):
+        out = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
+        assert out.returncode != 0
+        assert message in out.stderr
