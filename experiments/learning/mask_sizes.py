@@ -17,7 +17,6 @@ them, ``cells`` above ``truth`` with ``precision`` falling.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,12 +25,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import per_file  # noqa: E402
 
 from rlad import mask_text  # noqa: E402
 from rlad.completion import parse_completion  # noqa: E402
-from rlad.scoring import CompletionFileError, ScoredRecord, read_completions  # noqa: E402
-from rlad.stats import mean_ci  # noqa: E402
-from rlad.tables import markdown_table  # noqa: E402
+from rlad.scoring import ScoredRecord  # noqa: E402
 
 COLUMNS = ("cells", "truth", "precision", "recall", "unparseable")
 
@@ -59,26 +59,5 @@ def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
     }  # fmt: skip
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("completions", nargs="+", type=Path, help="completions.jsonl files written by rlad eval")
-    args = p.parse_args()
-    results = []
-    for path in args.completions:
-        try:
-            results.append(mask_sizes(read_completions(path)))
-        except CompletionFileError as e:  # names the file and line
-            raise SystemExit(str(e)) from e
-        except OSError as e:
-            raise SystemExit(f"{path}: cannot read ({e.strerror})") from e
-        except ValueError as e:
-            raise SystemExit(f"{path}: {e}") from e
-    pairs = zip(args.completions, results, strict=True)
-    body = [[str(path), str(r["n"]), *(f"{r[c]:.3f}" for c in COLUMNS)] for path, r in pairs]
-    if len(results) > 1:
-        body.append(["mean ± 95 % CI", "", *(str(mean_ci([r[c] for r in results])) for c in COLUMNS)])
-    print(markdown_table(["completions", "n", *COLUMNS], body))
-
-
 if __name__ == "__main__":
-    main()
+    per_file.main(__doc__, mask_sizes, COLUMNS)

@@ -1,8 +1,6 @@
 """experiments/learning/where_ceiling.py: Defect Localization answers against the region of the policy's own mask
 and of the true grid mask, by hand."""
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,6 @@ from where_ceiling import where_hits
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments/learning/where_ceiling.py"
 OPTIONS = {"A": "top left", "B": "center", "C": "bottom right", "D": "scattered"}
 
 
@@ -51,14 +48,3 @@ def test_spread_pieces_are_scattered():
 def test_no_localization_questions_is_an_error():
     with pytest.raises(ValueError, match="no Defect Localization questions"):
         where_hits([_record([(0, 0)], "(0, 0)", "A", subtask="Defect Classification")])
-
-
-def test_a_bad_file_is_refused_naming_it(tmp_path):
-    good = _record([(0, 0)], "(0, 0)", "A")
-    bad = tmp_path / "completions.jsonl"
-    bad.write_text(json.dumps({"completion": good.completion, "sample": good.sample.to_record()}) + "\n{not json\n")
-    missing = tmp_path / "missing.jsonl"
-    for path, message in ((bad, f"{bad}:2: not valid JSON"), (missing, f"{missing}: cannot read")):
-        out = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
-        assert out.returncode != 0
-        assert message in out.stderr
