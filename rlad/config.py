@@ -394,11 +394,12 @@ class GRPOConfig:
     cell_credit: float = 0.0
     """Weight w of per-run credit inside ``<seg>`` (**not in the paper**; ``rlad.credit.cell_credits``), added to
     each token's advantage by ``cell_credit_rule``. 0: off (GRPO's)."""
-    cell_credit_rule: Literal["gain", "precision"] = "gain"
+    cell_credit_rule: Literal["gain", "relative", "precision"] = "gain"
     """``gain``: a run's tokens get w x what the run added to the mask's patch F1 (the credits of a mask sum to
-    w x its F1); ``precision``: w (2 p - 1) for a run whose patches are a share p anomalous, w (1 - 2 m) on the
-    closing tag with a share m of the anomalous patches unnamed. Measured on the demo over 3 seeds (README):
-    neither beat plain GRPO; ``precision`` shrinks the masks, ``gain`` at w 3 does harm."""
+    w x its F1); ``relative``: the same less their mean over the mask's runs (a mask's credits sum to 0);
+    ``precision``: w (2 p - 1) for a run whose patches are a share p anomalous, w (1 - 2 m) on the closing tag
+    with a share m of the anomalous patches unnamed. Measured on the demo over 3 seeds (README): none beat
+    plain GRPO; ``precision`` shrinks the masks, ``gain`` at w 3 does harm."""
     aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
     """``token_mean``, ``seq_mean_token_mean`` (GRPO paper) or ``dr_grpo`` (sum / max_new_tokens)."""
     tis_cap: float = 2.0

@@ -10,12 +10,15 @@ judge the whole completion (``"all"``); tokens outside every block (white space 
 text) get only the latter. A reward declares its blocks when it is registered (``@reward(..., blocks=...)``).
 
 Per-run credit (``grpo.cell_credit``; not in the paper) adds a verifier's judgement of each decision inside
-``<seg>`` to those advantages (``cell_credits``), by one of two rules (``grpo.cell_credit_rule``):
+``<seg>`` to those advantages (``cell_credits``), by one of three rules (``grpo.cell_credit_rule``):
 
 - ``gain``: the tokens of each run the policy wrote get ``w`` times what that run added to the mask's score
   Φ — its patch F1 against the truth, or for an image without a defect 1 while the mask is empty and 0 after.
   The credits of a mask add up to ``w (Φ(mask) - Φ(empty))``: the detection reward's F1, handed out run by
   run (reward shaping by a potential), so a right run is paid where it was written and a wrong one charged.
+- ``relative``: the ``gain`` credits less their mean over the mask's runs, so a mask's credits add up to 0 and
+  the group advantage alone judges the whole mask; the credit says which of its runs did better than its
+  average. On an image without a defect every run is equally wrong: no credit.
 - ``precision``: the tokens of a run get ``w (2 p - 1)``, p the share of its patches that are anomalous and
   not named before, and the token that closes the mask ``w (1 - 2 m)``, m the share of anomalous patches left
   unnamed (``+w`` for an image with no defect). Measured: it shrinks the masks (README).
@@ -38,6 +41,7 @@ from rlad.completion import BLOCKS
 __all__ = ["ALL", "block_shares", "cell_credits", "token_advantages", "token_blocks", "token_pieces"]
 
 ALL = "all"  # the key of the rewards that judge the whole completion
+RULES = ("gain", "relative", "precision")  # grpo.cell_credit_rule
 _BLOCK = re.compile(rf"<({'|'.join(BLOCKS)})>.*?</\1>", re.DOTALL)
 
 
@@ -114,11 +118,13 @@ def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: 
     >>> pieces = ["<seg>", "(1, 1)-(1, 2)", ",", " (3, 3)", "</seg>", "<answer>A</answer>"]
     >>> [round(c, 6) for c in cell_credits(pieces, truth, 1.0)]  # F1 0 -> 1 -> 2 * 2 / (3 + 2) = 0.8
     [0.0, 1.0, 0.0, -0.2, 0.0, 0.0]
+    >>> [round(c, 6) for c in cell_credits(pieces, truth, 1.0, "relative")]  # gains 1, -0.2 less their mean 0.4
+    [0.0, 0.6, 0.0, -0.6, 0.0, 0.0]
     >>> cell_credits(pieces, truth, 1.0, "precision")
     [0.0, 1.0, 0.0, -1.0, 1.0, 0.0]
     """
-    if rule not in ("gain", "precision"):
-        raise ValueError(f"cell credit rule {rule!r}: one of 'gain', 'precision'")
+    if rule not in RULES:
+        raise ValueError(f"cell credit rule {rule!r}: one of {', '.join(map(repr, RULES))}")
     truth = np.asarray(truth, dtype=bool)
     out = [0.0] * len(pieces)
     text = "".join(pieces)
@@ -135,12 +141,15 @@ def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: 
     for run in found:
         cells = np.zeros_like(truth)
         cells[run.row, run.col_start : run.col_end + 1] = True
-        if rule == "gain":
+        if rule in ("gain", "relative"):
             credit = _score(named | cells, truth) - _score(named, truth)
         else:
             credit = 2.0 * np.count_nonzero(cells & truth & ~named) / np.count_nonzero(cells) - 1.0
         spans.append((opening + run.start, opening + run.end, float(weight * credit)))
         named |= cells
+    if rule == "relative" and spans:
+        mean = sum(c for _, _, c in spans) / len(spans) if truth.any() else None
+        spans = [(a, b, c - mean if mean is not None else 0.0) for a, b, c in spans]
     close = 0.0
     if rule == "precision":
         anomalous = np.count_nonzero(truth)

@@ -135,5 +135,21 @@ def test_gain_rule_pays_each_run_what_it_added_to_the_patch_f1_by_hand():
     one = np.zeros((8, 8), bool)
     one[0, 0] = True
     assert cell_credits(["<seg>", "(0, 0)", ",", " (0, 0)", "</seg>"], one, 1.0) == [0.0, 1.0, 0.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="cell credit rule 'f1'"):
+    with pytest.raises(ValueError, match="cell credit rule 'f1': one of 'gain', 'relative', 'precision'"):
         cell_credits(["<seg>", "</seg>"], one, 1.0, "f1")
+
+
+def test_relative_rule_is_the_gain_less_its_mean_over_the_mask_by_hand():
+    truth = np.zeros((8, 8), bool)
+    truth[3, 3:5] = True
+    truth[5, 0] = True
+    # gains 2/3 and 4/7 - 2/3 (the gain test above), mean 2/7: each less it; the credits of the mask sum to 0
+    credit = cell_credits(RUNS, truth, 2.0, "relative")
+    first, second = 2.0 * (2 / 3 - 2 / 7), 2.0 * (4 / 7 - 2 / 3 - 2 / 7)
+    assert credit[:15] == pytest.approx([0.0] + [first] * 9 + [second] * 5)
+    assert credit[15:] == [0.0] * 8
+    assert credit[1] + credit[10] == pytest.approx(0.0)
+    # one run, or an image without a defect: nothing to tell runs apart by
+    assert cell_credits(["<seg>", "(3, 3)", "</seg>"], truth, 1.0, "relative") == [0.0, 0.0, 0.0]
+    normal = np.zeros((8, 8), bool)
+    assert cell_credits(["<seg>", "(0, 0)", ",", " (1, 1)", "</seg>"], normal, 1.0, "relative") == [0.0] * 5
