@@ -13,7 +13,8 @@ Per-run credit (``grpo.cell_credit``; not in the paper) adds a verifier's judgem
 ``<seg>`` to those advantages (``cell_credits``), by one of three rules (``grpo.cell_credit_rule``):
 
 - ``gain``: the tokens of each run the policy wrote get ``w`` times what that run added to the mask's score
-  Φ — its patch F1 against the truth, or for an image without a defect 1 while the mask is empty and 0 after.
+  Φ — the detection rule with alpha 1 (``rewards.builtin.detection_score``): its patch F1 against the truth, or
+  for an image without a defect 1 while the mask is empty and 0 after.
   The credits of a mask add up to ``w (Φ(mask) - Φ(empty))``: the detection reward's F1, handed out run by
   run (reward shaping by a potential), so a right run is paid where it was written and a wrong one charged.
 - ``relative``: the ``gain`` credits less their mean over the mask's runs, so a mask's credits add up to 0 and
@@ -35,8 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from rewards.builtin import detection_score
 from rlad import mask_text
-from rlad.completion import BLOCKS
+from rlad.completion import BLOCKS, parse_completion
 
 __all__ = ["ALL", "block_shares", "cell_credits", "token_advantages", "token_blocks", "token_pieces"]
 
@@ -99,20 +101,12 @@ def token_advantages(pieces: Sequence[str], per_block: Mapping[str, float]) -> l
     return [base + (per_block.get(b, 0.0) if b else 0.0) for b in token_blocks(pieces)]
 
 
-def _score(named: np.ndarray, truth: np.ndarray) -> float:
-    """Φ of the ``gain`` rule: patch F1 against an anomalous truth; 1 or 0 (empty or not) against a normal one."""
-    anomalous = np.count_nonzero(truth)
-    if not anomalous:
-        return 0.0 if named.any() else 1.0
-    return 2.0 * np.count_nonzero(named & truth) / (np.count_nonzero(named) + anomalous)
-
-
 def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: str = "gain") -> list[float]:
     """Per-token credit of the ``<seg>`` mask's runs against the ``grid x grid`` ground truth (module docstring):
     the run's credit on the tokens that start inside it, under ``precision`` also the close's on the token that
-    writes the closing tag's ``<``, 0 elsewhere; all 0 when the completion has no well-formed ``<seg>`` (the
-    format and detection rewards judge that). A token that both ends a run and starts the closing tag gets both;
-    the separators between runs get nothing.
+    writes the closing tag's ``<``, 0 elsewhere; all 0 where the detection reward reads no mask (no ``<seg>``
+    block, more than one, or a malformed mask: the format and detection rewards judge that). A token that both
+    ends a run and starts the closing tag gets both; the separators between runs get nothing.
 
     >>> truth = np.zeros((4, 4), bool); truth[1, 1:3] = True
     >>> pieces = ["<seg>", "(1, 1)-(1, 2)", ",", " (3, 3)", "</seg>", "<answer>A</answer>"]
@@ -128,9 +122,9 @@ def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: 
     truth = np.asarray(truth, dtype=bool)
     out = [0.0] * len(pieces)
     text = "".join(pieces)
-    block = next((m for m in _BLOCK.finditer(text) if m.group(1) == "seg"), None)
-    if block is None or weight == 0.0:
+    if weight == 0.0 or parse_completion(text).seg is None:  # no credit where the detection reward reads no mask
         return out
+    block = next(m for m in _BLOCK.finditer(text) if m.group(1) == "seg")  # well-formed: the one <seg> block
     opening, closing = block.start() + len("<seg>"), block.end() - len("</seg>")
     try:
         found = mask_text.runs(text[opening:closing], truth.shape[0])
@@ -142,7 +136,7 @@ def cell_credits(pieces: Sequence[str], truth: np.ndarray, weight: float, rule: 
         cells = np.zeros_like(truth)
         cells[run.row, run.col_start : run.col_end + 1] = True
         if rule in ("gain", "relative"):
-            credit = _score(named | cells, truth) - _score(named, truth)
+            credit = detection_score(named | cells, truth, 1.0) - detection_score(named, truth, 1.0)
         else:
             credit = 2.0 * np.count_nonzero(cells & truth & ~named) / np.count_nonzero(cells) - 1.0
         spans.append((opening + run.start, opening + run.end, float(weight * credit)))

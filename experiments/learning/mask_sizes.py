@@ -31,6 +31,7 @@ import per_file  # noqa: E402
 
 from rlad import mask_text  # noqa: E402
 from rlad.completion import parse_completion  # noqa: E402
+from rlad.metrics import BinaryCounts, binary_counts  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 
 COLUMNS = ("cells", "truth", "precision", "recall", "unparseable")
@@ -38,7 +39,8 @@ COLUMNS = ("cells", "truth", "precision", "recall", "unparseable")
 
 def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
     """``COLUMNS`` and ``n`` over the records whose sample's grid mask is not empty."""
-    n = named = anomalous = hits = bad = 0
+    n = bad = 0
+    counts = BinaryCounts()  # patches, pooled over the questions
     for record in records:
         truth = record.sample.mask
         if not truth.any():
@@ -48,14 +50,13 @@ def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
         if pred is None:
             bad += 1
             pred = np.zeros_like(truth)
-        named += int(np.count_nonzero(pred))
-        anomalous += int(np.count_nonzero(truth))
-        hits += int(np.count_nonzero(pred & truth))
+        counts += binary_counts(pred, truth)
     if n == 0:
         raise ValueError("no questions about a defect the grid mask shows in these rows")
+    named, anomalous = counts.tp + counts.fp, counts.tp + counts.fn
     return {
-        "n": n, "cells": named / n, "truth": anomalous / n, "precision": hits / named if named else 0.0,
-        "recall": hits / anomalous, "unparseable": bad / n,
+        "n": n, "cells": named / n, "truth": anomalous / n, "precision": counts.tp / named if named else 0.0,
+        "recall": counts.tp / anomalous, "unparseable": bad / n,
     }  # fmt: skip
 
 

@@ -111,7 +111,9 @@ def test_precision_rule_on_a_normal_image_a_repeat_and_a_malformed_mask():
     # the close shares a token with the run it ends: that token gets both
     assert cell_credits(["<seg>", "(0, 1)</seg>"], truth, 1.0) == [0.0, -1.0 + -1.0]
     # malformed, missing or off-grid masks and weight 0 earn nothing here (format and detection judge them)
-    for pieces in (["<seg>", "(0, 0", "</seg>"], ["(0, 0)"], ["<seg>", "(9, 9)", "</seg>"]):
+    # two <seg> blocks: the detection reward reads no mask there, so no run earns credit either
+    for pieces in (["<seg>", "(0, 0", "</seg>"], ["(0, 0)"], ["<seg>", "(9, 9)", "</seg>"],
+                   ["<seg>", "(0, 0)", "</seg>", "<seg>", "(0, 0)", "</seg>"]):  # fmt: skip
         assert cell_credits(pieces, truth, 1.0) == [0.0] * len(pieces)
     assert cell_credits(["<seg>", "(0, 0)", "</seg>"], truth, 0.0) == [0.0, 0.0, 0.0]
 
