@@ -387,6 +387,12 @@ class GRPOConfig:
     non-negative; GRPO's)."""
     advantage_scale: Literal["group", "batch", "none"] = "group"
     """``group`` (divide by the group's std, GRPO), ``batch`` (the batch's std) or ``none`` (Dr.GRPO)."""
+    baseline: Literal["group", "greedy"] = "group"
+    """What a completion's reward is measured against: ``group`` (GRPO: its group's mean) or ``greedy``
+    (**not in the paper**; the self-critical baseline of SCST, Rennie et al. 2017): each prompt is also answered
+    greedily, and a sample's advantage is its reward less the greedy answer's, so GRPO is told what beats the
+    policy's greedy mode, which evaluation reads. The greedy completions are scored, logged (``reward_greedy/*``)
+    and stored (replay row ``index`` -1), never learned from; one more generation call per step."""
     credit: Literal["completion", "block"] = "completion"
     """Which tokens an advantage reaches: ``completion`` (GRPO: every token gets the total reward's) or ``block``
     (**not in the paper**; rlad/credit.py): each reward's share reaches only the blocks it judges (detection the

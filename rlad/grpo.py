@@ -5,6 +5,9 @@ them in. Shapes: B = completions in the batch (prompts x group_size), T = comple
 
 - Advantages (OmniAD's GRPO): A_i = (r_i - mean(r_group)) / (std(r_group) + eps), with the group's sample std
   (``scale="group"``); ``"batch"`` divides by the batch's std instead, ``"none"`` only centres (Dr.GRPO).
+  With a ``baseline`` per prompt (``grpo.baseline: greedy``; not in the paper) r_i is measured against it
+  instead of the group's mean: the self-critical baseline of SCST (Rennie et al., 2017), the reward of the
+  prompt's greedy completion, so a sample earns a positive advantage only by beating what greedy decoding writes.
 - Per-block credit (``grpo.credit: block``; not in the paper): each weighted reward's share of A_i
   (``component_advantages``; the shares add up to A_i) reaches only the tokens of the blocks that reward judges
   (``rlad.credit``), so the loss takes (B, T) advantages.
@@ -40,29 +43,49 @@ Scale = Literal["group", "batch", "none"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "dr_grpo"]
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4) -> torch.Tensor:
-    """(B,) total rewards, consecutive ``group_size`` completions per prompt -> (B,) advantages."""
-    return _centred(rewards, group_size) / _divisor(rewards, group_size, scale, eps)
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    scale: Scale = "group",
+    eps: float = 1e-4,
+    baseline: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) total rewards, consecutive ``group_size`` completions per prompt -> (B,) advantages. ``baseline``
+    (prompts,): what each group's rewards are measured against instead of their mean (the greedy completion's
+    reward); the scale is still the group's (or the batch's) spread."""
+    return _centred(rewards, group_size, baseline) / _divisor(rewards, group_size, scale, eps)
 
 
 def component_advantages(
-    components: dict[str, torch.Tensor], group_size: int, scale: Scale = "group", eps: float = 1e-4
+    components: dict[str, torch.Tensor],
+    group_size: int,
+    scale: Scale = "group",
+    eps: float = 1e-4,
+    baselines: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each weighted reward's share of the group advantage (``grpo.credit: block``; not in the paper).
 
-    ``components``: name -> (B,) weighted reward. Each is centred in its group like the total, and all are
-    divided by the total's scale, so the shares add up to ``group_advantages`` of their sum.
+    ``components``: name -> (B,) weighted reward. Each is centred in its group like the total (against its
+    own ``baselines[name]``, (prompts,), when given), and all are divided by the total's scale, so the shares
+    add up to ``group_advantages`` of their sum (against the sum of the baselines).
     """
     total = sum(components.values())
     divisor = _divisor(total, group_size, scale, eps)
-    return {name: _centred(r, group_size) / divisor for name, r in components.items()}
+    return {
+        name: _centred(r, group_size, None if baselines is None else baselines[name]) / divisor
+        for name, r in components.items()
+    }
 
 
-def _centred(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def _centred(rewards: torch.Tensor, group_size: int, baseline: torch.Tensor | None = None) -> torch.Tensor:
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be (prompts * group_size,), got {tuple(rewards.shape)} for {group_size=}")
     grouped = rewards.view(-1, group_size)  # (prompts, G)
-    return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if baseline is None:
+        return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if baseline.shape != (grouped.shape[0],):
+        raise ValueError(f"baseline must be one value per prompt ({grouped.shape[0]},), got {tuple(baseline.shape)}")
+    return (grouped - baseline.to(grouped.dtype)[:, None]).view(-1)
 
 
 def _divisor(rewards: torch.Tensor, group_size: int, scale: Scale, eps: float) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Each ``append`` writes one Parquet part file, one row per completion (``group_id``, ``step``,
 ``policy_version``, ``sample_id``, the sample as JSON, ``completion``, ``token_ids``, ``logprobs``, ``total``,
-``advantage``, one ``reward.<name>`` column per reward). The file is written under a temporary name, flushed to
+``advantage``, one ``reward.<name>`` column per reward; under ``grpo.baseline: greedy`` the prompt's greedy
+completion is one more row of its group, ``index`` -1, with no advantage: scored and kept, never learned from).
+The file is written under a temporary name, flushed to
 disk and renamed, so a crash mid-write leaves either the whole part or nothing; readers ignore temporary names.
 ``pandas.read_parquet(run_dir / "replay")`` or ``pyarrow.dataset`` read the whole store.
 
@@ -32,6 +34,7 @@ from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord, score_records
 
 __all__ = [
+    "Baseline",
     "Group",
     "ReplayStore",
     "completions_of",
@@ -41,6 +44,18 @@ __all__ = [
     "score_groups",
     "stored_completions",
 ]
+
+
+@dataclass
+class Baseline:
+    """A prompt's greedy completion, scored (``grpo.baseline: greedy``): what its group's samples are measured
+    against; never learned from."""
+
+    completion: str
+    token_ids: list[int]
+    logprobs: list[float]  # the engine's, at the sampling temperature (as the samples')
+    rewards: dict[str, float]  # reward name -> value (weight-free)
+    total: float
 
 
 @dataclass
@@ -60,6 +75,7 @@ class Group:
     extra: dict[str, float] = field(default_factory=dict)
     # grpo.credit block: per completion, block -> advantage share (rlad.credit.block_shares); None: completion
     block_advantages: list[dict[str, float]] | None = None
+    baseline: Baseline | None = None  # grpo.baseline greedy: the prompt's greedy completion
 
     def __post_init__(self) -> None:
         n = len(self.completions)
@@ -74,7 +90,8 @@ class Group:
 
     @property
     def reward_std(self) -> float:
-        return float(np.std(self.totals))
+        """Spread of the totals, the greedy baseline's included: 0 when the group teaches nothing."""
+        return float(np.std(self.totals + ([self.baseline.total] if self.baseline else [])))
 
 
 def _table(groups: Sequence[Group]) -> pa.Table:
@@ -85,7 +102,13 @@ def _table(groups: Sequence[Group]) -> pa.Table:
     cols.update({f"reward.{n}": [] for n in names})
     for g in groups:
         sample_json = json.dumps(g.sample.to_record())
-        for i, text in enumerate(g.completions):
+        rows = [(i, text, g.token_ids[i], g.logprobs[i], g.totals[i], g.advantages[i],
+                 json.dumps(g.block_advantages[i]) if g.block_advantages else None,
+                 {n: v[i] for n, v in g.rewards.items()}) for i, text in enumerate(g.completions)]  # fmt: skip
+        if g.baseline is not None:  # the greedy completion: index -1, no advantage
+            b = g.baseline
+            rows.append((-1, b.completion, b.token_ids, b.logprobs, b.total, None, None, b.rewards))
+        for i, text, ids, logprobs, total, advantage, blocks, rewards in rows:
             cols["group_id"].append(g.group_id)
             cols["step"].append(g.step)
             cols["policy_version"].append(g.policy_version)
@@ -93,15 +116,16 @@ def _table(groups: Sequence[Group]) -> pa.Table:
             cols["sample"].append(sample_json)
             cols["index"].append(i)
             cols["completion"].append(text)
-            cols["token_ids"].append(g.token_ids[i])
-            cols["logprobs"].append(g.logprobs[i])
-            cols["total"].append(g.totals[i])
-            cols["advantage"].append(g.advantages[i])
-            cols["block_advantages"].append(json.dumps(g.block_advantages[i]) if g.block_advantages else None)
+            cols["token_ids"].append(ids)
+            cols["logprobs"].append(logprobs)
+            cols["total"].append(total)
+            cols["advantage"].append(advantage)
+            cols["block_advantages"].append(blocks)
             for n in names:
-                cols[f"reward.{n}"].append(g.rewards[n][i] if n in g.rewards else None)
+                cols[f"reward.{n}"].append(rewards.get(n))
     types = {"token_ids": pa.list_(pa.int32()), "logprobs": pa.list_(pa.float32()), "step": pa.int64(),
-             "policy_version": pa.int64(), "index": pa.int32(), "block_advantages": pa.string()}  # fmt: skip
+             "policy_version": pa.int64(), "index": pa.int32(), "block_advantages": pa.string(),
+             "advantage": pa.float64()}  # fmt: skip
     return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
 
 
@@ -111,8 +135,9 @@ def _groups(table: pa.Table) -> list[Group]:
     for row in rows:
         by_id.setdefault(row["group_id"], []).append(row)
     groups = []
-    for gid, members in by_id.items():
-        members.sort(key=lambda r: r["index"])
+    for gid, rows_of_group in by_id.items():
+        members = sorted((r for r in rows_of_group if r["index"] >= 0), key=lambda r: r["index"])
+        greedy = next((r for r in rows_of_group if r["index"] == -1), None)
         first = members[0]
         names = [k[len("reward.") :] for k in first if k.startswith("reward.") and first[k] is not None]
         groups.append(
@@ -130,9 +155,16 @@ def _groups(table: pa.Table) -> list[Group]:
                 block_advantages=(  # stores written before grpo.credit have no such column
                     [json.loads(r["block_advantages"]) for r in members] if first.get("block_advantages") else None
                 ),
+                baseline=_baseline(greedy, names) if greedy else None,
             )
         )
     return groups
+
+
+def _baseline(row: dict[str, Any], names: Sequence[str]) -> Baseline:
+    """The greedy completion's row (``index`` -1) as its group's baseline."""
+    rewards = {n: row[f"reward.{n}"] for n in names}
+    return Baseline(row["completion"], list(row["token_ids"]), list(row["logprobs"]), rewards, row["total"])
 
 
 class ReplayStore:
@@ -172,7 +204,8 @@ class ReplayStore:
 
 
 def informative(groups: Iterable[Group], min_std: float = 1e-6) -> list[Group]:
-    """Groups whose totals differ (DAPO dynamic sampling): a group that agrees has zero advantages."""
+    """Groups whose totals differ, the greedy baseline's included (DAPO dynamic sampling): a group that agrees
+    has zero advantages."""
     return [g for g in groups if g.reward_std > min_std]
 
 
@@ -182,8 +215,9 @@ def replay_candidates(groups: Iterable[Group], policy_version: int, max_stalenes
 
 
 def stored_completions(store: ReplayStore, min_step: int = 0) -> list[ScoredRecord]:
-    """Every stored completion with its sample, grouped by training step: what ``rlad score``'s path
-    (``scoring.score_records`` / ``summarise``) re-scores under any reward mix, with nothing generated."""
+    """Every stored sampled completion with its sample, grouped by training step: what ``rlad score``'s path
+    (``scoring.score_records`` / ``summarise``) re-scores under any reward mix, with nothing generated. The
+    greedy baselines (``grpo.baseline: greedy``) are not among them: they are not what the policy sampled."""
     return completions_of(store.groups(min_step))
 
 
@@ -197,20 +231,33 @@ def rescore(store: ReplayStore, mix) -> list[dict[str, float]]:
     return score_records(stored_completions(store), mix)
 
 
-def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: Sequence[Any], step: int):
+def score_groups(
+    config: Any,
+    samples: Sequence[VerifiableSample],
+    completions: Sequence[Any],
+    step: int,
+    greedy: Sequence[Any] | None = None,
+):
     """GRPO's score phase: every completion's rewards (in Ray tasks when there are many), group advantages,
     and the step's groups as the store keeps them. ``completions[i]`` answers ``samples[i // group_size]``;
-    returns (records, scores, groups)."""
+    ``greedy[p]`` (``grpo.baseline: greedy``) is sample p's greedy completion, scored with them and made its
+    group's baseline. Returns (records, scores, groups) of the sampled completions."""
     g = config.grpo.group_size
     records = [ScoredRecord(c.text, samples[i // g], "train") for i, c in enumerate(completions)]
     from rlad.grpo import group_advantages
     from rlad.scoring import score_records_on_ray
 
-    scores = score_records_on_ray(records, config.rewards, config.scoring.chunk)
+    greedy = list(greedy or [])
+    if greedy and len(greedy) != len(samples):
+        raise ValueError(f"{len(greedy)} greedy completions for {len(samples)} prompts")
+    both = records + [ScoredRecord(c.text, sample, "greedy") for c, sample in zip(greedy, samples, strict=False)]
+    scored = score_records_on_ray(both, config.rewards, config.scoring.chunk)
+    scores, greedy_scores = scored[: len(records)], scored[len(records) :]
     totals = torch.tensor([s["total"] for s in scores], dtype=torch.float64)
-    advantages = group_advantages(totals, g, config.grpo.advantage_scale).tolist()
+    baseline = torch.tensor([s["total"] for s in greedy_scores], dtype=torch.float64) if greedy else None
+    advantages = group_advantages(totals, g, config.grpo.advantage_scale, baseline=baseline).tolist()
     names = [k for k in scores[0] if k != "total"]
-    shares = block_advantages(config, scores, names) if config.grpo.credit == "block" else None
+    shares = block_advantages(config, scores, names, greedy_scores) if config.grpo.credit == "block" else None
     groups = []
     for p, sample in enumerate(samples):
         idx = range(p * g, (p + 1) * g)
@@ -220,19 +267,29 @@ def score_groups(config: Any, samples: Sequence[VerifiableSample], completions: 
             token_ids=[completions[i].token_ids for i in idx], logprobs=[completions[i].logprobs for i in idx],
             rewards={n: [scores[i][n] for i in idx] for n in names}, totals=[scores[i]["total"] for i in idx],
             advantages=[advantages[i] for i in idx], block_advantages=shares and [shares[i] for i in idx],
+            baseline=Baseline(
+                greedy[p].text, greedy[p].token_ids, greedy[p].logprobs,
+                {n: greedy_scores[p][n] for n in names}, greedy_scores[p]["total"],
+            ) if greedy else None,
         ))  # fmt: skip
     return records, scores, groups
 
 
-def block_advantages(config: Any, scores: list[dict[str, float]], names: list[str]) -> list[dict[str, float]]:
+def block_advantages(
+    config: Any, scores: list[dict[str, float]], names: list[str], greedy: Sequence[dict[str, float]] = ()
+) -> list[dict[str, float]]:
     """Per completion, block -> advantage share under ``grpo.credit: block`` (rlad/credit.py): each weighted
-    reward centred in its group, over the total's scale, summed by the blocks its reward judges."""
+    reward centred in its group (against its ``greedy`` completion's, one score per prompt, when given), over
+    the total's scale, summed by the blocks its reward judges."""
     from rewards import RewardMix, get_reward
     from rlad.credit import block_shares
     from rlad.grpo import component_advantages
 
     weights = RewardMix(config.rewards).weights
     weighted = {n: torch.tensor([s[n] * weights[n] for s in scores], dtype=torch.float64) for n in names}
-    parts = component_advantages(weighted, config.grpo.group_size, config.grpo.advantage_scale)
+    baselines = {n: torch.tensor([s[n] * weights[n] for s in greedy], dtype=torch.float64) for n in names}
+    parts = component_advantages(
+        weighted, config.grpo.group_size, config.grpo.advantage_scale, baselines=baselines if greedy else None
+    )
     blocks = {n: get_reward(n).blocks for n in names}
     return [block_shares({n: float(parts[n][i]) for n in names}, blocks) for i in range(len(scores))]

@@ -7,7 +7,8 @@
 One driver (this module) runs each GRPO step (OmniAD §3.3) as named phases over Ray actors:
 
     sample    prompts_per_step questions from the training split (a seeded permutation per epoch)
-    generate  group_size completions each, on the rollout workers (rollout/worker.py)
+    generate  group_size completions each, on the rollout workers (rollout/worker.py); with
+              grpo.baseline greedy also each question's greedy completion, its group's baseline
     score     every reward of the mix (rewards/), in Ray tasks when there are many
     store     every group, scored, into the replay store (rlad/replay.py) — before anything learns from it
     learn     group advantages + GRPO loss on the learner workers (rlad/learner.py, rlad/grpo.py)
@@ -244,24 +245,30 @@ def _loop(
     grpo, run_dir = config.grpo, Path(config.train.run_dir)
     past = store.groups(min_step=max(0, start - grpo.max_staleness)) if grpo.replay_share else []
     nonfinite: list[int] = []  # the current run of steps whose update was skipped
-    ahead: Pending | None = None  # async: the next step's generation, sent before this step learns
+    ahead: tuple[Pending, Pending | None] | None = None  # async: the next step's generation, sent before it learns
 
     def prompts(step: int) -> list[VerifiableSample]:
         return [train[i] for i in step_prompts(len(train), step, grpo.prompts_per_step, config.seed)]
+
+    def start_rollout(step: int) -> tuple[Pending, Pending | None]:
+        """The step's generation, sent: group_size samples a prompt (and, under grpo.baseline greedy, each
+        prompt's greedy completion, what its samples are measured against)."""
+        samples, seed = prompts(step), sampling_seed(config.seed, step)
+        greedy = cluster.start_generate(samples, 1, True, seed) if grpo.baseline == "greedy" else None
+        return cluster.start_generate(samples, grpo.group_size, False, seed), greedy
 
     for step in range(start, grpo.steps):
         timer = Timer()
         samples = prompts(step)
         with timer("generate"):  # async: only the part of this step's rollout that learning did not hide
-            pending = ahead or cluster.start_generate(samples, grpo.group_size, False, sampling_seed(config.seed, step))
+            pending, pending_greedy = ahead or start_rollout(step)
             completions = _collect(cluster, pending, step, version, run_dir)
+            greedy = pending_greedy and _collect(cluster, pending_greedy, step, version, run_dir)
         ahead = None
         if config.train.async_rollout and step + 1 < grpo.steps:  # overlaps score, store and learn below
-            ahead = cluster.start_generate(
-                prompts(step + 1), grpo.group_size, False, sampling_seed(config.seed, step + 1)
-            )
+            ahead = start_rollout(step + 1)
         with timer("reward"):
-            records, scores, groups = score_groups(config, samples, completions, step)
+            records, scores, groups = score_groups(config, samples, completions, step, greedy)
         with timer("store"):
             store.append(groups)  # on disk before anything learns from it
         with timer("learn"):
@@ -270,7 +277,8 @@ def _loop(
         staleness = [version - g.policy_version for g in groups]  # versions between sampling and learning
         if ahead is not None:
             with timer("generate_ahead"):  # the next step's rollout, finishing after learning: engines idle for sync
-                _collect(cluster, ahead, step + 1, version, run_dir)
+                for part in filter(None, ahead):
+                    _collect(cluster, part, step + 1, version, run_dir)
         if learned.get("skipped_steps", 0) >= grpo.epochs_per_step:  # no update at all this step
             nonfinite.append(step)
             limit = grpo.max_nonfinite_steps
@@ -299,7 +307,7 @@ def _loop(
             metrics["async/staleness_mean"] = float(np.mean(staleness))
             metrics["async/staleness_max"] = float(max(staleness))
         metrics["rollout/tokens_per_s"] = sum(len(c.token_ids) for c in completions) / max(pending.seconds, 1e-9)
-        metrics["time/engine_generate"] = pending.engine_seconds
+        metrics["time/engine_generate"] = pending.engine_seconds + (pending_greedy.engine_seconds if greedy else 0.0)
         metrics["time/engine_learn"] = learned.get("learn_seconds", 0.0)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]

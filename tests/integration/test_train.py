@@ -302,6 +302,30 @@ def test_async_rollout_learns_one_version_behind_with_tis(full_run, tiny_dir, tm
     assert (run_dir / "final" / "config.json").is_file()
 
 
+def test_a_greedy_baseline_run_measures_each_sample_against_its_prompts_greedy_completion(full_run, tiny_dir, tmp_path):
+    """grpo.baseline greedy (async, to take the look-ahead path too): every group is stored with its prompt's
+    greedy completion (index -1, no advantage), each sample's advantage is its total less that completion's,
+    and the greedy rewards are logged."""
+    _, _, root = full_run
+    run_dir = tmp_path / "greedy"
+    config = _config(root, run_dir, tiny_dir, "grpo.baseline=greedy", "grpo.advantage_scale=none",
+                     "train.async_rollout=true", "train.eval_samples=0")  # fmt: skip
+    run_train(config, show_progress=False)
+    rows = pq.read_table(run_dir / "replay").to_pylist()
+    assert len(rows) == 4 * 2 * (3 + 1)  # 4 steps x 2 prompts x (3 samples + the greedy one)
+    for gid in {r["group_id"] for r in rows}:
+        group = [r for r in rows if r["group_id"] == gid]
+        (greedy,) = [r for r in group if r["index"] == -1]
+        assert greedy["advantage"] is None and greedy["token_ids"]
+        for r in group:
+            if r["index"] >= 0:
+                assert r["advantage"] == pytest.approx(r["total"] - greedy["total"])
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    greedy_totals = [[r["total"] for r in rows if r["step"] == s and r["index"] == -1] for s in range(4)]
+    assert [m["reward_greedy/total"] for m in metrics] == pytest.approx([np.mean(t) for t in greedy_totals])
+    assert all(0.0 <= m["batch/beats_greedy"] <= 1.0 for m in metrics)
+
+
 def test_an_async_run_resumes_after_a_crash(full_run, tiny_dir, tmp_path, monkeypatch):
     """A crash while step 3's rollout runs ahead: the resumed run regenerates step 3 with the checkpoint's
     weights (no lag, as documented), stores every step once and finishes."""

@@ -61,6 +61,14 @@ def test_component_advantages_add_up_to_the_group_advantage():
         assert torch.allclose(shares["detection"] + shares["answer"], total)
     std = torch.tensor([2.0, 1.0]).std() + 1e-4
     assert torch.allclose(component_advantages(parts, 2, "group")["answer"], torch.tensor([-0.5, 0.5]) / std)
+    # against a greedy completion's detection 1 and answer 1 (grpo.baseline greedy): detection [1, -1], answer
+    # [-1, 0]; they add up to the totals [2, 1] against the greedy total 2
+    greedy = {"detection": torch.tensor([1.0]), "answer": torch.tensor([1.0])}
+    shares = component_advantages(parts, 2, "none", baselines=greedy)
+    assert torch.equal(shares["detection"], torch.tensor([1.0, -1.0]))
+    assert torch.equal(shares["answer"], torch.tensor([-1.0, 0.0]))
+    total = group_advantages(parts["detection"] + parts["answer"], 2, "none", baseline=torch.tensor([2.0]))
+    assert torch.equal(shares["detection"] + shares["answer"], total)
 
 
 def test_the_loss_takes_one_advantage_per_token():

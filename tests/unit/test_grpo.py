@@ -28,6 +28,21 @@ def test_group_advantages_by_hand():
         group_advantages(torch.zeros(4), 3)
 
 
+def test_greedy_baseline_advantages_by_hand():
+    # grpo.baseline greedy: groups [1, 0] and [3, 1] against their greedy completions' 0.5 and 3
+    rewards, greedy = torch.tensor([1.0, 0.0, 3.0, 1.0]), torch.tensor([0.5, 3.0])
+    assert torch.equal(group_advantages(rewards, 2, "none", baseline=greedy), torch.tensor([0.5, -0.5, 0.0, -2.0]))
+    # the scale is still the samples' spread: std([1, 0]) = std([3, 1]) / 2 = 0.70711
+    scaled = group_advantages(rewards, 2, "group", baseline=greedy)
+    std = torch.tensor([math.sqrt(0.5)] * 2 + [math.sqrt(2.0)] * 2) + 1e-4
+    assert torch.allclose(scaled, torch.tensor([0.5, -0.5, 0.0, -2.0]) / std)
+    # a group that agrees still learns where it differs from the greedy completion
+    assert torch.equal(group_advantages(torch.tensor([2.0, 2.0]), 2, "none", baseline=torch.tensor([1.5])),
+                       torch.tensor([0.5, 0.5]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"one value per prompt \(2,\), got \(4,\)"):
+        group_advantages(rewards, 2, baseline=torch.zeros(4))
+
+
 def test_clipped_surrogate_by_hand():
     old = torch.zeros(1, 3)
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1

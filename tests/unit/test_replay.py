@@ -6,7 +6,7 @@ from conftest import make_sample
 
 from rewards import RewardMix
 from rlad.config import paper_rewards
-from rlad.replay import Group, ReplayStore, informative, replay_candidates, rescore
+from rlad.replay import Baseline, Group, ReplayStore, informative, replay_candidates, rescore, score_groups
 
 
 def group(gid, step=0, version=0, totals=(1.0, 0.0), sample=None):
@@ -107,3 +107,47 @@ def test_per_block_advantages_round_trip(tmp_path):
     assert a.block_advantages == shares and b.block_advantages is None
     with pytest.raises(ValueError, match="differ in length"):
         replace(group("c"), block_advantages=shares[:1])
+
+
+def test_a_greedy_baseline_is_stored_with_its_group_and_never_sampled(tmp_path):
+    from dataclasses import replace
+
+    greedy = Baseline("greedy text", [7, 8], [-0.5, -0.25], {"format": 1.0, "answer": 0.5}, 1.5)
+    flat = replace(group("flat", totals=(1.0, 1.0)), baseline=greedy)  # samples agree, the greedy one does not
+    store = ReplayStore(tmp_path / "replay")
+    store.append([flat, group("plain")])
+    table = pq.read_table(tmp_path / "replay").to_pylist()
+    row = next(r for r in table if r["index"] == -1)
+    assert row["completion"] == "greedy text" and row["advantage"] is None and row["reward.answer"] == 0.5
+    back, plain = store.groups()
+    assert back.baseline == greedy and back.completions == ["c0", "c1"] and plain.baseline is None
+    assert [g.group_id for g in informative([back, group("agree", totals=(1.0, 1.0))])] == ["flat"]
+    assert len(rescore(store, RewardMix(paper_rewards()))) == 4  # the sampled completions only
+
+
+def test_score_groups_measures_samples_against_the_greedy_completion():
+    from types import SimpleNamespace
+
+    from rlad.config import load_config
+
+    sample = make_sample(patches=[(1, 1)], answer="A")
+    right = "<seg>(1, 1)-(1, 1)</seg><think>t</think><answer>A</answer>"
+    wrong = "<seg></seg><think>t</think><answer>B</answer>"
+    config = load_config(None, ["grpo.group_size=2", "grpo.advantage_scale=none", "grpo.credit=block"])
+    config.rewards.update(paper_rewards())
+
+    def done(text, ids):
+        return SimpleNamespace(text=text, token_ids=ids, logprobs=[-0.5] * len(ids), policy_version=3)
+
+    completions = [done(right, [1, 2]), done(wrong, [3])]
+    _, scores, (g,) = score_groups(config, [sample], completions, 4, greedy=[done(right, [1, 2])])
+    # paper's mix: right 1 + 2 * 1 + 1 = 4, wrong 1 + 0 + 0.1 = 1.1; the greedy completion is right: 4
+    assert [s["total"] for s in scores] == pytest.approx([4.0, 1.1])
+    assert g.baseline.total == pytest.approx(4.0) and g.baseline.token_ids == [1, 2]
+    assert g.advantages == pytest.approx([0.0, -2.9])  # against 4, not the group's mean 2.55
+    # each reward against the greedy completion's: format 1 - 1, detection 0 - 2, answer 0.1 - 1
+    assert g.block_advantages[1] == pytest.approx({"all": 0.0, "seg": -2.0, "think": -0.9, "answer": -0.9})
+    _, _, (plain,) = score_groups(config, [sample], completions, 4)
+    assert plain.baseline is None and plain.advantages == pytest.approx([1.45, -1.45])
+    with pytest.raises(ValueError, match="2 greedy completions for 1 prompts"):
+        score_groups(config, [sample], completions, 4, greedy=completions)
