@@ -9,10 +9,13 @@ side by side) and, over the questions about defective images, prints per file an
 - ``truth``: anomalous patches of the true grid mask per question;
 - ``precision`` and ``recall``: named patches that are anomalous, anomalous patches that are named, pooled
   over the file's questions;
-- ``unparseable``: the share of masks ``mask_text.decode`` refuses.
+- ``unparseable``: the share of masks ``mask_text.decode`` refuses;
+- ``fp_near``: the share of wrongly named patches that touch an anomalous one (8 neighbours): near misses;
+- ``fn_near``: the share of missed anomalous patches that touch a named one.
 
 A policy learning to shrink its masks shows ``cells`` falling below ``truth`` with ``recall``; one that pads
-them, ``cells`` above ``truth`` with ``precision`` falling.
+them, ``cells`` above ``truth`` with ``precision`` falling. Errors mostly near (``fp_near``, ``fn_near`` high) are a
+blurred outline; far ones are regions missed or invented.
 """
 
 from __future__ import annotations
@@ -34,12 +37,20 @@ from rlad.completion import parse_completion  # noqa: E402
 from rlad.metrics import BinaryCounts, binary_counts  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 
-COLUMNS = ("cells", "truth", "precision", "recall", "unparseable")
+COLUMNS = ("cells", "truth", "precision", "recall", "unparseable", "fp_near", "fn_near")
+
+
+def touching(mask: np.ndarray) -> np.ndarray:
+    """Patches that are in ``mask`` or touch one of its patches (8 neighbours)."""
+    padded = np.pad(mask, 1)
+    rows, cols = mask.shape
+    return np.any([padded[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
+                   for dr in (-1, 0, 1) for dc in (-1, 0, 1)], axis=0)  # fmt: skip
 
 
 def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
     """``COLUMNS`` and ``n`` over the records whose sample's grid mask is not empty."""
-    n = bad = 0
+    n = bad = fp_near = fn_near = 0
     counts = BinaryCounts()  # patches, pooled over the questions
     for record in records:
         truth = record.sample.mask
@@ -51,12 +62,15 @@ def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
             bad += 1
             pred = np.zeros_like(truth)
         counts += binary_counts(pred, truth)
+        fp_near += int((pred & ~truth & touching(truth)).sum())
+        fn_near += int((truth & ~pred & touching(pred)).sum())
     if n == 0:
         raise ValueError("no questions about a defect the grid mask shows in these rows")
     named, anomalous = counts.tp + counts.fp, counts.tp + counts.fn
     return {
         "n": n, "cells": named / n, "truth": anomalous / n, "precision": counts.tp / named if named else 0.0,
         "recall": counts.tp / anomalous, "unparseable": bad / n,
+        "fp_near": fp_near / counts.fp if counts.fp else 0.0, "fn_near": fn_near / counts.fn if counts.fn else 0.0,
     }  # fmt: skip
 
 

@@ -13,6 +13,11 @@ Variants, each over every seed (same initial weights per seed):
 - ``--visibility V`` (``data.synth.visibility``): 1.0 is the benchmark's realism, larger is thicker defects;
 - ``--pool N``: train on a fixed set of N images (the demo trains on ~770), or on fresh images every step (0).
 
+``--checkpoint PATH`` starts from a trained policy's tower instead of the tiny model's initialisation (``{seed}`` in
+the path is the seed: ``runs/x/seed-{seed}/final``), and ``--freeze`` trains the head alone: how well a policy's
+*trained* tower tells each cell's defect apart, read by the best linear head — the most its language model could
+read from it, to set against the patch F1 the policy writes.
+
 Per variant and seed, on the same held-out images (never trained on, at the variant's visibility): patch F1
 (cells with p > 0.5), image F1 (an image is anomalous when any cell is), image AUROC (from the largest cell
 probability: does the tower rank defective images first, whatever the threshold). Printed as mean ± 95 % CI over
@@ -98,17 +103,28 @@ def evaluate(probe: CellProbe, held: tuple[torch.Tensor, torch.Tensor, np.ndarra
     }
 
 
-def run(visibility: float, pool: int, seed: int, args: argparse.Namespace) -> dict[str, float]:
+def build_probe(seed: int, checkpoint: str | None, freeze: bool) -> tuple[CellProbe, object]:
+    """The probe on the tiny model's tower (initialised by ``seed``) or a checkpoint's, frozen or not; and the
+    policy's image processor."""
     torch.manual_seed(seed)
-    policy = load_policy(ModelConfig(path="tiny", image_size=SIZE, tiny={"seed": seed}), shots=0, trainable=True)
-    processor = policy.builder.image_processor
+    model = ModelConfig(path=checkpoint.format(seed=seed), image_size=SIZE) if checkpoint else None
+    policy = load_policy(
+        model or ModelConfig(path="tiny", image_size=SIZE, tiny={"seed": seed}), shots=0, trainable=True
+    )
     probe = CellProbe(policy.model.model.visual, policy.model.config.text_config.hidden_size)
+    if freeze:
+        probe.visual.requires_grad_(False)
+    return probe, policy.builder.image_processor
+
+
+def run(visibility: float, pool: int, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    probe, processor = build_probe(seed, args.checkpoint, args.freeze)
     held_rng = np.random.default_rng(10_000 + seed)
     held_images, held_cells = zip(*(generated_image(held_rng, visibility) for _ in range(args.held_out)), strict=True)
     held = (*encode(processor, list(held_images)), np.stack(held_cells))
     rng = np.random.default_rng(seed)
     fixed = [generated_image(rng, visibility) for _ in range(pool)]
-    opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW([w for w in probe.parameters() if w.requires_grad], lr=args.lr, weight_decay=0.01)
     started = time.time()
     for step in range(1, args.steps + 1):
         if pool:
@@ -141,6 +157,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--held-out", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
+    p.add_argument("--checkpoint", help="a trained policy's folder ({seed}: the seed) instead of the tiny init")
+    p.add_argument("--freeze", action="store_true", help="train the linear head alone, the tower as it is")
     args = p.parse_args()
     variants = list(itertools.product(args.visibility, args.pool))
     names = [f"visibility {v:g}, {f'pool {n}' if n else 'fresh'}" for v, n in variants]
@@ -161,7 +179,9 @@ def main() -> None:
                 d = paired_difference([r[m] for r in results[name]], [r[m] for r in base])
                 cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
             body.append([f"{name} − {names[0]}", *cells])
-    print(f"\n{args.steps} steps of {args.batch_size}, {args.held_out} held-out images, seeds {args.seeds}")
+    tower = f"{args.checkpoint}'s tower" if args.checkpoint else "the tiny init's tower"
+    tower += ", frozen (the head alone learns)" if args.freeze else ""
+    print(f"\n{tower}; {args.steps} steps of {args.batch_size}, {args.held_out} held-out images, seeds {args.seeds}")
     print(text_table(["variant", *METRICS], body), end="")
 
 

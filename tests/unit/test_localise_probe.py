@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
 from localise import GRID, axis_f1, parse_spec, spotted_image, target
@@ -43,3 +44,17 @@ def test_sees_probe_images_are_seeded_half_defective_and_their_cells_cover_the_d
     draws = [generated_image(np.random.default_rng(s), 2.0)[1] for s in range(16)]
     assert all(c.shape == (GRID, GRID) for c in draws)
     assert 3 <= sum(c.any() for c in draws) <= 13  # about half the images hold a defect
+
+
+def test_sees_probe_reads_a_checkpoints_tower_and_freezes_it(tiny_dir):
+    from safetensors.torch import load_file
+    from sees import build_probe
+
+    probe, _ = build_probe(0, str(tiny_dir), freeze=True)
+    assert [n for n, w in probe.named_parameters() if w.requires_grad] == ["head.weight", "head.bias"]
+    saved = load_file(str(next(tiny_dir.glob("*.safetensors"))))
+    name, weight = next((n, w) for n, w in saved.items() if "visual" in n and n.endswith("weight"))
+    tail = name.split("visual.", 1)[1]
+    assert torch.equal(dict(probe.visual.named_parameters())[tail], weight)  # the checkpoint's, not a fresh init
+    trainable, _ = build_probe(0, None, freeze=False)
+    assert all(w.requires_grad for w in trainable.parameters())

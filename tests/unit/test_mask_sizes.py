@@ -29,9 +29,19 @@ def test_mask_sizes_by_hand():
         _record([], "(0, 0)"),  # a normal image: not counted
     ]
     got = mask_sizes(records)
-    assert got == pytest.approx(
-        {"n": 3, "cells": 4 / 3, "truth": 5 / 3, "precision": 3 / 4, "recall": 3 / 5, "unparseable": 1 / 3}
-    )
+    # wrong: (0, 2) touches (0, 1); missed: (1, 1) touches the named (2, 2), (3, 3) touches nothing named
+    assert got == pytest.approx({"n": 3, "cells": 4 / 3, "truth": 5 / 3, "precision": 3 / 4, "recall": 3 / 5,
+                                 "unparseable": 1 / 3, "fp_near": 1.0, "fn_near": 1 / 2})  # fmt: skip
+
+
+def test_near_misses_are_the_eight_neighbours():
+    from mask_sizes import touching
+
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    assert touching(mask).sum() == 4 and touching(mask)[1, 1] and not touching(mask)[2, 2]
+    far = mask_sizes([_record([(0, 0)], "(3, 3)")])
+    assert far["fp_near"] == 0.0 and far["fn_near"] == 0.0 and far["precision"] == 0.0
 
 
 def test_no_defect_questions_is_an_error():
