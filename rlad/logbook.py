@@ -140,16 +140,12 @@ def step_metrics(
     m = {f"reward/{k}": float(np.mean([s[k] for s in scores])) for k in scores[0]}
     m["reward/std_in_group"] = float(np.mean([g.reward_std for g in groups]))
     m["batch/zero_std_groups"] = float(np.mean([g.reward_std <= 1e-6 for g in groups]))
-    baselines = [(g.baseline, g.totals) for g in groups if g.baseline is not None]  # grpo.baseline greedy
-    if baselines:
-        m["reward_greedy/total"] = float(np.mean([b.total for b, _ in baselines]))
-        m.update(
-            {
-                f"reward_greedy/{k}": float(np.mean([b.rewards[k] for b, _ in baselines]))
-                for k in baselines[0][0].rewards
-            }
-        )
-        m["batch/beats_greedy"] = float(np.mean([t > b.total for b, totals in baselines for t in totals]))
+    greedy = [g for g in groups if g.baseline is not None]  # grpo.baseline greedy: the greedy completions' rewards
+    if greedy:
+        rewards = {k: [g.baseline.rewards[k] for g in greedy] for k in greedy[0].baseline.rewards}
+        rewards["total"] = [g.baseline.total for g in greedy]
+        m.update({f"reward_greedy/{k}": float(np.mean(v)) for k, v in rewards.items()})
+        m["batch/beats_greedy"] = float(np.mean([t > g.baseline.total for g in greedy for t in g.totals]))
     m["batch/groups_learned"] = float(kept)
     m["batch/groups_replayed"] = float(replayed)
     m.update({f"detect/{k}": row[k] for k in ("image_F1", "patch_F1", "IoU_ano", "bad_seg", "answer_acc")})
