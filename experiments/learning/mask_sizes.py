@@ -11,7 +11,9 @@ side by side) and, over the questions about defective images, prints per file an
   over the file's questions;
 - ``unparseable``: the share of masks ``mask_text.decode`` refuses;
 - ``fp_near``: the share of wrongly named patches that touch an anomalous one (8 neighbours): near misses;
-- ``fn_near``: the share of missed anomalous patches that touch a named one.
+- ``fn_near``: the share of missed anomalous patches that touch a named one;
+- ``row_F1``, ``col_F1``: F1 of the rows (columns) a mask touches against the rows (columns) the truth does,
+  pooled: which axis the policy gets wrong.
 
 A policy learning to shrink its masks shows ``cells`` falling below ``truth`` with ``recall``; one that pads
 them, ``cells`` above ``truth`` with ``precision`` falling. Errors mostly near (``fp_near``, ``fn_near`` high) are a
@@ -37,7 +39,7 @@ from rlad.completion import parse_completion  # noqa: E402
 from rlad.metrics import BinaryCounts, binary_counts  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 
-COLUMNS = ("cells", "truth", "precision", "recall", "unparseable", "fp_near", "fn_near")
+COLUMNS = ("cells", "truth", "precision", "recall", "unparseable", "fp_near", "fn_near", "row_F1", "col_F1")
 
 
 def touching(mask: np.ndarray) -> np.ndarray:
@@ -51,7 +53,7 @@ def touching(mask: np.ndarray) -> np.ndarray:
 def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
     """``COLUMNS`` and ``n`` over the records whose sample's grid mask is not empty."""
     n = bad = fp_near = fn_near = 0
-    counts = BinaryCounts()  # patches, pooled over the questions
+    counts, rows, cols = BinaryCounts(), BinaryCounts(), BinaryCounts()  # patches, rows, columns: pooled
     for record in records:
         truth = record.sample.mask
         if not truth.any():
@@ -62,6 +64,8 @@ def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
             bad += 1
             pred = np.zeros_like(truth)
         counts += binary_counts(pred, truth)
+        rows += binary_counts(pred.any(1), truth.any(1))
+        cols += binary_counts(pred.any(0), truth.any(0))
         fp_near += int((pred & ~truth & touching(truth)).sum())
         fn_near += int((truth & ~pred & touching(pred)).sum())
     if n == 0:
@@ -71,6 +75,7 @@ def mask_sizes(records: Iterable[ScoredRecord]) -> dict[str, float]:
         "n": n, "cells": named / n, "truth": anomalous / n, "precision": counts.tp / named if named else 0.0,
         "recall": counts.tp / anomalous, "unparseable": bad / n,
         "fp_near": fp_near / counts.fp if counts.fp else 0.0, "fn_near": fn_near / counts.fn if counts.fn else 0.0,
+        "row_F1": rows.f1(), "col_F1": cols.f1(),
     }  # fmt: skip
 
 

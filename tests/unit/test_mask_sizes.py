@@ -31,7 +31,11 @@ def test_mask_sizes_by_hand():
     got = mask_sizes(records)
     # wrong: (0, 2) touches (0, 1); missed: (1, 1) touches the named (2, 2), (3, 3) touches nothing named
     assert got == pytest.approx({"n": 3, "cells": 4 / 3, "truth": 5 / 3, "precision": 3 / 4, "recall": 3 / 5,
-                                 "unparseable": 1 / 3, "fp_near": 1.0, "fn_near": 1 / 2})  # fmt: skip
+                                 "unparseable": 1 / 3, "fp_near": 1.0, "fn_near": 1 / 2,
+                                 # rows: {0} vs {0}, {2} vs {1, 2}, {} vs {3}: 2 hits, 2 named, 4 true
+                                 "row_F1": 4 / 6,
+                                 # columns: {0, 1, 2} vs {0, 1}, {2} vs {1, 2}, {} vs {3}: 3 hits, 4 named, 5 true
+                                 "col_F1": 6 / 9})  # fmt: skip
 
 
 def test_near_misses_are_the_eight_neighbours():
