@@ -25,9 +25,11 @@ into ``<run>/eval-all/``, as the rows ``warm_start_all`` and ``grpo_all`` and th
 number without the luck of which questions were drawn (on the demo the intervals hardly narrowed: the spread is
 between seeds; README).
 
-``--against OTHER`` compares two GRPO recipes from the same warm starts: another sweep's folder (same seeds, its
-``--heldout-all`` evaluations in place or run now) whose final policy's row is added as ``OTHER:grpo_all``, with
-``grpo_all − OTHER:grpo_all`` paired by seed — a lever against the demo's GRPO, not only against the SFT policy.
+``--against OTHER`` compares two recipes seed by seed: another sweep's folder (same seeds, its ``--heldout-all``
+evaluations in place or run now) whose final policy's row is added as ``OTHER:grpo_all``, with ``grpo_all −
+OTHER:grpo_all`` paired by seed — a lever against the demo's GRPO, not only against the SFT policy. When the two
+sweeps' warm starts differ (this one trained its own: an SFT or model lever), their rows are paired too
+(``OTHER:warm_start_all``, ``warm_start_all − OTHER:warm_start_all``).
 
 Float results differ between machines: compare rows of one sweep, never across machines.
 """
@@ -129,6 +131,15 @@ def heldout_all_rows(
     return rows
 
 
+def same_warm_start(run_dir: Path, other: Path) -> bool:
+    """Whether two finished runs started GRPO from the same checkpoint (their ``report.json``)."""
+
+    def start(run: Path) -> Path:
+        return Path(json.loads((run / "report.json").read_text())["warm_start"]).resolve()
+
+    return start(run_dir) == start(other)
+
+
 def reward_rise(metrics: list[dict]) -> tuple[float, float]:
     """(mean reward of the last fifth of steps − mean of the first fifth, the larger per-step std of the two)."""
     totals = [m["reward/total"] for m in metrics]
@@ -160,13 +171,14 @@ def sweep_table(
     """The sweep as Markdown: rows over seeds with intervals, the ``pairs`` (after, before) as paired differences
     where both rows exist, the training reward's rise."""
     seeds = sorted(reports)
-    rows_by_name = {name: [reports[s]["rows"][name] for s in seeds] for name in reports[seeds[0]]["rows"]}
+    names = dict.fromkeys(name for s in seeds for name in reports[s]["rows"])  # a row some seed lacks is left out
+    rows_by_name = {name: [reports[s]["rows"].get(name) for s in seeds] for name in names}
     body = []
     for name, rows in rows_by_name.items():
         if rows and all(rows):
             body.append([name, str(int(rows[0]["n"])), *(str(mean_ci([r[c] for r in rows])) for c in COLUMNS)])
     for after, before in pairs:
-        if after in rows_by_name and before in rows_by_name and all(rows_by_name[after]):
+        if after in rows_by_name and before in rows_by_name and all(rows_by_name[after] + rows_by_name[before]):
             body.append([f"{after} − {before}", "paired", *paired_cells(rows_by_name[after], rows_by_name[before])])
     text = markdown_table(["row", "n", *COLUMNS], body)
     rise = mean_ci([rises[s][0] for s in seeds])
@@ -198,16 +210,17 @@ def main() -> None:
                "report.json").is_file()]  # fmt: skip
     if missing:  # before any run starts: a finished sweep of the same seeds is what --against pairs with
         p.error(f"--against {args.against} holds no finished run for {', '.join(missing)} (no report.json)")
-    other = f"{Path(args.against).name}:grpo_all" if args.against else None
     reports, rises = {}, {}
     for seed in args.seeds:
         run_dir = run_seed(seed, args)
         reports[seed] = {"rows": run_rows(run_dir, args.paper_rewards)}
         if args.heldout_all:
             reports[seed]["rows"] |= heldout_all_rows(run_dir, args.paper_rewards)
-        if other:
-            against = heldout_all_rows(Path(args.against) / f"seed-{seed}", args.paper_rewards, ("grpo_all",))
-            reports[seed]["rows"][other] = against["grpo_all"]
+        if args.against:
+            theirs = Path(args.against) / f"seed-{seed}"
+            names = ("grpo_all",) if same_warm_start(run_dir, theirs) else ("warm_start_all", "grpo_all")
+            for name, row in heldout_all_rows(theirs, args.paper_rewards, names).items():
+                reports[seed]["rows"][f"{Path(args.against).name}:{name}"] = row
         rises[seed] = reward_rise(read_metrics(run_dir / "metrics.jsonl"))
     scored = ["--paper-rewards"] * args.paper_rewards + ["--heldout-all"] * args.heldout_all
     scored += ["--against", args.against] if args.against else []
@@ -216,7 +229,10 @@ def main() -> None:
     mix = "; rows scored under the paper's reward mix" if args.paper_rewards else ""
     text = (f"# The demo recipe over {len(args.seeds)} seeds\n\n`{command}` (config {args.config}{mix}); mean ± 95 % "
             "CI over seeds; `*`: the interval excludes 0.\n\n")  # fmt: skip
-    text += sweep_table(reports, rises, PAIRS + ([("grpo_all", other)] if other else []))
+    other = (
+        [(name, f"{Path(args.against).name}:{name}") for name in ("warm_start_all", "grpo_all")] if args.against else []
+    )
+    text += sweep_table(reports, rises, PAIRS + other)
     write_report(Path(args.out) / "seeds.md", text)
 
 

@@ -1,5 +1,6 @@
 """experiments/learning/seeds.py's table: intervals over seeds and paired GRPO − SFT differences, by hand."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -126,6 +127,27 @@ def test_a_lever_sweep_pairs_its_final_policies_with_another_sweeps():
     pair = lines["grpo_all − demo:grpo_all"]
     assert pair[0] == "paired" and pair[1 + COLUMNS.index("patch_F1")] == "0.060 ± 0.025 *"
     assert pair[1].startswith("0.100 ± 0.000")
+
+
+def test_a_sweep_with_its_own_warm_starts_pairs_them_with_the_other_sweeps(tmp_path):
+    """An SFT or model lever trains its own warm starts: ``--against`` pairs those rows too, and a row that one
+    seed lacks is left out of the table instead of failing it."""
+    from seeds import same_warm_start
+
+    for run, start in (("a", "x"), ("b", "x"), ("c", "y")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "report.json").write_text(json.dumps({"warm_start": str(tmp_path / start)}))
+    assert same_warm_start(tmp_path / "a", tmp_path / "b") and not same_warm_start(tmp_path / "a", tmp_path / "c")
+    reports = {s: {"rows": {"warm_start_all": _row(2.0 + s / 10, 0.5 + d, n=3315),
+                            "demo:warm_start_all": _row(2.0 + s / 10, 0.5, n=3315)}}
+               for s, d in ((0, 0.01), (1, 0.02), (2, 0.03))}  # fmt: skip
+    reports[2]["rows"]["only_seed_2"] = _row(1.0, 0.1, n=10)
+    text = sweep_table(reports, {s: (0.0, 0.1) for s in range(3)}, [("warm_start_all", "demo:warm_start_all")])
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+             if line.startswith("| ")}  # fmt: skip
+    # patch F1 +0.01, +0.02, +0.03: 0.020 ± 4.303 * 0.01 / sqrt(3), which holds 0 (no *)
+    assert lines["warm_start_all − demo:warm_start_all"][1 + COLUMNS.index("patch_F1")] == "0.020 ± 0.025"
+    assert "only_seed_2" not in lines
 
 
 def test_against_a_folder_without_the_seeds_runs_is_refused_before_anything_runs(tmp_path):
