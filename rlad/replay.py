@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,39 +94,31 @@ class Group:
         return float(np.std(self.totals + ([self.baseline.total] if self.baseline else [])))
 
 
+def _rows(g: Group) -> Iterator[dict[str, Any]]:
+    """The store's rows of one group: its completions in order, then its greedy completion (index -1, no
+    advantage) when it has one."""
+    common = {"group_id": g.group_id, "step": g.step, "policy_version": g.policy_version,
+              "sample_id": g.sample.sample_id, "sample": json.dumps(g.sample.to_record())}  # fmt: skip
+    for i, text in enumerate(g.completions):
+        blocks = json.dumps(g.block_advantages[i]) if g.block_advantages else None
+        yield {**common, "index": i, "completion": text, "token_ids": g.token_ids[i], "logprobs": g.logprobs[i],
+               "total": g.totals[i], "advantage": g.advantages[i], "block_advantages": blocks,
+               **{f"reward.{n}": v[i] for n, v in g.rewards.items()}}  # fmt: skip
+    if (b := g.baseline) is not None:
+        yield {**common, "index": -1, "completion": b.completion, "token_ids": b.token_ids, "logprobs": b.logprobs,
+               "total": b.total, "advantage": None, "block_advantages": None,
+               **{f"reward.{n}": v for n, v in b.rewards.items()}}  # fmt: skip
+
+
 def _table(groups: Sequence[Group]) -> pa.Table:
     names = sorted({name for g in groups for name in g.rewards})
-    cols: dict[str, list] = {k: [] for k in ("group_id", "step", "policy_version", "sample_id", "sample", "index",
-                                             "completion", "token_ids", "logprobs", "total", "advantage",
-                                             "block_advantages")}  # fmt: skip
-    cols.update({f"reward.{n}": [] for n in names})
-    for g in groups:
-        sample_json = json.dumps(g.sample.to_record())
-        rows = [(i, text, g.token_ids[i], g.logprobs[i], g.totals[i], g.advantages[i],
-                 json.dumps(g.block_advantages[i]) if g.block_advantages else None,
-                 {n: v[i] for n, v in g.rewards.items()}) for i, text in enumerate(g.completions)]  # fmt: skip
-        if g.baseline is not None:  # the greedy completion: index -1, no advantage
-            b = g.baseline
-            rows.append((-1, b.completion, b.token_ids, b.logprobs, b.total, None, None, b.rewards))
-        for i, text, ids, logprobs, total, advantage, blocks, rewards in rows:
-            cols["group_id"].append(g.group_id)
-            cols["step"].append(g.step)
-            cols["policy_version"].append(g.policy_version)
-            cols["sample_id"].append(g.sample.sample_id)
-            cols["sample"].append(sample_json)
-            cols["index"].append(i)
-            cols["completion"].append(text)
-            cols["token_ids"].append(ids)
-            cols["logprobs"].append(logprobs)
-            cols["total"].append(total)
-            cols["advantage"].append(advantage)
-            cols["block_advantages"].append(blocks)
-            for n in names:
-                cols[f"reward.{n}"].append(rewards.get(n))
+    columns = ["group_id", "step", "policy_version", "sample_id", "sample", "index", "completion", "token_ids",
+               "logprobs", "total", "advantage", "block_advantages", *(f"reward.{n}" for n in names)]  # fmt: skip
+    rows = [row for g in groups for row in _rows(g)]
     types = {"token_ids": pa.list_(pa.int32()), "logprobs": pa.list_(pa.float32()), "step": pa.int64(),
              "policy_version": pa.int64(), "index": pa.int32(), "block_advantages": pa.string(),
              "advantage": pa.float64()}  # fmt: skip
-    return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
+    return pa.table({k: pa.array([row.get(k) for row in rows], type=types.get(k)) for k in columns})
 
 
 def _groups(table: pa.Table) -> list[Group]:

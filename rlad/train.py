@@ -307,7 +307,9 @@ def _loop(
             metrics["async/staleness_mean"] = float(np.mean(staleness))
             metrics["async/staleness_max"] = float(max(staleness))
         metrics["rollout/tokens_per_s"] = sum(len(c.token_ids) for c in completions) / max(pending.seconds, 1e-9)
-        metrics["time/engine_generate"] = pending.engine_seconds + (pending_greedy.engine_seconds if greedy else 0.0)
+        metrics["time/engine_generate"] = pending.engine_seconds + (
+            pending_greedy.engine_seconds if pending_greedy else 0.0
+        )
         metrics["time/engine_learn"] = learned.get("learn_seconds", 0.0)
         if grpo.replay_share:
             past = [g for g in past + informative(groups) if version - g.policy_version <= grpo.max_staleness]
