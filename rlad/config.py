@@ -328,6 +328,10 @@ class SFTConfig:
     """Weight of the auxiliary per-token mask loss (rlad/grounding.py; **not in the paper's recipe**): the same
     head predicts whether the ground-truth patch mask covers each query-image token's cell; needs
     ``mask.grid`` equal to the merged token grid (``model.image_size`` / 28). 0: off."""
+    grounding_kind_weight: float = 0.0
+    """Weight of the auxiliary per-token defect-kind loss (rlad/grounding.py; **not in the paper's recipe**): the
+    same head names the defect kind (one of the training set's defect names) of every query-image token the
+    ground-truth mask covers — the label the SFT target's think text already names. 0: off."""
     grounding_layer: int = 1
     """The language model hidden state the grounding head reads: 0 the input embeddings (the vision tower's
     output), k the output of layer k."""
@@ -336,11 +340,15 @@ class SFTConfig:
         check_output_path("sft.output_dir", self.output_dir)
         if self.seg_loss_weight <= 0:
             raise ConfigError(f"sft.seg_loss_weight must be > 0, got {self.seg_loss_weight}")
-        if self.grounding_position_weight < 0 or self.grounding_mask_weight < 0 or self.grounding_layer < 0:
-            raise ConfigError(
-                "sft.grounding_position_weight, sft.grounding_mask_weight and sft.grounding_layer must be >= 0, got "
-                f"{self.grounding_position_weight}, {self.grounding_mask_weight}, {self.grounding_layer}"
-            )
+        weights = {
+            "grounding_position_weight": self.grounding_position_weight,
+            "grounding_mask_weight": self.grounding_mask_weight,
+            "grounding_kind_weight": self.grounding_kind_weight,
+            "grounding_layer": self.grounding_layer,
+        }
+        for name, value in weights.items():
+            if value < 0:
+                raise ConfigError(f"sft.{name} must be >= 0, got {value}")
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("sft.lr must be > 0, sft.batch_size and sft.grad_accum >= 1")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -349,7 +357,7 @@ class SFTConfig:
     @property
     def grounding(self) -> bool:
         """Whether the auxiliary grounding loss is on."""
-        return bool(self.grounding_position_weight or self.grounding_mask_weight)
+        return bool(self.grounding_position_weight or self.grounding_mask_weight or self.grounding_kind_weight)
 
 
 @dataclass

@@ -9,7 +9,9 @@ language model's hidden state of every image token after layer ``sft.grounding_l
 - the token's row and column on the merged token grid (cross-entropy; ``sft.grounding_position_weight``) —
   free labels, the token's own place, no anomaly information;
 - whether the ground-truth patch mask covers the token's cell (binary cross-entropy, query image only;
-  ``sft.grounding_mask_weight``) — the same mask the SFT target already writes in ``<seg>``.
+  ``sft.grounding_mask_weight``) — the same mask the SFT target already writes in ``<seg>``;
+- the defect's kind on every covered cell (cross-entropy over the training set's defect names, query image only;
+  ``sft.grounding_kind_weight``) — the same label the SFT target's think text already names.
 
 The head lives only while SFT runs: the saved policy is a plain Qwen2.5-VL checkpoint (``strip_head``).
 
@@ -55,16 +57,22 @@ def grounding_loss(
     mask_weight: float = 0.0,
     query_tokens: torch.Tensor | None = None,
     covered: torch.Tensor | None = None,
+    kind_weight: float = 0.0,
+    kinds: torch.Tensor | None = None,
+    n_kinds: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted auxiliary loss and its parts (floats, for logging).
 
-    ``logits``: (N, 2 * side + 1) head outputs for the batch's N image tokens — ``side`` row classes, ``side``
-    column classes, one mask logit. ``rows``/``cols``: (N,) each token's place. ``query_tokens``: (M,) indices
-    of the query images' tokens and ``covered``: (M,) float 0/1, whether the mask covers each (needed when
-    ``mask_weight`` > 0)."""
-    if logits.shape[-1] != 2 * side + 1:
-        raise ValueError(f"grounding head has {logits.shape[-1]} outputs for a {side}x{side} token grid "
-                         f"(needs {2 * side + 1}): the images are not the size the head was built for")  # fmt: skip
+    ``logits``: (N, 2 * side + 1 + n_kinds) head outputs for the batch's N image tokens — ``side`` row classes,
+    ``side`` column classes, one mask logit, ``n_kinds`` defect-kind classes. ``rows``/``cols``: (N,) each
+    token's place. ``query_tokens``: (M,) indices of the query images' tokens and ``covered``: (M,) float 0/1,
+    whether the mask covers each (needed when ``mask_weight`` > 0). ``kinds``: (M,) long, the defect kind of each
+    query token, −1 where no defect covers it (needed when ``kind_weight`` > 0; the mean runs over the labelled
+    tokens, and a batch with none adds 0)."""
+    if logits.shape[-1] != 2 * side + 1 + n_kinds:
+        raise ValueError(f"grounding head has {logits.shape[-1]} outputs for a {side}x{side} token grid and "
+                         f"{n_kinds} defect kinds (needs {2 * side + 1 + n_kinds}): the images are not the size "
+                         "the head was built for, or the data not its defect kinds")  # fmt: skip
     ce = torch.nn.functional.cross_entropy
     logits = logits.float()
     row_loss = ce(logits[:, :side], rows.to(logits.device))
@@ -74,24 +82,36 @@ def grounding_loss(
     if mask_weight:
         if query_tokens is None or covered is None:
             raise ValueError("mask_weight > 0 needs query_tokens and covered")
-        mask_logits = logits[query_tokens.to(logits.device), -1]
+        mask_logits = logits[query_tokens.to(logits.device), 2 * side]
         mask_loss = torch.nn.functional.binary_cross_entropy_with_logits(mask_logits, covered.to(logits.device))
         total = total + mask_weight * mask_loss
         parts["grounding/mask_loss"] = mask_loss.item()
+    if kind_weight:
+        if query_tokens is None or kinds is None or not n_kinds:
+            raise ValueError("kind_weight > 0 needs query_tokens, kinds and n_kinds")
+        kinds = kinds.to(logits.device)
+        labelled = kinds >= 0
+        if labelled.any():
+            kind_logits = logits[query_tokens.to(logits.device)[labelled], 2 * side + 1 :]
+            kind_loss = ce(kind_logits, kinds[labelled])
+            total = total + kind_weight * kind_loss
+            parts["grounding/kind_loss"] = kind_loss.item()
     return total, parts
 
 
 class GroundingHead(torch.nn.Linear):
-    """hidden state of an image token -> ``side`` row logits, ``side`` column logits, one mask logit."""
+    """hidden state of an image token -> ``side`` row logits, ``side`` column logits, one mask logit, ``n_kinds``
+    defect-kind logits."""
 
-    def __init__(self, hidden_size: int, side: int):
-        super().__init__(hidden_size, 2 * side + 1)
+    def __init__(self, hidden_size: int, side: int, n_kinds: int = 0):
+        super().__init__(hidden_size, 2 * side + 1 + n_kinds)
         self.side = side
+        self.n_kinds = n_kinds
 
 
-def attach_head(model: torch.nn.Module, hidden_size: int, side: int) -> GroundingHead:
+def attach_head(model: torch.nn.Module, hidden_size: int, side: int, n_kinds: int = 0) -> GroundingHead:
     """Put a fresh head on ``model`` (so the Trainer's optimiser and checkpoints include it) and return it."""
-    head = GroundingHead(hidden_size, side).to(next(model.parameters()).device)
+    head = GroundingHead(hidden_size, side, n_kinds).to(next(model.parameters()).device)
     setattr(model, HEAD_NAME, head)
     return head
 

@@ -51,6 +51,7 @@ from rlad.sample import VerifiableSample
 
 __all__ = [
     "check_sft_config",
+    "defect_kinds",
     "last_complete_checkpoint",
     "run_sft",
     "save_policy",
@@ -78,19 +79,32 @@ class SFTDataset(torch.utils.data.Dataset):
         return self.builder.encode_sft(e.sample, e.target)
 
 
+def defect_kinds(examples: list[SFTExample]) -> list[str]:
+    """The defect names of the anomalous training examples, sorted: the grounding head's kind classes."""
+    return sorted({e.sample.defect for e in examples if e.sample.anomalous and e.sample.defect != "good"})
+
+
 class GroundedSFTDataset(SFTDataset):
-    """Examples with their query image's patch mask, for the auxiliary grounding loss (rlad/grounding.py)."""
+    """Examples with their query image's patch mask and the index of their defect kind in ``kinds`` (−1 for a
+    normal image), for the auxiliary grounding loss (rlad/grounding.py)."""
+
+    def __init__(self, examples: list[SFTExample], builder: InputBuilder, kinds: list[str]):
+        super().__init__(examples, builder)
+        self.kinds = {name: i for i, name in enumerate(kinds)}
 
     def __getitem__(self, i: int):
-        return super().__getitem__(i), self.examples[i].sample.mask
+        sample = self.examples[i].sample
+        return super().__getitem__(i), sample.mask, self.kinds.get(sample.defect, -1)
 
 
 def grounded_collate(builder: InputBuilder) -> Callable[[list], dict[str, torch.Tensor]]:
-    """The builder's collate, plus ``grounding_mask``: (B, grid, grid) float, each example's query-image mask."""
+    """The builder's collate, plus ``grounding_mask``: (B, grid, grid) float, each example's query-image mask, and
+    ``grounding_kind``: (B,) long, each example's defect kind (−1: none)."""
 
     def collate(items: list) -> dict[str, torch.Tensor]:
-        batch = builder.collate([encoded for encoded, _ in items])
-        batch["grounding_mask"] = torch.stack([torch.tensor(mask, dtype=torch.float32) for _, mask in items])
+        batch = builder.collate([encoded for encoded, _, _ in items])
+        batch["grounding_mask"] = torch.stack([torch.tensor(mask, dtype=torch.float32) for _, mask, _ in items])
+        batch["grounding_kind"] = torch.tensor([kind for _, _, kind in items], dtype=torch.long)
         return batch
 
     return collate
@@ -234,7 +248,12 @@ def _train_and_report(config: Config) -> dict[str, Any]:
             layers = text.num_hidden_layers
             raise ConfigError(f"sft.grounding_layer {sft.grounding_layer}: {policy.path} has {layers} "
                               "language-model layers (0 reads its input embeddings)")  # fmt: skip
-        attach_head(policy.model, text.hidden_size, round(config.model.image_size / 28))  # the merged token grid
+        kinds = defect_kinds(examples) if sft.grounding_kind_weight else []
+        if sft.grounding_kind_weight and not kinds:
+            raise ConfigError("sft.grounding_kind_weight > 0 needs anomalous training examples with a defect name; "
+                              f"{config.data.root or 'the generated benchmark'} has none")  # fmt: skip
+        # the merged token grid
+        attach_head(policy.model, text.hidden_size, round(config.model.image_size / 28), len(kinds))
     resume = last_complete_checkpoint(out) if sft.resume else None
     if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
         restore_weights(policy.model, resume)
@@ -282,7 +301,9 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         model=policy.model,
         args=args,
         compute_loss_func=loss,
-        train_dataset=(GroundedSFTDataset if grounding else SFTDataset)(examples, policy.builder),
+        train_dataset=GroundedSFTDataset(examples, policy.builder, defect_kinds(examples))
+        if grounding
+        else SFTDataset(examples, policy.builder),
         data_collator=grounded_collate(policy.builder) if grounding else policy.builder.collate,
         processing_class=policy.tokenizer,
         callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))), _progress_callback()],
@@ -335,6 +356,7 @@ def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> typ
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             covered_grid = inputs.pop("grounding_mask", None)
+            kind = inputs.pop("grounding_kind", None)
             start = shared_prefix_length(inputs, image_token_id) if share_prefix else 0
             forward = functools.partial(shared_prefix_forward, model, start) if start else model
             if not sft.grounding:
@@ -347,10 +369,13 @@ def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> typ
             per_sample = len(inputs["image_grid_thw"]) // len(covered_grid)  # the query image is each one's last
             query = torch.arange(len(covered_grid)) * per_sample + per_sample - 1
             query_tokens = (query[:, None] * side * side + torch.arange(side * side)).reshape(-1)
+            covered = covered_grid.reshape(-1)
+            kinds = torch.where(covered > 0, kind.repeat_interleave(side * side), -1)  # per query token
             aux, parts = grounding_loss(head(states), rows, cols, side,
                                         position_weight=sft.grounding_position_weight,
                                         mask_weight=sft.grounding_mask_weight, query_tokens=query_tokens,
-                                        covered=covered_grid.reshape(-1))  # fmt: skip
+                                        covered=covered, kind_weight=sft.grounding_kind_weight, kinds=kinds,
+                                        n_kinds=head.n_kinds)  # fmt: skip
             for k, v in parts.items():
                 self.parts.setdefault(k, []).append(v)
             # Trainer divides the loss by the accumulation steps itself unless it counts it as already scaled

@@ -1,6 +1,7 @@
 """The SFT stage on the tiny model: a real (short) run, resume, atomic export, and bad SFT files."""
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch
 from rlad.config import ConfigError, load_config
 from rlad.data.readers import DataError
 from rlad.data.sources import read_sft_jsonl, sft_examples
+from rlad.grounding import head_state
 from rlad.policy import load_policy
-from rlad.sft import last_complete_checkpoint, run_sft, save_policy
+from rlad.sft import defect_kinds, last_complete_checkpoint, run_sft, save_policy
 
 
 def _config(root, out, *more):
@@ -248,16 +250,23 @@ def test_the_grounding_auxiliary_trains_logs_and_leaves_a_plain_checkpoint(small
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     root, _ = small_benchmark
-    grounded = ["sft.grounding_position_weight=1", "sft.grounding_mask_weight=1", "sft.eval_samples=0"]
-    report = run_sft(_config(root, tmp_path, "sft.max_steps=2", *grounded))
+    grounded = ["sft.grounding_position_weight=1", "sft.grounding_mask_weight=1", "sft.grounding_kind_weight=1",
+                "sft.eval_samples=0", "sft.logging_steps=1"]  # fmt: skip
+    config = _config(root, tmp_path, "sft.max_steps=2", *grounded)
+    kinds = defect_kinds(sft_examples(config)[0])
+    assert len(kinds) >= 2 and "good" not in kinds
+    report = run_sft(config)
     assert report["train"]["steps"] == 2
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    first = {t: events.Scalars(f"train/grounding/{t}")[0].value for t in ("row_loss", "col_loss", "mask_loss")}
-    assert first["row_loss"] == pytest.approx(torch.log(torch.tensor(8.0)).item(), abs=0.5)  # ~uniform at start
-    assert all(torch.isfinite(torch.tensor(v)) for v in first.values())
+    parts = ("row_loss", "col_loss", "mask_loss", "kind_loss")
+    first = {t: min(e.value for e in events.Scalars(f"train/grounding/{t}")) for t in parts}
+    assert first["row_loss"] == pytest.approx(math.log(8), abs=0.5)  # ~uniform at start
+    assert first["kind_loss"] == pytest.approx(math.log(len(kinds)), abs=0.5)
+    assert all(math.isfinite(v) for v in first.values())
     with_head = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-2", output_loading_info=True)
     assert any("rlad_grounding_head" in k for k in with_head[1]["unexpected_keys"])
+    assert head_state(tmp_path / "checkpoint-2")["rlad_grounding_head.weight"].shape[0] == 2 * 8 + 1 + len(kinds)
     _, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "final", output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]
     resumed = run_sft(_config(root, tmp_path, "sft.max_steps=3", *grounded))

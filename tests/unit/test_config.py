@@ -117,7 +117,8 @@ def test_impossible_output_layouts_are_refused(overrides, says):
             "model:\n  gradient_checkpointing: true\n",
             r"c.yaml: learner.share_prompts needs model.gradient_checkpointing false",
         ),
-        ("sft:\n  grounding_mask_weight: -1\n", r"c.yaml: sft.grounding_position_weight, .* must be >= 0"),
+        ("sft:\n  grounding_mask_weight: -1\n", r"c.yaml: sft.grounding_mask_weight must be >= 0, got -1"),
+        ("sft:\n  grounding_kind_weight: -0.5\n", r"c.yaml: sft.grounding_kind_weight must be >= 0, got -0.5"),
         (
             "sft:\n  grounding_position_weight: 1\nmodel:\n  lora: {r: 8}\n",
             r"c.yaml: sft.grounding_\* is implemented for full fine-tuning",

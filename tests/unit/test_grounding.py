@@ -66,3 +66,39 @@ def test_a_head_built_for_another_grid_is_refused_by_name():
     rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
     with pytest.raises(ValueError, match="grounding head has 17 outputs for a 2x2 token grid"):
         grounding_loss(torch.zeros(4, 17), rows, cols, side, position_weight=1.0)
+
+
+def test_the_kind_part_reads_only_covered_query_tokens():
+    """Uniform kind logits cost log(n_kinds) on each labelled token; unlabelled ones (−1) add nothing; a confident
+    right kind costs nearly nothing and a confident wrong one its margin."""
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    logits = torch.zeros(4, 2 * side + 1 + 3)
+    kinds = torch.tensor([2, -1, -1, 0])
+    loss, parts = grounding_loss(logits, rows, cols, side, position_weight=0.0, kind_weight=0.5,
+                                 query_tokens=torch.arange(4), kinds=kinds, n_kinds=3)  # fmt: skip
+    assert parts == pytest.approx({"grounding/row_loss": math.log(2), "grounding/col_loss": math.log(2),
+                                   "grounding/kind_loss": math.log(3)})  # fmt: skip
+    assert loss.item() == pytest.approx(0.5 * math.log(3))
+    logits[0, 5 + 2] = 30.0  # token 0: kind 2, right
+    logits[3, 5 + 1] = 10.0  # token 3: kind 1, wrong (truth 0)
+    _, parts = grounding_loss(logits, rows, cols, side, position_weight=0.0, kind_weight=1.0,
+                              query_tokens=torch.arange(4), kinds=kinds, n_kinds=3)  # fmt: skip
+    wrong = -math.log(1 / (2 + math.exp(10)))
+    assert parts["grounding/kind_loss"] == pytest.approx((0.0 + wrong) / 2, abs=1e-6)
+
+
+def test_a_batch_without_a_covered_token_adds_no_kind_loss():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    loss, parts = grounding_loss(torch.zeros(4, 8), rows, cols, side, position_weight=0.0, kind_weight=1.0,
+                                 query_tokens=torch.arange(4), kinds=torch.full((4,), -1), n_kinds=3)  # fmt: skip
+    assert loss.item() == 0.0 and "grounding/kind_loss" not in parts
+
+
+def test_the_kind_part_needs_its_targets_and_a_head_with_kinds():
+    rows, cols, side = token_cells(torch.tensor([[1, 4, 4]]), merge=2)
+    with pytest.raises(ValueError, match="kinds and n_kinds"):
+        grounding_loss(torch.zeros(4, 5), rows, cols, side, position_weight=1.0, kind_weight=1.0)
+    with pytest.raises(ValueError, match="grounding head has 5 outputs for a 2x2 token grid and 3 defect kinds"):
+        grounding_loss(torch.zeros(4, 5), rows, cols, side, position_weight=1.0, n_kinds=3)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    assert attach_head(model, hidden_size=3, side=2, n_kinds=6).out_features == 11
