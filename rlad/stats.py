@@ -48,6 +48,10 @@ class Interval:
         """Whether the interval lies wholly on one side of 0: a difference beyond noise."""
         return self.low > 0 or self.high < 0
 
+    def marked(self) -> str:
+        """The interval as text, with `` *`` when it excludes 0 (how the tables mark a difference beyond noise)."""
+        return f"{self}{' *' if self.excludes_zero() else ''}"
+
     def __str__(self) -> str:
         return f"{self.mean:.3f}" if math.isnan(self.half_width) else f"{self.mean:.3f} ± {self.half_width:.3f}"
 

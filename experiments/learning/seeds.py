@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rlad.logbook import read_metrics  # noqa: E402
-from rlad.stats import Interval, mean_ci, paired_difference  # noqa: E402
+from rlad.stats import mean_ci, paired_difference  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 COLUMNS = [
@@ -151,11 +151,7 @@ def reward_rise(metrics: list[dict]) -> tuple[float, float]:
 
 def paired_cells(after: list[dict], before: list[dict]) -> list[str]:
     """Per column, ``after − before`` paired by seed with its 95 % interval, ``*`` where it excludes 0."""
-    cells = []
-    for c in COLUMNS:
-        d: Interval = paired_difference([r[c] for r in after], [r[c] for r in before])
-        cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
-    return cells
+    return [paired_difference([r[c] for r in after], [r[c] for r in before]).marked() for c in COLUMNS]
 
 
 def write_report(path: Path, text: str) -> None:
@@ -183,7 +179,7 @@ def sweep_table(
     text = markdown_table(["row", "n", *COLUMNS], body)
     rise = mean_ci([rises[s][0] for s in seeds])
     each = ", ".join(f"seed {s}: {rises[s][0]:+.3f} (step spread {rises[s][1]:.3f})" for s in seeds)
-    text += (f"\nTraining reward, last fifth of GRPO steps − first fifth: {rise}{' *' if rise.excludes_zero() else ''}"
+    text += (f"\nTraining reward, last fifth of GRPO steps − first fifth: {rise.marked()}"
              f" ({each}).\n")  # fmt: skip
     return text
 

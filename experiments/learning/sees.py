@@ -177,7 +177,7 @@ def main() -> None:
             cells = []
             for m in METRICS:
                 d = paired_difference([r[m] for r in results[name]], [r[m] for r in base])
-                cells.append(f"{d}{' *' if d.excludes_zero() else ''}")
+                cells.append(d.marked())
             body.append([f"{name} − {names[0]}", *cells])
     tower = f"{args.checkpoint}'s tower" if args.checkpoint else "the tiny init's tower"
     tower += ", frozen (the head alone learns)" if args.freeze else ""

@@ -22,6 +22,7 @@ def test_mean_ci_by_hand():
     assert ci.mean == 2.0 and ci.half_width == pytest.approx(4.303 / math.sqrt(3)) and ci.n == 3
     assert str(ci) == "2.000 ± 2.484" and not ci.excludes_zero()  # 3 seeds: t(2) makes intervals wide
     assert mean_ci([2.0, 2.5, 3.0]).excludes_zero()  # sd 0.5 -> 2.5 ± 1.242
+    assert mean_ci([2.0, 2.5, 3.0]).marked() == "2.500 ± 1.242 *" and ci.marked() == "2.000 ± 2.484"
     one = mean_ci([0.7])
     assert math.isnan(one.half_width) and str(one) == "0.700"
 
