@@ -211,7 +211,7 @@ class DataConfig:
     mmad: str | None = None
     """Path of an ``mmad.json``; default ``<root>/mmad.json`` when it exists, else the MVTec-AD reader."""
     sft_jsonl: str | None = None
-    """A JSONL of your own SFT examples (image, question, options, answer, target[, reference, mask]);
+    """A JSONL of your own SFT examples (image, question, options, answer, target[, reference, mask, defect]);
     replaces the generated targets when set."""
     shots: Literal[0, 1] = 1
     """0: query image only; 1: a normal reference image of the same class first (the 1-shot setting)."""

@@ -242,18 +242,19 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     policy = load_policy(weights, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
+    kinds = defect_kinds(examples)  # the grounding head's kind classes
     if sft.grounding:  # before a resume restores weights: its checkpoints hold the head too
         text = policy.model.config.text_config
         if sft.grounding_layer > text.num_hidden_layers:
             layers = text.num_hidden_layers
             raise ConfigError(f"sft.grounding_layer {sft.grounding_layer}: {policy.path} has {layers} "
                               "language-model layers (0 reads its input embeddings)")  # fmt: skip
-        kinds = defect_kinds(examples) if sft.grounding_kind_weight else []
         if sft.grounding_kind_weight and not kinds:
-            raise ConfigError("sft.grounding_kind_weight > 0 needs anomalous training examples with a defect name; "
-                              f"{config.data.root or 'the generated benchmark'} has none")  # fmt: skip
-        # the merged token grid
-        attach_head(policy.model, text.hidden_size, round(config.model.image_size / 28), len(kinds))
+            where = config.data.sft_jsonl or config.data.root or "the generated benchmark"
+            raise ConfigError(f"sft.grounding_kind_weight > 0 needs anomalous training examples with a defect name; "
+                              f"{where} has none (an SFT JSONL names it in a 'defect' field)")  # fmt: skip
+        side = round(config.model.image_size / 28)  # the merged token grid
+        attach_head(policy.model, text.hidden_size, side, len(kinds) if sft.grounding_kind_weight else 0)
     resume = last_complete_checkpoint(out) if sft.resume else None
     if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
         restore_weights(policy.model, resume)
@@ -296,14 +297,13 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         ids = (tok.convert_tokens_to_ids("<seg>"), tok.convert_tokens_to_ids("</seg>"))
         loss = functools.partial(seg_weighted_loss, seg_ids=ids, weight=sft.seg_loss_weight, accum=sft.grad_accum)
     grounding = sft.grounding  # the auxiliary loss, not the paper's recipe (rlad/grounding.py)
+    data = (examples, policy.builder)
     share = sft.share_prefix and not config.model.gradient_checkpointing
     trainer = sft_trainer(Trainer, policy, sft, share)(
         model=policy.model,
         args=args,
         compute_loss_func=loss,
-        train_dataset=GroundedSFTDataset(examples, policy.builder, defect_kinds(examples))
-        if grounding
-        else SFTDataset(examples, policy.builder),
+        train_dataset=GroundedSFTDataset(*data, kinds) if grounding else SFTDataset(*data),
         data_collator=grounded_collate(policy.builder) if grounding else policy.builder.collate,
         processing_class=policy.tokenizer,
         callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))), _progress_callback()],

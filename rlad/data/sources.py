@@ -124,7 +124,8 @@ def per_image(samples: list[VerifiableSample], k: int, seed: int) -> list[Verifi
 def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
     """User SFT data: one JSON object per line with ``image``, ``question`` (shown verbatim, options
     included), ``options`` ({letter: text}), ``answer`` (letter) and ``target`` (the completion); optional
-    ``reference`` (1-shot image), ``mask`` (Text-as-Mask string; default: the target's <seg>), ``id``.
+    ``reference`` (1-shot image), ``mask`` (Text-as-Mask string; default: the target's <seg>), ``id``, ``type``
+    (the MMAD subtask), ``defect`` (the defect's name, for ``sft.grounding_kind_weight``).
     Relative image paths are read from the file's folder. Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
@@ -158,6 +159,7 @@ def read_sft_jsonl(path: str | Path, grid: int) -> list[SFTExample]:
                 image=str(image),
                 reference=str(reference) if reference else None,
                 subtask=row.get("type", ""),
+                defect=str(row.get("defect", "good")),
             )
         except (ValueError, TypeError) as err:
             raise DataError(f"{where}: {err}") from err

@@ -126,6 +126,15 @@ def test_user_sft_jsonl(small_benchmark, tmp_path):
     config = load_config(None, [f"data.sft_jsonl={path}", "mask.grid=8", "data.eval_fraction=0"])
     train, held_out = sft_examples(config)
     assert len(train) == 2 and held_out == []
+    assert defect_kinds(train) == []  # no row names its defect: the kind part has nothing to learn ...
+    kind = [f"data.sft_jsonl={path}", "mask.grid=8", "model.image_size=224", "data.eval_fraction=0",
+            "sft.grounding_kind_weight=1", "sft.max_steps=1", f"sft.output_dir={tmp_path / 'out'}"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"grounding_kind_weight > 0 needs .*sft\.jsonl has none .*'defect' field"):
+        run_sft(load_config(None, kind))
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+    _write_jsonl(path, [{**good, "defect": "crack"}, {**good, "target": "<seg></seg><think>t</think><answer>B</answer>",
+                                                      "answer": "B"}])  # fmt: skip
+    assert defect_kinds(read_sft_jsonl(path, grid=8)) == ["crack"]  # ... until one does
 
 
 @pytest.mark.parametrize(
