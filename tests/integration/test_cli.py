@@ -106,7 +106,7 @@ def test_sft_bad_paths_exit_with_the_path_named(capsys, tmp_path, override, says
     assert re.search(says, capsys.readouterr().err)
 
 
-NO_GROUNDING = ["sft.grounding_position_weight=0", "sft.grounding_mask_weight=0"]
+NO_GROUNDING = ["sft.grounding_position_weight=0", "sft.grounding_mask_weight=0", "sft.grounding_kind_weight=0"]
 
 
 @pytest.mark.parametrize(
