@@ -11,6 +11,7 @@ it is a defect, from the same metadata (grounded, never free text).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +19,10 @@ import numpy as np
 
 from rlad import mask_text
 from rlad.completion import BLOCKS
+from rlad.data.render import DEFECT_COLOURS, DEFECT_SHAPES
 from rlad.sample import VerifiableSample
 
-__all__ = ["NORMAL_DESCRIPTIONS", "make_questions", "region_of", "sft_target", "size_of"]
+__all__ = ["NORMAL_DESCRIPTIONS", "make_questions", "region_of", "sft_target", "size_of", "think_claims"]
 
 # Per-class normal descriptions, in the manner of AnomalyGPT's appendix.
 NORMAL_DESCRIPTIONS = {
@@ -63,12 +65,16 @@ def size_of(mask: np.ndarray) -> str:
 
 
 def _choice(
-    question: str, right: str, wrong: list[str], rng: np.random.Generator, n: int = 4, fixed: bool = False
+    question: str, right: str, candidates: list[str], rng: np.random.Generator, n: int = 4, fixed: bool = False
 ) -> dict[str, Any]:
-    """A multiple-choice entry. Shuffled (MMAD's way): ``n`` options, the right one at a random letter.
-    ``fixed``: every candidate of a short list (<= 10) in its listed order, so a letter always means the
-    same answer; long lists keep ``n`` options, in listed order."""
-    canonical = list(dict.fromkeys([*wrong, right]))
+    """A multiple-choice entry: ``right`` and other ``candidates`` (a list that holds ``right``). Shuffled (MMAD's
+    way): ``n`` options, the right one at a random letter. ``fixed``: every candidate of a short list (<= 10) in
+    its listed order, so a letter always means the same answer; long lists keep ``n`` options, in listed order.
+    ``right`` missing from ``candidates`` is refused: no distractor could look like it, so its words (or, fixed,
+    its place after the listed ones) would give it away."""
+    if right not in candidates:
+        raise ValueError(f"{question!r}: the answer {right!r} is not among the candidates {candidates}")
+    canonical = list(dict.fromkeys(candidates))
     picked = [w for w in canonical if w != right]
     if fixed and len(canonical) <= 10:
         opts = canonical
@@ -123,14 +129,9 @@ def make_questions(
             | {"type": "Defect Localization"}
         )
         desc = f"a {meta['size']} {meta['colour']} {meta['shape']} mark"
-        wrong = [
-            f"a {s} {c} {sh} mark"
-            for s in SIZES
-            for c in ("dark", "bright", "brown", "red", "black", "white")
-            for sh in ("line", "round", "irregular", "branching")
-        ]
+        looks = [f"a {s} {c} {sh} mark" for s in SIZES for c in DEFECT_COLOURS for sh in DEFECT_SHAPES]
         qs.append(
-            _choice("What does the defect look like?", desc, wrong, rng, fixed=fixed_options)
+            _choice("What does the defect look like?", desc, looks, rng, fixed=fixed_options)
             | {"type": "Defect Description"}
         )
     return qs
@@ -162,3 +163,22 @@ def sft_target(sample: VerifiableSample, blocks: Sequence[str] = BLOCKS) -> str:
     )
     content = {"seg": seg, "think": think, "answer": sample.answer}
     return "".join(f"<{b}>{content[b]}</{b}>" for b in blocks)
+
+
+# What sft_target's think text states, in its own words (think_claims reads them back).
+_CLAIMS = {
+    "look": re.compile(r"There is (.+?) in the .+? of the image, covering"),
+    "region": re.compile(r"There is .+? in the (.+?) of the image, covering"),
+    "kind": re.compile(r": it is (.+?), so the object is anomalous"),
+    "answer_text": re.compile(r"The answer is (.+?), option [A-J]\."),
+    "answer_letter": re.compile(r"The answer is .+?, option ([A-J])\."),
+}
+
+
+def think_claims(think: str) -> dict[str, str]:
+    """What a think text in ``sft_target``'s form claims, by name: ``look`` (the Defect Description words),
+    ``region`` (Defect Localization's), ``kind`` (Defect Classification's), ``answer_text`` and ``answer_letter``
+    (what "The answer is …, option X." names). Only the claims the text states: a policy's think may leave some
+    out or garble them. ``experiments/learning/answer_chain.py`` follows them to the answer."""
+    found = {name: pattern.search(think) for name, pattern in _CLAIMS.items()}
+    return {name: match.group(1) for name, match in found.items() if match}

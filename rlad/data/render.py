@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASSES", "DEFECTS", "Defect", "ObjectImage", "inject_defect", "render_normal"]
+__all__ = [
+    "CLASSES", "DEFECTS", "DEFECT_COLOURS", "DEFECT_SHAPES", "Defect", "ObjectImage", "inject_defect", "render_normal",
+]  # fmt: skip
+
+DEFECT_COLOURS = ("dark", "bright", "brown", "red", "black", "white", "yellow", "blue", "background")
+"""Every colour name a defect below is given: a Defect Description's distractors are drawn from these, so each must
+be here (an answer with a word no distractor has would give itself away)."""
+DEFECT_SHAPES = ("line", "round", "irregular", "branching")
+"""Every shape name a defect below is given, likewise."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +39,8 @@ class ObjectImage:
 class Defect:
     kind: str  # one of DEFECTS
     mask: np.ndarray  # (H, W) bool, exact ground truth
-    colour: str  # how it looks, for Defect Description questions
-    shape: str  # "line", "round", "irregular", "branching"
+    colour: str  # how it looks, for Defect Description questions: one of DEFECT_COLOURS
+    shape: str  # one of DEFECT_SHAPES
     blobs: int  # connected pieces placed (several = "scattered")
 
 

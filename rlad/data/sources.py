@@ -26,7 +26,7 @@ from rlad.completion import parse_completion
 from rlad.config import Config
 from rlad.data.questions import sft_target
 from rlad.data.readers import DataError, read_mmad, read_mvtec
-from rlad.data.synth import SynthSpec, synthesize
+from rlad.data.synth import SYNTH_FORMAT, SynthSpec, synthesize
 from rlad.jsonl import json_objects
 from rlad.sample import VerifiableSample
 
@@ -39,6 +39,7 @@ __all__ = [
     "read_sft_jsonl",
     "sft_examples",
     "split",
+    "synth_cache_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,14 @@ def dataset_root(config: Config) -> Path:
             raise DataError(f"data.root {config.data.root!r} is not a directory")
         return root
     spec = _synth_spec(config)
-    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    return built_once(f"synth-{key}", "mmad.json", lambda folder: synthesize(spec, folder))
+    return built_once(synth_cache_name(spec), "mmad.json", lambda folder: synthesize(spec, folder))
+
+
+def synth_cache_name(spec: SynthSpec) -> str:
+    """The cache entry of a generated benchmark: a hash of its spec and of ``SYNTH_FORMAT``, so a generator that
+    writes other files for the same spec never reads an old entry."""
+    key = json.dumps({"spec": asdict(spec), "format": SYNTH_FORMAT}, sort_keys=True)
+    return f"synth-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def load_samples(config: Config) -> list[VerifiableSample]:

@@ -26,7 +26,12 @@ from PIL import Image
 from rlad.data.questions import make_questions, region_of, size_of
 from rlad.data.render import CLASSES, DEFECTS, inject_defect, render_normal
 
-__all__ = ["SynthSpec", "synthesize"]
+__all__ = ["SYNTH_FORMAT", "SynthSpec", "synthesize"]
+
+SYNTH_FORMAT = 2
+"""The generator's output format, part of the cache key (``rlad.data.sources.synth_cache_name``): raise it when the
+same spec would now write other images, masks or questions. 2: every defect colour among the Defect Description
+distractors (1 let a blue or yellow stain's and a missing part's answer stand out, and come last when fixed)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from PIL import Image
 from rewards import RewardMix
 from rlad.completion import parse_completion
 from rlad.config import paper_rewards
-from rlad.data.questions import sft_target
+from rlad.data.questions import DEFECT_WORDS, make_questions, sft_target, think_claims
 from rlad.data.readers import (
     DataError,
     dataset_format,
@@ -22,7 +22,7 @@ from rlad.data.readers import (
     read_mvtec,
     read_visa,
 )
-from rlad.data.render import CLASSES, DEFECTS, inject_defect, render_normal
+from rlad.data.render import CLASSES, DEFECT_COLOURS, DEFECT_SHAPES, DEFECTS, inject_defect, render_normal
 from rlad.data.show import contact_sheet
 from rlad.data.synth import SynthSpec, synthesize
 from rlad.metrics import SUBTASKS, AnswerRecord, mmad_accuracy
@@ -108,6 +108,63 @@ def test_visibility_must_be_positive_and_is_part_of_the_cache_key():
 
     config = load_config(None, ["data.synth.visibility=2.5"])
     assert _synth_spec(config).visibility == 2.5  # a different benchmark, so a different cache entry
+
+
+def test_the_cache_entry_changes_with_the_spec_and_the_generators_format(monkeypatch):
+    from rlad.data import sources
+
+    spec = SynthSpec(images_per_class=8)
+    name = sources.synth_cache_name(spec)
+    assert name == sources.synth_cache_name(SynthSpec(images_per_class=8)) and name.startswith("synth-")
+    assert sources.synth_cache_name(SynthSpec(images_per_class=8, visibility=2.0)) != name
+    monkeypatch.setattr(sources, "SYNTH_FORMAT", sources.SYNTH_FORMAT + 1)  # a generator that writes other files
+    assert sources.synth_cache_name(spec) != name
+
+
+def test_every_defect_colour_and_shape_drawn_is_in_the_description_vocabulary():
+    obj = render_normal("pill", np.random.default_rng(0), 64)
+    drawn = [inject_defect(obj, kind, np.random.default_rng(seed))[1] for kind in DEFECTS for seed in range(12)]
+    assert {d.colour for d in drawn} <= set(DEFECT_COLOURS) and {d.shape for d in drawn} <= set(DEFECT_SHAPES)
+    assert {"background", "blue", "yellow"} <= {d.colour for d in drawn}  # the three once missing from it
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_no_description_answer_stands_out_from_its_distractors(fixed):
+    """Generator format 1 drew the distractors from 6 of the 9 defect colours: a missing part's ("background")
+    and a blue or yellow stain's answer was the one option with its colour, and with fixed options always the
+    last letter. Now any colour is a distractor's, and the right letter of each look moves around."""
+    meta = {"class_name": "pill", "defect": "missing_part", "object_colour": "white", "region": "top",
+            "colour": "background", "shape": "irregular", "size": "small"}  # fmt: skip
+    letters, distractor_colours = set(), set()
+    for seed in range(60):
+        q = make_questions(meta, ["pill"], np.random.default_rng(seed), fixed_options=fixed)[-1]
+        assert q["type"] == "Defect Description" and len(q["Options"]) == 4
+        letters.add(q["Answer"])
+        distractor_colours |= {text.split()[2] for letter, text in q["Options"].items() if letter != q["Answer"]}
+    assert len(letters) >= 3 and "background" in distractor_colours
+
+
+def test_an_answer_missing_from_its_candidates_is_refused():
+    meta = {"class_name": "pill", "defect": "stain", "object_colour": "purple", "region": "top", "colour": "blue",
+            "shape": "irregular", "size": "small"}  # fmt: skip
+    with pytest.raises(ValueError, match="the answer 'purple' is not among the candidates"):
+        make_questions(meta, ["pill"], np.random.default_rng(0))
+
+
+def test_think_claims_read_back_what_the_sft_target_says(synth):
+    samples, _ = read_mmad(synth[0] / "mmad.json", grid=8)
+    checked = 0
+    for s in samples:
+        claims = think_claims(parse_completion(sft_target(s)).think)
+        assert claims["answer_letter"] == s.answer and claims["answer_text"] == s.options[s.answer].rstrip(".")
+        if s.anomalous:
+            meta = s.extra["rlad_meta"]
+            assert claims["region"] == meta["region"] and claims["kind"] == DEFECT_WORDS[s.defect]
+            assert claims["look"] == f"a {meta['size']} {meta['colour']} {meta['shape']} mark"
+            checked += 1
+        else:
+            assert not {"region", "kind", "look"} & set(claims)
+    assert checked > 50
 
 
 def test_small_defects_exist(synth):
