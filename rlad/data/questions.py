@@ -166,13 +166,11 @@ def sft_target(sample: VerifiableSample, blocks: Sequence[str] = BLOCKS) -> str:
 
 
 # What sft_target's think text states, in its own words (think_claims reads them back).
-_CLAIMS = {
-    "look": re.compile(r"There is (.+?) in the .+? of the image, covering"),
-    "region": re.compile(r"There is .+? in the (.+?) of the image, covering"),
-    "kind": re.compile(r": it is (.+?), so the object is anomalous"),
-    "answer_text": re.compile(r"The answer is (.+?), option [A-J]\."),
-    "answer_letter": re.compile(r"The answer is .+?, option ([A-J])\."),
-}
+_CLAIMS = (
+    re.compile(r"There is (?P<look>.+?) in the (?P<region>.+?) of the image, covering"),
+    re.compile(r": it is (?P<kind>.+?), so the object is anomalous"),
+    re.compile(r"The answer is (?P<answer_text>.+?), option (?P<answer_letter>[A-J])\."),
+)
 
 
 def think_claims(think: str) -> dict[str, str]:
@@ -180,5 +178,8 @@ def think_claims(think: str) -> dict[str, str]:
     ``region`` (Defect Localization's), ``kind`` (Defect Classification's), ``answer_text`` and ``answer_letter``
     (what "The answer is …, option X." names). Only the claims the text states: a policy's think may leave some
     out or garble them. ``experiments/learning/answer_chain.py`` follows them to the answer."""
-    found = {name: pattern.search(think) for name, pattern in _CLAIMS.items()}
-    return {name: match.group(1) for name, match in found.items() if match}
+    claims: dict[str, str] = {}
+    for pattern in _CLAIMS:
+        if match := pattern.search(think):
+            claims |= match.groupdict()
+    return claims
