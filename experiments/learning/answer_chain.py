@@ -14,8 +14,9 @@ and prints, per file and as mean ± 95 % CI over files, the share of the subtask
 - ``letter``: the letter the think names stands for that text among the question's options;
 - ``acc``: the ``<answer>`` letter is right (the subtask's accuracy).
 
-Were carrying and lettering perfect, ``acc`` would be ``seen``: their gap is what the readout loses and
-``seen`` is what the policy perceives. ``acc`` above ``seen`` means the answer does not come through the think.
+Were the think consistent and the ``<answer>`` its letter, ``acc`` would be ``seen``: ``seen`` is what the policy
+perceives, ``carried`` and ``letter`` how consistently the think reads it out. ``acc`` near ``seen`` while ``letter``
+is low means the letter is a second readout of the same perception rather than a copy of the think's text.
 A completion without the claim counts against ``seen`` and ``carried``. ``--against``: the same seeds under
 another recipe, paired (``per_file.py``).
 """
@@ -65,8 +66,8 @@ def answer_chain(records: Iterable[ScoredRecord]) -> dict[str, float]:
     missing = [subtask for subtask, n in asked.items() if n == 0]
     if missing:
         raise ValueError(f"no questions of {', '.join(missing)} in these rows")
-    shares = {column: hits[column] / asked[subtask] for subtask, (prefix, _) in CLAIM_OF.items()
-              for column in (f"{prefix}_{step}" for step in STEPS)}  # fmt: skip
+    shares = {f"{prefix}_{step}": hits[f"{prefix}_{step}"] / asked[subtask]
+              for subtask, (prefix, _) in CLAIM_OF.items() for step in STEPS}  # fmt: skip
     return {"n": sum(asked.values())} | shares
 
 
