@@ -332,6 +332,11 @@ class SFTConfig:
     """Weight of the auxiliary per-token defect-kind loss (rlad/grounding.py; **not in the paper's recipe**): the
     same head names the defect kind (one of the training set's defect names) of every query-image token the
     ground-truth mask covers — the label the SFT target's think text already names. 0: off."""
+    grounding_look_weight: float = 0.0
+    """Weight of the auxiliary per-token defect-look loss (rlad/grounding.py; **not in the paper's recipe**): the
+    same head names the colour and the shape the generator drew the defect in (``rlad.data.render``'s names) on
+    every query-image token the ground-truth mask covers — what a Defect Description question asks and the think
+    text names; needs the generated benchmark's metadata. 0: off."""
     grounding_layer: int = 1
     """The language model hidden state the grounding head reads: 0 the input embeddings (the vision tower's
     output), k the output of layer k."""
@@ -344,6 +349,7 @@ class SFTConfig:
             "grounding_position_weight": self.grounding_position_weight,
             "grounding_mask_weight": self.grounding_mask_weight,
             "grounding_kind_weight": self.grounding_kind_weight,
+            "grounding_look_weight": self.grounding_look_weight,
             "grounding_layer": self.grounding_layer,
         }
         for name, value in weights.items():
@@ -357,7 +363,9 @@ class SFTConfig:
     @property
     def grounding(self) -> bool:
         """Whether the auxiliary grounding loss is on."""
-        return bool(self.grounding_position_weight or self.grounding_mask_weight or self.grounding_kind_weight)
+        weights = (self.grounding_position_weight, self.grounding_mask_weight, self.grounding_kind_weight,
+                   self.grounding_look_weight)  # fmt: skip
+        return any(weights)
 
 
 @dataclass

@@ -11,7 +11,13 @@ language model's hidden state of every image token after layer ``sft.grounding_l
 - whether the ground-truth patch mask covers the token's cell (binary cross-entropy, query image only;
   ``sft.grounding_mask_weight``) — the same mask the SFT target already writes in ``<seg>``;
 - the defect's kind on every covered cell (cross-entropy over the training set's defect names, query image only;
-  ``sft.grounding_kind_weight``) — the same label the SFT target's think text already names.
+  ``sft.grounding_kind_weight``) — the same label the SFT target's think text already names;
+- the defect's colour and shape on every covered cell (two cross-entropies over the generator's colour and shape
+  names, ``rlad.data.render.DEFECT_COLOURS`` / ``DEFECT_SHAPES``; ``sft.grounding_look_weight``) — the look the
+  think text names and a Defect Description question asks for.
+
+The last two are *label parts* (``TokenLabels``): a class per covered query token, over the part's own slice of
+the head's outputs.
 
 The head lives only while SFT runs: the saved policy is a plain Qwen2.5-VL checkpoint (``strip_head``).
 
@@ -20,11 +26,14 @@ The maths here is pure (``token_cells``, ``grounding_loss``) and tested against 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["HEAD_NAME", "GroundingHead", "attach_head", "grounding_loss", "head_state", "strip_head", "token_cells"]
+__all__ = ["HEAD_NAME", "GroundingHead", "TokenLabels", "attach_head", "grounding_loss", "head_state", "strip_head",
+           "token_cells"]  # fmt: skip
 
 HEAD_NAME = "rlad_grounding_head"  # the attribute the head sits under on the policy while SFT runs
 
@@ -47,6 +56,16 @@ def token_cells(image_grid_thw: torch.Tensor, merge: int) -> tuple[torch.Tensor,
     return cell // side, cell % side, side
 
 
+@dataclass(frozen=True)
+class TokenLabels:
+    """One label part of the grounding loss: a class for each query-image token, over ``classes``."""
+
+    name: str  # logged as ``grounding/<name>_loss``
+    weight: float
+    targets: torch.Tensor  # (M,) long, one per query token; −1: no label (a cell no defect covers)
+    classes: int
+
+
 def grounding_loss(
     logits: torch.Tensor,
     rows: torch.Tensor,
@@ -57,22 +76,22 @@ def grounding_loss(
     mask_weight: float = 0.0,
     query_tokens: torch.Tensor | None = None,
     covered: torch.Tensor | None = None,
-    kind_weight: float = 0.0,
-    kinds: torch.Tensor | None = None,
-    n_kinds: int = 0,
+    labels: Sequence[TokenLabels] = (),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted auxiliary loss and its parts (floats, for logging).
 
-    ``logits``: (N, 2 * side + 1 + n_kinds) head outputs for the batch's N image tokens — ``side`` row classes,
-    ``side`` column classes, one mask logit, ``n_kinds`` defect-kind classes. ``rows``/``cols``: (N,) each
-    token's place. ``query_tokens``: (M,) indices of the query images' tokens and ``covered``: (M,) float 0/1,
-    whether the mask covers each (needed when ``mask_weight`` > 0). ``kinds``: (M,) long, the defect kind of each
-    query token, −1 where no defect covers it (needed when ``kind_weight`` > 0; the mean runs over the labelled
-    tokens, and a batch with none adds 0)."""
-    if logits.shape[-1] != 2 * side + 1 + n_kinds:
+    ``logits``: (N, 2 * side + 1 + sum of the label parts' classes) head outputs for the batch's N image tokens —
+    ``side`` row classes, ``side`` column classes, one mask logit, then each of ``labels`` its ``classes``, in
+    order. ``rows``/``cols``: (N,) each token's place. ``query_tokens``: (M,) indices of the query images' tokens
+    and ``covered``: (M,) float 0/1, whether the mask covers each (needed when ``mask_weight`` > 0). Each label
+    part (needs ``query_tokens``) is a cross-entropy over its own slice, its mean over the tokens it labels (a
+    batch with none adds 0)."""
+    classes = [part.classes for part in labels]
+    if logits.shape[-1] != 2 * side + 1 + sum(classes):
+        named = ", ".join(f"{part.classes} {part.name}" for part in labels) or "no label classes"
         raise ValueError(f"grounding head has {logits.shape[-1]} outputs for a {side}x{side} token grid and "
-                         f"{n_kinds} defect kinds (needs {2 * side + 1 + n_kinds}): the images are not the size "
-                         "the head was built for, or the data not its defect kinds")  # fmt: skip
+                         f"{named} (needs {2 * side + 1 + sum(classes)}): the images are not the size the head "
+                         "was built for, or the data not its labels")  # fmt: skip
     ce = torch.nn.functional.cross_entropy
     logits = logits.float()
     row_loss = ce(logits[:, :side], rows.to(logits.device))
@@ -86,32 +105,34 @@ def grounding_loss(
         mask_loss = torch.nn.functional.binary_cross_entropy_with_logits(mask_logits, covered.to(logits.device))
         total = total + mask_weight * mask_loss
         parts["grounding/mask_loss"] = mask_loss.item()
-    if kind_weight:
-        if query_tokens is None or kinds is None or not n_kinds:
-            raise ValueError("kind_weight > 0 needs query_tokens, kinds and n_kinds")
-        kinds = kinds.to(logits.device)
-        labelled = kinds >= 0
+    start = 2 * side + 1
+    for part in labels:
+        if query_tokens is None:
+            raise ValueError(f"the {part.name} part needs query_tokens")
+        targets = part.targets.to(logits.device)
+        labelled = targets >= 0
         if labelled.any():
-            kind_logits = logits[query_tokens.to(logits.device)[labelled], 2 * side + 1 :]
-            kind_loss = ce(kind_logits, kinds[labelled])
-            total = total + kind_weight * kind_loss
-            parts["grounding/kind_loss"] = kind_loss.item()
+            part_logits = logits[query_tokens.to(logits.device)[labelled], start : start + part.classes]
+            part_loss = ce(part_logits, targets[labelled])
+            total = total + part.weight * part_loss
+            parts[f"grounding/{part.name}_loss"] = part_loss.item()
+        start += part.classes
     return total, parts
 
 
 class GroundingHead(torch.nn.Linear):
-    """hidden state of an image token -> ``side`` row logits, ``side`` column logits, one mask logit, ``n_kinds``
-    defect-kind logits."""
+    """hidden state of an image token -> ``side`` row logits, ``side`` column logits, one mask logit, then each
+    label part's ``classes`` logits (``TokenLabels``, in order)."""
 
-    def __init__(self, hidden_size: int, side: int, n_kinds: int = 0):
-        super().__init__(hidden_size, 2 * side + 1 + n_kinds)
+    def __init__(self, hidden_size: int, side: int, classes: Sequence[int] = ()):
+        super().__init__(hidden_size, 2 * side + 1 + sum(classes))
         self.side = side
-        self.n_kinds = n_kinds
+        self.classes = tuple(classes)
 
 
-def attach_head(model: torch.nn.Module, hidden_size: int, side: int, n_kinds: int = 0) -> GroundingHead:
+def attach_head(model: torch.nn.Module, hidden_size: int, side: int, classes: Sequence[int] = ()) -> GroundingHead:
     """Put a fresh head on ``model`` (so the Trainer's optimiser and checkpoints include it) and return it."""
-    head = GroundingHead(hidden_size, side, n_kinds).to(next(model.parameters()).device)
+    head = GroundingHead(hidden_size, side, classes).to(next(model.parameters()).device)
     setattr(model, HEAD_NAME, head)
     return head
 

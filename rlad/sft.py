@@ -41,9 +41,10 @@ from typing import Any
 import torch
 
 from rlad.config import Config, ConfigError, save_config
+from rlad.data.render import DEFECT_COLOURS, DEFECT_SHAPES
 from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
-from rlad.grounding import HEAD_NAME, attach_head, grounding_loss, head_state, strip_head, token_cells
+from rlad.grounding import HEAD_NAME, TokenLabels, attach_head, grounding_loss, head_state, strip_head, token_cells
 from rlad.inputs import IGNORE_INDEX, InputBuilder
 from rlad.policy import Policy, load_policy, resolve_model_path, torch_dtype
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
@@ -52,6 +53,8 @@ from rlad.sample import VerifiableSample
 __all__ = [
     "check_sft_config",
     "defect_kinds",
+    "defect_label",
+    "label_parts",
     "last_complete_checkpoint",
     "run_sft",
     "save_policy",
@@ -84,27 +87,47 @@ def defect_kinds(examples: list[SFTExample]) -> list[str]:
     return sorted({e.sample.defect for e in examples if e.sample.anomalous and e.sample.defect != "good"})
 
 
-class GroundedSFTDataset(SFTDataset):
-    """Examples with their query image's patch mask and the index of their defect kind in ``kinds`` (−1 for a
-    normal image), for the auxiliary grounding loss (rlad/grounding.py)."""
+def defect_label(sample: VerifiableSample, part: str) -> str | None:
+    """What a label part of the grounding loss calls a sample's defect: its kind (``sample.defect``), or the
+    colour or shape the generator drew it in (``rlad_meta``; None for a normal image or data that lack it)."""
+    if part == "kind":
+        return sample.defect
+    return sample.extra.get("rlad_meta", {}).get(part)
 
-    def __init__(self, examples: list[SFTExample], builder: InputBuilder, kinds: list[str]):
+
+def label_parts(sft: Any, kinds: list[str]) -> list[tuple[str, float, tuple[str, ...]]]:
+    """The grounding loss's label parts that are on, as (name, weight, class names): the defect kind over the
+    training set's ``kinds`` (``sft.grounding_kind_weight``), its colour and shape over the generator's names
+    (``sft.grounding_look_weight``)."""
+    parts = [("kind", sft.grounding_kind_weight, tuple(kinds)), ("colour", sft.grounding_look_weight, DEFECT_COLOURS),
+             ("shape", sft.grounding_look_weight, DEFECT_SHAPES)]  # fmt: skip
+    return [part for part in parts if part[1]]
+
+
+class GroundedSFTDataset(SFTDataset):
+    """Examples with their query image's patch mask and, for each label part (``label_parts``), the index of the
+    example's defect label among the part's classes (−1: a normal image, or no such label), for the auxiliary
+    grounding loss (rlad/grounding.py)."""
+
+    def __init__(self, examples: list[SFTExample], builder: InputBuilder, parts: list[tuple[str, float, tuple]]):
         super().__init__(examples, builder)
-        self.kinds = {name: i for i, name in enumerate(kinds)}
+        self.parts = [(name, {label: i for i, label in enumerate(classes)}) for name, _, classes in parts]
 
     def __getitem__(self, i: int):
         sample = self.examples[i].sample
-        return super().__getitem__(i), sample.mask, self.kinds.get(sample.defect, -1)
+        labels = [index.get(defect_label(sample, name), -1) for name, index in self.parts]
+        return super().__getitem__(i), sample.mask, labels
 
 
 def grounded_collate(builder: InputBuilder) -> Callable[[list], dict[str, torch.Tensor]]:
     """The builder's collate, plus ``grounding_mask``: (B, grid, grid) float, each example's query-image mask, and
-    ``grounding_kind``: (B,) long, each example's defect kind (−1: none)."""
+    ``grounding_labels``: (B, label parts) long, each example's defect label per part (−1: none)."""
 
     def collate(items: list) -> dict[str, torch.Tensor]:
         batch = builder.collate([encoded for encoded, _, _ in items])
         batch["grounding_mask"] = torch.stack([torch.tensor(mask, dtype=torch.float32) for _, mask, _ in items])
-        batch["grounding_kind"] = torch.tensor([kind for _, _, kind in items], dtype=torch.long)
+        labels = torch.tensor([labels for _, _, labels in items], dtype=torch.long)
+        batch["grounding_labels"] = labels.reshape(len(items), -1)
         return batch
 
     return collate
@@ -242,19 +265,23 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     policy = load_policy(weights, shots=config.data.shots, blocks=config.output.blocks, device=device, trainable=True)
     log.info("SFT: %d training examples, %d held-out questions, model %s", len(examples), len(held_out), policy.path)
 
-    kinds = defect_kinds(examples)  # the grounding head's kind classes
+    kinds = defect_kinds(examples)
+    parts = label_parts(sft, kinds)  # the grounding head's label classes
     if sft.grounding:  # before a resume restores weights: its checkpoints hold the head too
         text = policy.model.config.text_config
         if sft.grounding_layer > text.num_hidden_layers:
             layers = text.num_hidden_layers
             raise ConfigError(f"sft.grounding_layer {sft.grounding_layer}: {policy.path} has {layers} "
                               "language-model layers (0 reads its input embeddings)")  # fmt: skip
+        where = config.data.sft_jsonl or config.data.root or "the generated benchmark"
         if sft.grounding_kind_weight and not kinds:
-            where = config.data.sft_jsonl or config.data.root or "the generated benchmark"
             raise ConfigError(f"sft.grounding_kind_weight > 0 needs anomalous training examples with a defect name; "
                               f"{where} has none (an SFT JSONL names it in a 'defect' field)")  # fmt: skip
+        if sft.grounding_look_weight and not any(defect_label(e.sample, "colour") for e in examples):
+            raise ConfigError(f"sft.grounding_look_weight > 0 needs training examples whose defect's colour and shape "
+                              f"are known (the generated benchmark's rlad_meta); {where} has none")  # fmt: skip
         side = round(config.model.image_size / 28)  # the merged token grid
-        attach_head(policy.model, text.hidden_size, side, len(kinds) if sft.grounding_kind_weight else 0)
+        attach_head(policy.model, text.hidden_size, side, [len(classes) for _, _, classes in parts])
     resume = last_complete_checkpoint(out) if sft.resume else None
     if resume is not None and not sft.deepspeed and config.model.lora.r == 0:
         restore_weights(policy.model, resume)
@@ -299,11 +326,11 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     grounding = sft.grounding  # the auxiliary loss, not the paper's recipe (rlad/grounding.py)
     data = (examples, policy.builder)
     share = sft.share_prefix and not config.model.gradient_checkpointing
-    trainer = sft_trainer(Trainer, policy, sft, share)(
+    trainer = sft_trainer(Trainer, policy, sft, share, parts)(
         model=policy.model,
         args=args,
         compute_loss_func=loss,
-        train_dataset=GroundedSFTDataset(*data, kinds) if grounding else SFTDataset(*data),
+        train_dataset=GroundedSFTDataset(*data, parts) if grounding else SFTDataset(*data),
         data_collator=grounded_collate(policy.builder) if grounding else policy.builder.collate,
         processing_class=policy.tokenizer,
         callbacks=[TensorBoardCallback(SummaryWriter(str(out / "tensorboard"))), _progress_callback()],
@@ -342,10 +369,13 @@ def _train_and_report(config: Config) -> dict[str, Any]:
     return report
 
 
-def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> type:
+def sft_trainer(
+    base: type, policy: Policy, sft: Any, share_prefix: bool, parts: list[tuple[str, float, tuple]] = ()
+) -> type:
     """``base`` (transformers' Trainer) whose forward runs each batch's common prefix once (``share_prefix``,
     ``shared_prefix_forward``) and whose loss adds the auxiliary grounding loss of rlad/grounding.py when it is on,
-    read from the language model's hidden state ``sft.grounding_layer``; its parts are logged with the loss."""
+    read from the language model's hidden state ``sft.grounding_layer``, with the label ``parts``
+    (``label_parts``); its parts are logged with the loss."""
     image_token_id = policy.builder.image_token_id
     merge = policy.model.config.vision_config.spatial_merge_size
 
@@ -356,7 +386,7 @@ def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> typ
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             covered_grid = inputs.pop("grounding_mask", None)
-            kind = inputs.pop("grounding_kind", None)
+            example_labels = inputs.pop("grounding_labels", None)
             start = shared_prefix_length(inputs, image_token_id) if share_prefix else 0
             forward = functools.partial(shared_prefix_forward, model, start) if start else model
             if not sft.grounding:
@@ -370,13 +400,14 @@ def sft_trainer(base: type, policy: Policy, sft: Any, share_prefix: bool) -> typ
             query = torch.arange(len(covered_grid)) * per_sample + per_sample - 1
             query_tokens = (query[:, None] * side * side + torch.arange(side * side)).reshape(-1)
             covered = covered_grid.reshape(-1)
-            kinds = torch.where(covered > 0, kind.repeat_interleave(side * side), -1)  # per query token
-            aux, parts = grounding_loss(head(states), rows, cols, side,
-                                        position_weight=sft.grounding_position_weight,
-                                        mask_weight=sft.grounding_mask_weight, query_tokens=query_tokens,
-                                        covered=covered, kind_weight=sft.grounding_kind_weight, kinds=kinds,
-                                        n_kinds=head.n_kinds)  # fmt: skip
-            for k, v in parts.items():
+            token_labels = example_labels.repeat_interleave(side * side, dim=0)  # (query tokens, parts)
+            labels = [TokenLabels(name, weight, torch.where(covered > 0, token_labels[:, j], -1), len(classes))
+                      for j, (name, weight, classes) in enumerate(parts)]  # fmt: skip
+            aux, logged = grounding_loss(head(states), rows, cols, side,
+                                         position_weight=sft.grounding_position_weight,
+                                         mask_weight=sft.grounding_mask_weight, query_tokens=query_tokens,
+                                         covered=covered, labels=labels)  # fmt: skip
+            for k, v in logged.items():
                 self.parts.setdefault(k, []).append(v)
             # Trainer divides the loss by the accumulation steps itself unless it counts it as already scaled
             scaled = getattr(self, "loss_is_scaled_for_ga", None)

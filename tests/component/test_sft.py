@@ -11,10 +11,11 @@ import torch
 
 from rlad.config import ConfigError, load_config
 from rlad.data.readers import DataError
+from rlad.data.render import DEFECT_COLOURS, DEFECT_SHAPES
 from rlad.data.sources import read_sft_jsonl, sft_examples
 from rlad.grounding import head_state
 from rlad.policy import load_policy
-from rlad.sft import defect_kinds, last_complete_checkpoint, run_sft, save_policy
+from rlad.sft import defect_kinds, defect_label, label_parts, last_complete_checkpoint, run_sft, save_policy
 
 
 def _config(root, out, *more):
@@ -135,6 +136,10 @@ def test_user_sft_jsonl(small_benchmark, tmp_path):
     _write_jsonl(path, [{**good, "defect": "crack"}, {**good, "target": "<seg></seg><think>t</think><answer>B</answer>",
                                                       "answer": "B"}])  # fmt: skip
     assert defect_kinds(read_sft_jsonl(path, grid=8)) == ["crack"]  # ... until one does
+    look = [*kind, "sft.grounding_kind_weight=0", "sft.grounding_look_weight=1"]
+    with pytest.raises(ConfigError, match=r"grounding_look_weight > 0 needs .*colour and shape .*sft\.jsonl has none"):
+        run_sft(load_config(None, look))  # a JSONL row names no colour or shape: the look part cannot learn
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
 @pytest.mark.parametrize(
@@ -260,22 +265,32 @@ def test_the_grounding_auxiliary_trains_logs_and_leaves_a_plain_checkpoint(small
 
     root, _ = small_benchmark
     grounded = ["sft.grounding_position_weight=1", "sft.grounding_mask_weight=1", "sft.grounding_kind_weight=1",
-                "sft.eval_samples=0", "sft.logging_steps=1"]  # fmt: skip
+                "sft.grounding_look_weight=1", "sft.eval_samples=0", "sft.logging_steps=1"]  # fmt: skip
     config = _config(root, tmp_path, "sft.max_steps=2", *grounded)
-    kinds = defect_kinds(sft_examples(config)[0])
+    examples = sft_examples(config)[0]
+    kinds = defect_kinds(examples)
     assert len(kinds) >= 2 and "good" not in kinds
+    assert [(name, classes) for name, _, classes in label_parts(config.sft, kinds)] == [
+        ("kind", tuple(kinds)), ("colour", DEFECT_COLOURS), ("shape", DEFECT_SHAPES)]  # fmt: skip
+    for e in examples:  # a defect's labels are the generator's own; a normal image has none
+        meta = e.sample.extra["rlad_meta"]
+        looks = [defect_label(e.sample, part) for part in ("colour", "shape")]
+        assert looks == ([meta["colour"], meta["shape"]] if e.sample.anomalous else [None, None])
     report = run_sft(config)
     assert report["train"]["steps"] == 2
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    parts = ("row_loss", "col_loss", "mask_loss", "kind_loss")
+    parts = ("row_loss", "col_loss", "mask_loss", "kind_loss", "colour_loss", "shape_loss")
     first = {t: min(e.value for e in events.Scalars(f"train/grounding/{t}")) for t in parts}
     assert first["row_loss"] == pytest.approx(math.log(8), abs=0.5)  # ~uniform at start
     assert first["kind_loss"] == pytest.approx(math.log(len(kinds)), abs=0.5)
+    assert first["colour_loss"] == pytest.approx(math.log(len(DEFECT_COLOURS)), abs=0.5)
+    assert first["shape_loss"] == pytest.approx(math.log(len(DEFECT_SHAPES)), abs=0.5)
     assert all(math.isfinite(v) for v in first.values())
     with_head = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-2", output_loading_info=True)
     assert any("rlad_grounding_head" in k for k in with_head[1]["unexpected_keys"])
-    assert head_state(tmp_path / "checkpoint-2")["rlad_grounding_head.weight"].shape[0] == 2 * 8 + 1 + len(kinds)
+    outputs = 2 * 8 + 1 + len(kinds) + len(DEFECT_COLOURS) + len(DEFECT_SHAPES)
+    assert head_state(tmp_path / "checkpoint-2")["rlad_grounding_head.weight"].shape[0] == outputs
     _, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "final", output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]
     resumed = run_sft(_config(root, tmp_path, "sft.max_steps=3", *grounded))
