@@ -12,7 +12,10 @@ and prints, per file and as mean ± 95 % CI over files, the share of the subtask
 - ``seen``: the think's own claim (the kind, the region, the look) is the right option's text;
 - ``carried``: the answer text the think names is its own claim (the claim made it across the think);
 - ``letter``: the letter the think names stands for that text among the question's options;
-- ``acc``: the ``<answer>`` letter is right (the subtask's accuracy).
+- ``acc``: the ``<answer>`` letter is right (the subtask's accuracy);
+
+and, for Description, which part of the look the think's claim gets right: ``des_size``, ``des_colour``,
+``des_shape`` (a claim that is not "a SIZE COLOUR SHAPE mark" counts against all three).
 
 Were the think consistent and the ``<answer>`` its letter, ``acc`` would be ``seen``: ``seen`` is what the policy
 perceives, ``carried`` and ``letter`` how consistently the think reads it out. ``acc`` near ``seen`` while ``letter``
@@ -23,6 +26,7 @@ another recipe, paired (``per_file.py``).
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,14 +38,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import per_file  # noqa: E402
 
 from rlad.completion import parse_completion  # noqa: E402
-from rlad.data.questions import think_claims  # noqa: E402
+from rlad.data.questions import SIZES, think_claims  # noqa: E402
+from rlad.data.render import DEFECT_SHAPES  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 
 CLAIM_OF = {"Defect Classification": ("cls", "kind"), "Defect Localization": ("loc", "region"),
             "Defect Description": ("des", "look")}  # fmt: skip
 """Each defect subtask's column prefix, and the think's claim that answers it."""
 STEPS = ("seen", "carried", "letter", "acc")
-COLUMNS = tuple(f"{prefix}_{step}" for prefix, _ in CLAIM_OF.values() for step in STEPS)
+LOOK_PARTS = ("size", "colour", "shape")
+COLUMNS = (*(f"{prefix}_{step}" for prefix, _ in CLAIM_OF.values() for step in STEPS),
+           *(f"des_{part}" for part in LOOK_PARTS))  # fmt: skip
+LOOK = re.compile(rf"a (?P<size>{'|'.join(SIZES)}) (?P<colour>.+) (?P<shape>{'|'.join(DEFECT_SHAPES)}) mark")
+"""A Defect Description's answer text, as rlad.data.questions words it."""
+
+
+def look_parts(claim: str | None, right: str) -> dict[str, bool]:
+    """Which parts of a claimed look (``LOOK``) are the right answer's."""
+    said, truth = LOOK.fullmatch(claim or ""), LOOK.fullmatch(right)
+    return {part: bool(said and truth and said[part] == truth[part]) for part in LOOK_PARTS}
 
 
 def answer_chain(records: Iterable[ScoredRecord]) -> dict[str, float]:
@@ -63,12 +78,16 @@ def answer_chain(records: Iterable[ScoredRecord]) -> dict[str, float]:
         named = sample.options.get(claims.get("answer_letter", ""))
         hits[f"{prefix}_letter"] += said is not None and named is not None and named.rstrip(".") == said
         hits[f"{prefix}_acc"] += parsed.answer_letter == sample.answer
+        if prefix == "des":
+            for part, hit in look_parts(claim, right).items():
+                hits[f"des_{part}"] += hit
     missing = [subtask for subtask, n in asked.items() if n == 0]
     if missing:
         raise ValueError(f"no questions of {', '.join(missing)} in these rows")
     shares = {f"{prefix}_{step}": hits[f"{prefix}_{step}"] / asked[subtask]
               for subtask, (prefix, _) in CLAIM_OF.items() for step in STEPS}  # fmt: skip
-    return {"n": sum(asked.values())} | shares
+    looks = {f"des_{part}": hits[f"des_{part}"] / asked["Defect Description"] for part in LOOK_PARTS}
+    return {"n": sum(asked.values())} | shares | looks
 
 
 if __name__ == "__main__":

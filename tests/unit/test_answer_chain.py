@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "learning"))
-from answer_chain import answer_chain
+from answer_chain import answer_chain, look_parts
 
 from rlad.sample import VerifiableSample
 from rlad.scoring import ScoredRecord
@@ -53,6 +53,15 @@ def test_each_step_by_hand():
     assert (got["loc_seen"], got["loc_carried"], got["loc_letter"], got["loc_acc"]) == (0.5, 0.5, 0.5, 0.5)
     assert (got["cls_seen"], got["cls_carried"], got["cls_letter"], got["cls_acc"]) == (1.0, 1.0, 1.0, 0.0)
     assert (got["des_seen"], got["des_carried"], got["des_letter"], got["des_acc"]) == (0.0, 1.0, 1.0, 1.0)
+    # the large dark line mark for the small one: the size wrong, the colour and the shape right
+    assert (got["des_size"], got["des_colour"], got["des_shape"]) == (0.0, 1.0, 1.0)
+
+
+def test_the_parts_of_a_look_by_hand():
+    right = "a small blue and yellow round mark"  # a colour of several words
+    assert look_parts("a small blue and yellow round mark", right) == {"size": True, "colour": True, "shape": True}
+    assert look_parts("a large blue round mark", right) == {"size": False, "colour": False, "shape": True}
+    assert look_parts(None, right) == look_parts("a dent", right) == {"size": False, "colour": False, "shape": False}
 
 
 def test_a_file_without_a_defect_subtask_is_refused_naming_it():
