@@ -34,7 +34,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,7 @@ def grounded_collate(builder: InputBuilder) -> Callable[[list], dict[str, torch.
     def collate(items: list) -> dict[str, torch.Tensor]:
         batch = builder.collate([encoded for encoded, _, _ in items])
         batch["grounding_mask"] = torch.stack([torch.tensor(mask, dtype=torch.float32) for _, mask, _ in items])
-        labels = torch.tensor([labels for _, _, labels in items], dtype=torch.long)
-        batch["grounding_labels"] = labels.reshape(len(items), -1)
+        batch["grounding_labels"] = torch.tensor([labels for _, _, labels in items], dtype=torch.long)
         return batch
 
     return collate
@@ -370,7 +369,7 @@ def _train_and_report(config: Config) -> dict[str, Any]:
 
 
 def sft_trainer(
-    base: type, policy: Policy, sft: Any, share_prefix: bool, parts: list[tuple[str, float, tuple]] = ()
+    base: type, policy: Policy, sft: Any, share_prefix: bool, parts: Sequence[tuple[str, float, tuple]] = ()
 ) -> type:
     """``base`` (transformers' Trainer) whose forward runs each batch's common prefix once (``share_prefix``,
     ``shared_prefix_forward``) and whose loss adds the auxiliary grounding loss of rlad/grounding.py when it is on,
