@@ -279,6 +279,12 @@ def _train_and_report(config: Config) -> dict[str, Any]:
         if sft.grounding_look_weight and not any(defect_label(e.sample, "colour") for e in examples):
             raise ConfigError(f"sft.grounding_look_weight > 0 needs training examples whose defect's colour and shape "
                               f"are known (the generated benchmark's rlad_meta); {where} has none")  # fmt: skip
+        for name, _, classes in parts:  # a label the head has no class for would silently teach nothing
+            for e in examples:
+                label = defect_label(e.sample, name)
+                if e.sample.anomalous and label is not None and label not in classes:
+                    raise ConfigError(f"{where}: {e.sample.sample_id} names the {name} {label!r}, which is not "
+                                      f"among the grounding head's {name} classes {list(classes)}")  # fmt: skip
         side = round(config.model.image_size / 28)  # the merged token grid
         attach_head(policy.model, text.hidden_size, side, [len(classes) for _, _, classes in parts])
     resume = last_complete_checkpoint(out) if sft.resume else None

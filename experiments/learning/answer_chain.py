@@ -26,7 +26,6 @@ another recipe, paired (``per_file.py``).
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import per_file  # noqa: E402
 
 from rlad.completion import parse_completion  # noqa: E402
-from rlad.data.questions import SIZES, think_claims  # noqa: E402
-from rlad.data.render import DEFECT_SHAPES  # noqa: E402
+from rlad.data.questions import LOOK, think_claims  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 
 CLAIM_OF = {"Defect Classification": ("cls", "kind"), "Defect Localization": ("loc", "region"),
@@ -49,12 +47,10 @@ STEPS = ("seen", "carried", "letter", "acc")
 LOOK_PARTS = ("size", "colour", "shape")
 COLUMNS = (*(f"{prefix}_{step}" for prefix, _ in CLAIM_OF.values() for step in STEPS),
            *(f"des_{part}" for part in LOOK_PARTS))  # fmt: skip
-LOOK = re.compile(rf"a (?P<size>{'|'.join(SIZES)}) (?P<colour>.+) (?P<shape>{'|'.join(DEFECT_SHAPES)}) mark")
-"""A Defect Description's answer text, as rlad.data.questions words it."""
 
 
 def look_parts(claim: str | None, right: str) -> dict[str, bool]:
-    """Which parts of a claimed look (``LOOK``) are the right answer's."""
+    """Which parts of a claimed look (``rlad.data.questions.LOOK``) are the right answer's."""
     said, truth = LOOK.fullmatch(claim or ""), LOOK.fullmatch(right)
     return {part: bool(said and truth and said[part] == truth[part]) for part in LOOK_PARTS}
 

@@ -22,7 +22,8 @@ from rlad.completion import BLOCKS
 from rlad.data.render import DEFECT_COLOURS, DEFECT_SHAPES
 from rlad.sample import VerifiableSample
 
-__all__ = ["NORMAL_DESCRIPTIONS", "make_questions", "region_of", "sft_target", "size_of", "think_claims"]
+__all__ = ["LOOK", "NORMAL_DESCRIPTIONS", "look_of", "make_questions", "region_of", "sft_target", "size_of",
+           "think_claims"]  # fmt: skip
 
 # Per-class normal descriptions, in the manner of AnomalyGPT's appendix.
 NORMAL_DESCRIPTIONS = {
@@ -57,6 +58,15 @@ def region_of(mask: np.ndarray, blobs: int = 1) -> str:
     r = min(2, int(3 * ys.mean() / mask.shape[0]))
     c = min(2, int(3 * xs.mean() / mask.shape[1]))
     return REGIONS[r][c]
+
+
+def look_of(size: str, colour: str, shape: str) -> str:
+    """A defect's look in words: a Defect Description's answer and the think's claim (``LOOK`` reads it back)."""
+    return f"a {size} {colour} {shape} mark"
+
+
+LOOK = re.compile(rf"a (?P<size>{'|'.join(SIZES)}) (?P<colour>.+) (?P<shape>{'|'.join(DEFECT_SHAPES)}) mark")
+"""``look_of``'s words, its three parts by name."""
 
 
 def size_of(mask: np.ndarray) -> str:
@@ -128,8 +138,8 @@ def make_questions(
             _choice("Where is the defect located?", meta["region"], regions, rng, fixed=fixed_options)
             | {"type": "Defect Localization"}
         )
-        desc = f"a {meta['size']} {meta['colour']} {meta['shape']} mark"
-        looks = [f"a {s} {c} {sh} mark" for s in SIZES for c in DEFECT_COLOURS for sh in DEFECT_SHAPES]
+        desc = look_of(meta["size"], meta["colour"], meta["shape"])
+        looks = [look_of(s, c, sh) for s in SIZES for c in DEFECT_COLOURS for sh in DEFECT_SHAPES]
         qs.append(
             _choice("What does the defect look like?", desc, looks, rng, fixed=fixed_options)
             | {"type": "Defect Description"}
@@ -148,7 +158,7 @@ def sft_target(sample: VerifiableSample, blocks: Sequence[str] = BLOCKS) -> str:
         rows, cols = np.nonzero(sample.mask)
         where = meta.get("region") or region_of(sample.mask)
         what = DEFECT_WORDS.get(sample.defect, sample.defect.replace("_", " "))
-        look = f"a {meta['size']} {meta['colour']} {meta['shape']} mark" if "size" in meta else "an irregular mark"
+        look = look_of(meta["size"], meta["colour"], meta["shape"]) if "size" in meta else "an irregular mark"
         think = (
             f"This is a photo of {normal}. There is {look} in the {where} of the image, covering {len(rows)} "
             f"patches in rows {rows.min()}-{rows.max()} and columns {cols.min()}-{cols.max()}. It does not belong "

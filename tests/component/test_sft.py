@@ -305,6 +305,17 @@ def test_a_grounding_layer_the_model_lacks_is_named_before_training(small_benchm
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
+def test_a_look_label_the_head_has_no_class_for_is_named_before_training(small_benchmark, tmp_path, monkeypatch):
+    """A defect colour outside the head's classes would become "no label" and teach nothing: refused by sample."""
+    monkeypatch.setattr("rlad.sft.DEFECT_COLOURS", ("background",))  # a vocabulary most generated defects lack
+    root, _ = small_benchmark
+    config = _config(root, tmp_path, "sft.max_steps=1", "sft.grounding_look_weight=1")
+    with pytest.raises(ConfigError, match=r"\S+\.png#\d+ names the colour '\w+', which is not among the grounding "
+                                          r"head's colour classes \['background'\]"):  # fmt: skip
+        run_sft(config)
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
 def test_a_shared_prefix_gives_the_plain_forwards_loss_and_gradients(small_benchmark, tiny_dir):
     """sft.share_prefix: the system prompt run once per batch, every example's remainder behind its cache — the
     plain forward's loss, logits, hidden states and gradients, the <seg>-weighted loss included (1-shot: the

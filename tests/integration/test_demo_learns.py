@@ -1,7 +1,7 @@
 """The main job learns: ``rlad train configs/demo.yaml`` (SFT warm-start, GRPO on a local Ray, held-out
 evaluation) on the generated benchmark, checked on its report.
 
-Slow (about 17 minutes on two CPU cores): marked ``slow``, run by ``.ci/run`` after the default suite.
+Slow (about 15 minutes on two CPU cores; the slow tier 18): marked ``slow``, run by ``.ci/run`` after the default suite.
 """
 
 import json
