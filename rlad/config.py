@@ -142,9 +142,9 @@ class ModelConfig:
     """A local checkpoint directory (never a hub name: nothing is downloaded), or ``tiny``."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto``, ``float32`` or ``bfloat16``. ``auto`` is bf16 on a GPU; on a CPU it is bf16 only with AMX and a
-    language model at least 256 wide (``rlad.policy.BF16_CPU_MIN_WIDTH``: measured 0.98x at the demo's width
-    128, 1.30x at 256, 1.39x at 384 before rlad.attention, on a Xeon with AMX; no gain without AMX), fp32
-    otherwise. bf16 on a CPU keeps fp32 master weights and optimizer state: the learner's DeepSpeed bf16
+    language model or vision tower at least 256 wide (``rlad.policy.BF16_CPU_MIN_WIDTH``: measured 0.98x at
+    width 128, 1.30x at 256, 1.39x at 384 before rlad.attention, 1.08x for the demo's tower of 256 on a language
+    model of 128, on a Xeon with AMX; no gain without AMX), fp32 otherwise. bf16 on a CPU keeps fp32 master weights and optimizer state: the learner's DeepSpeed bf16
     optimizer, and SFT's fp32 weights under the Trainer's bf16 autocast (an SFT on a GPU trains the bf16 weights,
     as TRL does)."""
     image_size: int | None = 512

@@ -161,33 +161,41 @@ def cpu_bf16_units() -> str | None:
 
 
 BF16_CPU_MIN_WIDTH = 256
-"""``model.dtype: auto`` runs bf16 on a CPU with AMX from this language-model width up. The demo's step on a Xeon
+"""``model.dtype: auto`` runs bf16 on a CPU with AMX from this width up: the wider of the language model and the
+vision tower (``model_width``). The demo's step on a Xeon
 with AMX (``experiments/bench/demo_speed.py --baseline HEAD --quick --prompts 16 --now model.dtype=bfloat16
 --tiny ...``, 2026-12-04): width 128 (the demo's 1.7 M parameters) 0.98x, where casts and small ops cost what
 the matmuls gain; width 256 (4 + 4 blocks) 1.30x; width 384 (6 + 6 blocks, 23 M) 1.39x before rlad's bf16
-attention, which adds 1.09x in bf16 (~1.5x, a product of two runs). Without AMX (AVX512-BF16 alone, or AVX2)
-bf16 never paid (README, *Performance*)."""
+attention, which adds 1.09x in bf16 (~1.5x, a product of two runs). A tower 256 wide on a language model 128 wide
+(today's demo, 4 language blocks, 4.35 M parameters; 2026-12-06, ``--then model.dtype=float32 --tiny
+vision_hidden_size=256 vision_heads=4 num_layers=4``): 1.08x on the step (generate 1.14x, learn 1.05x), the SFT
+step 413 against 444 ms (8 language blocks). Without AMX (AVX512-BF16 alone, or AVX2) bf16 never paid (README,
+*Performance*)."""
 
 
-def text_width(path: Path | None) -> int | None:
-    """The language model's hidden size from a checkpoint's ``config.json`` (None when unreadable)."""
+def model_width(path: Path | None) -> int | None:
+    """The widest part of a checkpoint (its language model's or its vision tower's hidden size) from its
+    ``config.json``; None when unreadable."""
     try:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, TypeError, ValueError):
         return None
-    return (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    text = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
+    vision = (config.get("vision_config") or {}).get("hidden_size")
+    widths = [w for w in (text, vision) if isinstance(w, int)]
+    return max(widths) if widths else None
 
 
 def torch_dtype(config: ModelConfig, device: torch.device | str, path: Path | None = None) -> torch.dtype:
-    """``model.dtype``; ``auto`` is bf16 on a GPU, and on a CPU bf16 where it pays: AMX and a language model at
-    least ``BF16_CPU_MIN_WIDTH`` wide (read from ``path``'s config), fp32 otherwise. An explicit ``bfloat16`` on
+    """``model.dtype``; ``auto`` is bf16 on a GPU, and on a CPU bf16 where it pays: AMX and a language model or vision
+    tower at least ``BF16_CPU_MIN_WIDTH`` wide (read from ``path``'s config), fp32 otherwise. An explicit ``bfloat16`` on
     a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16 matrices there on a slow fallback
     (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at ~18 GFLOP/s against fp32's ~160;
     README, *Performance*)."""
     if config.dtype == "auto":
         if torch.device(device).type == "cuda":
             return torch.bfloat16
-        wide = (text_width(path) or 0) >= BF16_CPU_MIN_WIDTH
+        wide = (model_width(path) or 0) >= BF16_CPU_MIN_WIDTH
         return torch.bfloat16 if wide and cpu_bf16_units() == "amx_bf16" else torch.float32
     if config.dtype == "bfloat16" and torch.device(device).type == "cpu" and cpu_bf16_units() is None:
         log.warning("model.dtype=bfloat16 on a CPU without bf16 units (torch sees neither AMX nor AVX512-BF16): "

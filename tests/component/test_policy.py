@@ -284,25 +284,32 @@ def test_bf16_on_a_cpu_without_bf16_units_is_obeyed_with_a_warning(monkeypatch, 
 
 
 def test_auto_is_bf16_on_a_cpu_only_with_amx_and_a_wide_enough_model(monkeypatch, tmp_path):
-    """Where it was measured to pay (rlad.policy.BF16_CPU_MIN_WIDTH): AMX and a language model >= 256 wide."""
+    """Where it was measured to pay (rlad.policy.BF16_CPU_MIN_WIDTH): AMX and a language model or a vision tower
+    >= 256 wide."""
     import rlad.policy as policy
 
-    def checkpoint(width):
-        folder = tmp_path / f"w{width}"
+    def checkpoint(name, text, vision=None):
+        folder = tmp_path / name
         folder.mkdir()
-        (folder / "config.json").write_text(json.dumps({"text_config": {"hidden_size": width}}))
+        config = {"text_config": {"hidden_size": text}}
+        if vision is not None:
+            config["vision_config"] = {"hidden_size": vision, "out_hidden_size": text}
+        (folder / "config.json").write_text(json.dumps(config))
         return folder
 
-    auto = ModelConfig(dtype="auto")
-    narrow, wide = checkpoint(128), checkpoint(policy.BF16_CPU_MIN_WIDTH)
+    auto, w = ModelConfig(dtype="auto"), policy.BF16_CPU_MIN_WIDTH
+    narrow, wide = checkpoint("narrow", 128, 128), checkpoint("wide", w)
+    wide_tower = checkpoint("tower", 128, w)  # the demo's: a tower of 256 on a language model of 128
     monkeypatch.setattr(policy, "cpu_bf16_units", lambda: "amx_bf16")
     assert policy.torch_dtype(auto, "cpu", wide) == torch.bfloat16
+    assert policy.torch_dtype(auto, "cpu", wide_tower) == torch.bfloat16
     assert policy.torch_dtype(auto, "cpu", narrow) == torch.float32
     assert policy.torch_dtype(auto, "cpu", tmp_path / "missing") == torch.float32
     assert policy.torch_dtype(ModelConfig(dtype="float32"), "cpu", wide) == torch.float32
     for units in ("avx512_bf16", None):
         monkeypatch.setattr(policy, "cpu_bf16_units", lambda units=units: units)
         assert policy.torch_dtype(auto, "cpu", wide) == torch.float32
+        assert policy.torch_dtype(auto, "cpu", wide_tower) == torch.float32
 
 
 def test_patch_embedding_runs_as_a_matmul_with_the_convolutions_values_and_weight(tiny_dir):
