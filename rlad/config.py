@@ -144,9 +144,9 @@ class ModelConfig:
     """``auto``, ``float32`` or ``bfloat16``. ``auto`` is bf16 on a GPU; on a CPU it is bf16 only with AMX and a
     language model or vision tower at least 256 wide (``rlad.policy.BF16_CPU_MIN_WIDTH``: measured 0.98x at
     width 128, 1.30x at 256, 1.39x at 384 before rlad.attention, 1.08x for the demo's tower of 256 on a language
-    model of 128, on a Xeon with AMX; no gain without AMX), fp32 otherwise. bf16 on a CPU keeps fp32 master weights and optimizer state: the learner's DeepSpeed bf16
-    optimizer, and SFT's fp32 weights under the Trainer's bf16 autocast (an SFT on a GPU trains the bf16 weights,
-    as TRL does)."""
+    model of 128, on a Xeon with AMX; no gain without AMX), fp32 otherwise. bf16 on a CPU keeps fp32 master
+    weights and optimizer state: the learner's DeepSpeed bf16 optimizer, and SFT's fp32 weights under the
+    Trainer's bf16 autocast (an SFT on a GPU trains the bf16 weights, as TRL does)."""
     image_size: int | None = 512
     """Images are resized to this square size before the image processor (paper: 512); null keeps them."""
     min_pixels: int | None = None

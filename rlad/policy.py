@@ -187,11 +187,11 @@ def model_width(path: Path | None) -> int | None:
 
 
 def torch_dtype(config: ModelConfig, device: torch.device | str, path: Path | None = None) -> torch.dtype:
-    """``model.dtype``; ``auto`` is bf16 on a GPU, and on a CPU bf16 where it pays: AMX and a language model or vision
-    tower at least ``BF16_CPU_MIN_WIDTH`` wide (read from ``path``'s config), fp32 otherwise. An explicit ``bfloat16`` on
-    a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16 matrices there on a slow fallback
-    (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at ~18 GFLOP/s against fp32's ~160;
-    README, *Performance*)."""
+    """``model.dtype``; ``auto`` is bf16 on a GPU, and on a CPU bf16 where it pays: AMX and a language model or
+    vision tower at least ``BF16_CPU_MIN_WIDTH`` wide (read from ``path``'s config), fp32 otherwise. An explicit
+    ``bfloat16`` on a CPU without bf16 units is obeyed, with a warning: torch multiplies bf16 matrices there on a
+    slow fallback (measured on an AVX2-only EPYC with torch 2.13: a bf16 ``linear`` at ~18 GFLOP/s against fp32's
+    ~160; README, *Performance*)."""
     if config.dtype == "auto":
         if torch.device(device).type == "cuda":
             return torch.bfloat16
