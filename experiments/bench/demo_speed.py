@@ -21,7 +21,7 @@ gets no credit for the repeats), the body on every completion token, the output 
 
 ``--tiny`` gives both sides a larger (or smaller) tiny model, e.g. ``--tiny hidden_size=384
 intermediate_size=1152 num_layers=6 num_heads=6 vision_depth=6 vision_hidden_size=384 vision_heads=6``: the
-step and its model-FLOP utilisation at the size a learning run would use instead of the demo's 1.7 M.
+step and its model-FLOP utilisation at the size a learning run would use instead of the demo's.
 
 Last line: ``speedup X.XXx (baseline A.AA s/step, now B.BB s/step)`` (medians of the whole step).
 """
