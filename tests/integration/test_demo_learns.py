@@ -1,7 +1,8 @@
 """The main job learns: ``rlad train configs/demo.yaml`` (SFT warm-start, GRPO on a local Ray, held-out
 evaluation) on the generated benchmark, checked on its report.
 
-Slow (about 14 minutes on two CPU cores): marked ``slow``, run by ``.ci/run`` after the default suite.
+Slow (15-19 minutes on two CPU cores: 1,136 s on 2026-12-06): marked ``slow``, run by ``.ci/run`` after the
+default suite.
 """
 
 import json
