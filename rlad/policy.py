@@ -103,7 +103,13 @@ def resolve_model_path(config: ModelConfig) -> Path:
         )
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.path {config.path!r} holds no config.json: not a Hugging Face checkpoint directory")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    try:
+        checkpoint_config = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise ConfigError(f"model.path {config.path!r}: config.json is not valid JSON ({e})") from e
+    if not isinstance(checkpoint_config, dict):
+        raise ConfigError(f"model.path {config.path!r}: config.json holds no model config (a JSON object)")
+    model_type = checkpoint_config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
             f"model.path {config.path!r}: model_type {model_type!r} is not supported; "
@@ -162,15 +168,14 @@ def cpu_bf16_units() -> str | None:
 
 BF16_CPU_MIN_WIDTH = 256
 """``model.dtype: auto`` runs bf16 on a CPU with AMX from this width up: the wider of the language model and the
-vision tower (``model_width``). The demo's step on a Xeon
-with AMX (``experiments/bench/demo_speed.py --baseline HEAD --quick --prompts 16 --now model.dtype=bfloat16
---tiny ...``, 2026-12-04): width 128 (the demo's 1.7 M parameters) 0.98x, where casts and small ops cost what
-the matmuls gain; width 256 (4 + 4 blocks) 1.30x; width 384 (6 + 6 blocks, 23 M) 1.39x before rlad's bf16
-attention, which adds 1.09x in bf16 (~1.5x, a product of two runs). A tower 256 wide on a language model 128 wide
-(today's demo, 4 language blocks, 4.35 M parameters; 2026-12-06, ``--then model.dtype=float32 --tiny
-vision_hidden_size=256 vision_heads=4 num_layers=4``): 1.08x on the step (generate 1.14x, learn 1.05x), the SFT
-step 413 against 444 ms (8 language blocks). Without AMX (AVX512-BF16 alone, or AVX2) bf16 never paid (README,
-*Performance*)."""
+vision tower (``model_width``). The demo's step on a Xeon with AMX (``experiments/bench/demo_speed.py --baseline
+HEAD --quick --prompts 16 --now model.dtype=bfloat16 --tiny ...``, 2026-12-04): width 128 (the demo's 1.7 M
+parameters then) 0.98x, where casts and small ops cost what the matmuls gain; width 256 (4 + 4 blocks) 1.30x; width
+384 (6 + 6 blocks, 23 M) 1.39x before rlad's bf16 attention, which adds 1.09x in bf16 (~1.5x, a product of two
+runs). A tower 256 wide on a language model 128 wide (today's demo, 4 language blocks, 4.35 M parameters;
+2026-12-06, ``--then model.dtype=float32 --tiny vision_hidden_size=256 vision_heads=4 num_layers=4``): 1.08x on
+the step (generate 1.14x, learn 1.05x), the SFT step 413 against 444 ms (8 language blocks). Without AMX
+(AVX512-BF16 alone, or AVX2) bf16 never paid (README, *Performance*)."""
 
 
 def model_width(path: Path | None) -> int | None:
@@ -179,6 +184,8 @@ def model_width(path: Path | None) -> int | None:
     try:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, TypeError, ValueError):
+        return None
+    if not isinstance(config, dict):  # not a model config: load_policy refuses it, naming the file
         return None
     text = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
     vision = (config.get("vision_config") or {}).get("hidden_size")

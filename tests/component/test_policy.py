@@ -64,6 +64,12 @@ def test_missing_or_foreign_checkpoints_are_refused_without_download(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ConfigError, match="'llama' is not supported"):
         resolve_model_path(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text('{"model_type": ')  # cut short
+    with pytest.raises(ConfigError, match=r"config\.json is not valid JSON"):
+        resolve_model_path(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").write_text("[256]")
+    with pytest.raises(ConfigError, match=r"config\.json holds no model config"):
+        resolve_model_path(ModelConfig(path=str(tmp_path)))
 
 
 def test_qwen2_vl_checkpoints_load_and_run(tiny_dir, tmp_path, small_benchmark):
@@ -305,6 +311,10 @@ def test_auto_is_bf16_on_a_cpu_only_with_amx_and_a_wide_enough_model(monkeypatch
     assert policy.torch_dtype(auto, "cpu", wide_tower) == torch.bfloat16
     assert policy.torch_dtype(auto, "cpu", narrow) == torch.float32
     assert policy.torch_dtype(auto, "cpu", tmp_path / "missing") == torch.float32
+    not_a_config = tmp_path / "list"
+    not_a_config.mkdir()
+    (not_a_config / "config.json").write_text("[256]")
+    assert policy.torch_dtype(auto, "cpu", not_a_config) == torch.float32
     assert policy.torch_dtype(ModelConfig(dtype="float32"), "cpu", wide) == torch.float32
     for units in ("avx512_bf16", None):
         monkeypatch.setattr(policy, "cpu_bf16_units", lambda units=units: units)
