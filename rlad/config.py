@@ -524,6 +524,10 @@ class RolloutConfig:
     ``ray start --resources '{"rollout_node": 8}'``)."""
     batch_size: int = 64
     """Sequences generated together (prompts x completions)."""
+    pack_weights: bool = True
+    """The transformers engine in bf16 on a CPU with bf16 units: its linear layers multiply by weights packed once
+    for oneDNN rather than on every call (``rollout/packed_linear.py``; the same numbers, repacked whenever the
+    weights change). false: plain ``torch.nn.Linear``."""
     threads: int = 0
     """torch threads per worker; 0: every core of its node (the sync loop never runs rollout and learner
     at once; with ``train.async_rollout`` on CPUs, half of the driver's cores each)."""

@@ -17,6 +17,7 @@ from rlad.config import Config, GenerationConfig, RolloutConfig
 from rlad.policy import PolicySpec, set_threads
 from rlad.sample import VerifiableSample
 from rollout.engine import Completion, RolloutEngine
+from rollout.packed_linear import pack_for_cpu
 from rollout.transport import NodeAddress, TensorMeta, adapter_file_fingerprint, from_shared, node_address
 
 __all__ = ["RolloutWorker", "build_engine", "make_engine"]
@@ -40,6 +41,8 @@ def build_engine(policy: PolicySpec, rollout: RolloutConfig, generation: Generat
         return VLLMEngine.start(policy, rollout, generation, seed)
     use_gpu = (rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
     loaded = policy.load("cuda" if use_gpu else "cpu")
+    if rollout.pack_weights and not use_gpu:
+        pack_for_cpu(loaded.model)
     return TransformersEngine(loaded.model, loaded.builder, generation, batch_size=rollout.batch_size)
 
 
