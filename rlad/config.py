@@ -527,7 +527,7 @@ class RolloutConfig:
     pack_weights: bool = True
     """The transformers engine in bf16 on a CPU with bf16 units: its linear layers multiply by weights packed once
     for oneDNN rather than on every call (``rollout/packed_linear.py``; the same numbers, repacked whenever the
-    weights change). false: plain ``torch.nn.Linear``."""
+    weights change; they take the linear weights' memory a second time). false: plain ``torch.nn.Linear``."""
     threads: int = 0
     """torch threads per worker; 0: every core of its node (the sync loop never runs rollout and learner
     at once; with ``train.async_rollout`` on CPUs, half of the driver's cores each)."""

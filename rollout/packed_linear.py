@@ -13,7 +13,8 @@ only: parameters, names, ``state_dict`` and tied weights are unchanged, so weigh
 the same model). A ``PackedLinear`` uses its packed copy only where it applies: no gradient wanted, bf16 input
 and weight on a CPU; anywhere else it is ``torch.nn.Linear``. The copy is re-made whenever the weight changed —
 its tensor's version counter moves with every in-place write (``load_state_dict``, a broadcast's ``copy_``, a
-merged adapter) — so it can never serve stale weights.
+merged adapter) — so it can never serve stale weights. The packed copies hold the linear weights a second time
+(the model's size again in memory, less its embeddings).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class PackedLinear(torch.nn.Linear):
             or x.device.type != "cpu"
             or weight.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            or x.numel() == 0
         ):
             return torch.nn.functional.linear(x, weight, self.bias)
         key = (weight.data_ptr(), weight._version)
