@@ -60,7 +60,7 @@ class PackedLinear(torch.nn.Linear):
         ):
             return torch.nn.functional.linear(x, weight, self.bias)
         key = (weight.data_ptr(), weight._version)
-        if getattr(self, "_packed_of", None) != key:
+        if self._packed_of != key:  # pack_linears set it; a new address or version: the weight changed
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // x.shape[-1]))
             self._packed_of = key
         bias = self.bias.detach() if self.bias is not None else None

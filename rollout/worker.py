@@ -41,7 +41,7 @@ def build_engine(policy: PolicySpec, rollout: RolloutConfig, generation: Generat
         return VLLMEngine.start(policy, rollout, generation, seed)
     use_gpu = (rollout.num_gpus > 0 or standalone) and torch.cuda.is_available()
     loaded = policy.load("cuda" if use_gpu else "cpu")
-    if rollout.pack_weights and not use_gpu:
+    if rollout.pack_weights:  # a bf16 model on a CPU with bf16 units only; anything else is left as it is
         pack_for_cpu(loaded.model)
     return TransformersEngine(loaded.model, loaded.builder, generation, batch_size=rollout.batch_size)
 
