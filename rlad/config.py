@@ -227,10 +227,20 @@ class DataConfig:
     """A sample that cannot be read: ``error`` stops naming it; ``skip`` leaves it out, counted and logged."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     """The generated benchmark used when ``data.root`` is null (the embedded default)."""
+    grpo_fresh_images: bool = False
+    """The generated benchmark only. False: GRPO samples its questions from the training split SFT learned from
+    (the paper's way). True: from another draw of the same benchmark (``synth`` as set, the generator's random
+    streams moved: new images of the same classes, defects and visibility, none of them SFT's or held out;
+    generated once and cached like the first). The held-out split is the first draw's either way."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.grpo_fresh_images and (self.root or self.mmad):
+            raise ConfigError(
+                "data.grpo_fresh_images draws new images of the generated benchmark: it needs "
+                f"data.root and data.mmad unset, got root={self.root!r}, mmad={self.mmad!r}"
+            )
         if self.questions_per_image < 0:
             raise ConfigError(f"data.questions_per_image must be >= 0, got {self.questions_per_image}")
 

@@ -51,7 +51,7 @@ class SFTExample:
     target: str  # the full completion to learn: <seg>...</seg><think>...</think><answer>X</answer>
 
 
-def _synth_spec(config: Config) -> SynthSpec:
+def _synth_spec(config: Config, draw: int = 0) -> SynthSpec:
     s = config.data.synth
     classes = tuple(s.classes) or SynthSpec.classes
     return SynthSpec(
@@ -62,30 +62,35 @@ def _synth_spec(config: Config) -> SynthSpec:
         config.seed,
         fixed_options=s.fixed_options,
         visibility=s.visibility,
+        draw=draw,
     )
 
 
-def dataset_root(config: Config) -> Path:
-    """The dataset folder of this config, generating (once) the synthetic benchmark when none is given."""
+def dataset_root(config: Config, draw: int = 0) -> Path:
+    """The dataset folder of this config, generating (once) the synthetic benchmark when none is given
+    (``draw`` > 0: another draw of it, every image new; only for the generated benchmark)."""
     if config.data.root:
         root = Path(config.data.root).expanduser()
         if not root.is_dir():
             raise DataError(f"data.root {config.data.root!r} is not a directory")
         return root
-    spec = _synth_spec(config)
+    spec = _synth_spec(config, draw)
     return built_once(synth_cache_name(spec), "mmad.json", lambda folder: synthesize(spec, folder))
 
 
 def synth_cache_name(spec: SynthSpec) -> str:
     """The cache entry of a generated benchmark: a hash of its spec and of ``SYNTH_FORMAT``, so a generator that
     writes other files for the same spec never reads an old entry."""
-    key = json.dumps({"spec": asdict(spec), "format": SYNTH_FORMAT}, sort_keys=True)
+    fields = asdict(spec)
+    if not fields["draw"]:
+        del fields["draw"]  # the benchmark's own entries keep the names they had before draws existed
+    key = json.dumps({"spec": fields, "format": SYNTH_FORMAT}, sort_keys=True)
     return f"synth-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def load_samples(config: Config) -> list[VerifiableSample]:
-    """Every sample of the configured dataset, at the config's grid."""
-    root = dataset_root(config)
+def load_samples(config: Config, draw: int = 0) -> list[VerifiableSample]:
+    """Every sample of the configured dataset (``draw``: of that draw of the generated one), at its grid."""
+    root = dataset_root(config, draw)
     m = config.mask
     mmad = Path(config.data.mmad) if config.data.mmad else root / "mmad.json"
     if config.data.mmad or mmad.is_file():
@@ -192,8 +197,12 @@ def sft_examples(config: Config) -> tuple[list[SFTExample], list[VerifiableSampl
 
 def rl_samples(config: Config) -> tuple[list[VerifiableSample], list[VerifiableSample]]:
     """(training, held-out) samples for GRPO: the same split by image as SFT's, so the held-out images of
-    one stage are never trained on by the other."""
+    one stage are never trained on by the other. With ``data.grpo_fresh_images`` the training samples are
+    every question of another draw of the generated benchmark instead (images neither SFT nor the held-out
+    split hold; ids prefixed ``draw1/``), and the held-out split is the same."""
     train, evaluation = split(load_samples(config), config.data.eval_fraction, dataset_root(config))
+    if config.data.grpo_fresh_images:
+        train = [dataclasses.replace(s, sample_id=f"draw1/{s.sample_id}") for s in load_samples(config, draw=1)]
     train = per_image(train, config.data.questions_per_image, config.seed)
     return without_images(train, config), without_images(evaluation, config)
 

@@ -44,6 +44,7 @@ class SynthSpec:
     defects: tuple[str, ...] = field(default=tuple(DEFECTS))
     fixed_options: bool = False  # True: every option in a fixed order (questions.make_questions); else shuffled
     visibility: float = 1.0  # defect thickness (and a stain's opacity) x this; 1.0: the benchmark's realism
+    draw: int = 0  # 0: the benchmark; n > 0: another draw of it, every image new (data.grpo_fresh_images)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.classes) - set(CLASSES))
@@ -58,6 +59,12 @@ class SynthSpec:
             raise ValueError("need images_per_class >= 2 and references_per_class >= 1")
         if not self.visibility > 0:
             raise ValueError(f"visibility must be > 0, got {self.visibility}")
+        if self.draw < 0:
+            raise ValueError(f"draw must be >= 0, got {self.draw}")
+
+    def seeds(self, *parts: int) -> list[int]:
+        """The seed sequence of one random stream; draw 0 keeps the benchmark's streams as they always were."""
+        return [self.seed, *parts] if self.draw == 0 else [self.seed, 1_000_003, self.draw, *parts]
 
 
 def _job_list(spec: SynthSpec) -> list[tuple[str, int, str, int]]:
@@ -81,13 +88,21 @@ def _save(arr: np.ndarray, path: Path) -> None:
 
 def _make_test_image(args: tuple[SynthSpec, Path, str, int, str, int]) -> tuple[str, dict[str, Any]]:
     spec, out, cls, ci, defect, idx = args
-    rng = np.random.default_rng([spec.seed, ci, 1 + list(DEFECTS).index(defect) if defect != "good" else 0, idx])
+    rng = np.random.default_rng(spec.seeds(ci, 1 + list(DEFECTS).index(defect) if defect != "good" else 0, idx))
     obj = render_normal(cls, rng, spec.size)
     rel = f"{cls}/test/{defect}/{idx:03d}.png"
     meta: dict[str, Any] = {"class_name": cls, "defect": defect, "object_colour": obj.colour}
     image, mask_rel = obj.image, None
     if defect != "good":
-        image, d = inject_defect(obj, defect, rng, spec.visibility)
+        for _ in range(64):  # a defect whose mask covers no pixel (thin lines on small images) is drawn again
+            image, d = inject_defect(obj, defect, rng, spec.visibility)
+            if d.mask.any():
+                break
+        else:
+            raise ValueError(
+                f"{rel}: 64 draws of a {defect} left no pixel of its mask at {spec.size} px and "
+                f"visibility {spec.visibility}: use larger images (data.synth.size) or visibility"
+            )
         mask_rel = f"{cls}/ground_truth/{defect}/{idx:03d}_mask.png"
         _save((d.mask * 255).astype(np.uint8), out / mask_rel)
         meta |= {"colour": d.colour, "shape": d.shape, "size": size_of(d.mask), "region": region_of(d.mask, d.blobs)}
@@ -97,7 +112,7 @@ def _make_test_image(args: tuple[SynthSpec, Path, str, int, str, int]) -> tuple[
 
 def _make_reference(args: tuple[SynthSpec, Path, str, int, int]) -> str:
     spec, out, cls, ci, idx = args
-    rng = np.random.default_rng([spec.seed, ci, 999, idx])
+    rng = np.random.default_rng(spec.seeds(ci, 999, idx))
     rel = f"{cls}/train/good/{idx:03d}.png"
     _save((render_normal(cls, rng, spec.size).image * 255).round().astype(np.uint8), out / rel)
     return rel
@@ -125,7 +140,7 @@ def synthesize(spec: SynthSpec, out: str | Path, workers: int | None = None) -> 
         refs_by_class.setdefault(rel.split("/")[0], []).append(rel)
     mmad: dict[str, Any] = {}
     for ci, (rel, entry) in enumerate(tests):
-        rng = np.random.default_rng([spec.seed, 7777, ci])
+        rng = np.random.default_rng(spec.seeds(7777, ci))
         same_class = refs_by_class[entry["rlad_meta"]["class_name"]]
         mmad[rel] = {
             "image_path": rel,

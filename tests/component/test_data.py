@@ -1,8 +1,10 @@
 """Generated benchmark, question/SFT-target generation, readers of every layout, and their bad input."""
 
+import dataclasses
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -446,3 +448,47 @@ def test_cli_data_synth_and_show(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "show", str(tmp_path / "nope")])
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_the_benchmarks_cache_entries_kept_their_names_when_draws_came():
+    from rlad.data import sources
+
+    spec = SynthSpec(classes=("pill",), images_per_class=4, size=64, seed=3, visibility=2.0)
+    assert sources.synth_cache_name(spec) == "synth-f759edf1a8a0"  # its name before SynthSpec.draw existed
+    assert sources.synth_cache_name(SynthSpec(classes=("pill",), images_per_class=4, size=64, seed=3,
+                                              visibility=2.0, draw=1)) != "synth-f759edf1a8a0"  # fmt: skip
+    with pytest.raises(ValueError, match="draw must be >= 0, got -1"):
+        SynthSpec(draw=-1)
+
+
+def test_another_draw_is_the_same_benchmark_with_new_images(tmp_path):
+    spec = SynthSpec(classes=("pill",), images_per_class=4, references_per_class=1, size=64, seed=3)
+    first = synthesize(spec, tmp_path / "a", workers=1)
+    again = synthesize(spec, tmp_path / "b", workers=1)
+    other = synthesize(dataclasses.replace(spec, draw=1), tmp_path / "c", workers=1)
+    assert first == again and sorted(other) == sorted(first)  # the same files, questions and answers' shape
+    for rel in first:
+        a, b, c = (np.asarray(Image.open(tmp_path / d / rel)) for d in "abc")
+        assert np.array_equal(a, b) and not np.array_equal(a, c), rel  # every image drawn anew
+        assert [q["type"] for q in other[rel]["conversation"]] == [q["type"] for q in first[rel]["conversation"]]
+        assert other[rel]["rlad_meta"]["defect"] == first[rel]["rlad_meta"]["defect"]
+
+
+def test_grpo_on_fresh_images_trains_on_another_draw_and_holds_out_the_same(tmp_path, monkeypatch):
+    from rlad.config import ConfigError, load_config
+    from rlad.data.sources import dataset_root, rl_samples
+
+    monkeypatch.setenv("RLAD_CACHE", str(tmp_path))
+    small = ["data.synth.images_per_class=6", "data.synth.classes=[pill]", "data.synth.size=64"]
+    train, held_out = rl_samples(load_config("configs/demo.yaml", small))
+    config = load_config("configs/demo.yaml", [*small, "data.grpo_fresh_images=true"])
+    fresh, held_again = rl_samples(config)
+    assert [s.sample_id for s in held_again] == [s.sample_id for s in held_out] and held_out
+    assert all(s.sample_id.startswith("draw1/") for s in fresh)
+    draw = dataset_root(config, draw=1)
+    assert draw != dataset_root(config) and all(draw in Path(s.image).parents for s in fresh)
+    # every question of every image of the other draw: as many as both splits of the first hold
+    assert len(fresh) == len(train) + len(held_out)
+    # (at 64 px the first scratch of this draw leaves no pixel of its mask: it is drawn again, not asked about)
+    with pytest.raises(ConfigError, match=r"data\.grpo_fresh_images .* needs data\.root and data\.mmad unset"):
+        load_config("configs/demo.yaml", [f"data.root={tmp_path}", "data.grpo_fresh_images=true"])
