@@ -98,3 +98,17 @@ def test_the_trained_questions_are_the_replay_stores_once_each(tmp_path):
     (tmp_path / "empty" / "replay").mkdir(parents=True)
     with pytest.raises(SystemExit, match="empty/replay: no stored groups"):
         trained_samples(tmp_path / "empty")
+
+
+def test_a_run_without_a_warm_start_checkpoint_is_refused_naming_it(tmp_path):
+    from trained_questions import answer
+
+    from rlad.config import load_config, save_config
+
+    for warm in ("base", str(tmp_path / "gone")):
+        run = tmp_path / "run"
+        run.mkdir(exist_ok=True)
+        save_config(load_config(None, [f"train.warm_start={warm}"]), run / "config.yaml")
+        with pytest.raises(SystemExit, match=r"run/config\.yaml: train\.warm_start=.* is not a checkpoint folder"):
+            answer(run)
+    assert not (tmp_path / "run" / "eval-trained").exists()  # nothing written
