@@ -34,6 +34,7 @@ import per_file  # noqa: E402
 
 from rlad import mask_text  # noqa: E402
 from rlad.completion import parse_completion  # noqa: E402
+from rlad.metrics import binary_counts  # noqa: E402
 from rlad.scoring import ScoredRecord  # noqa: E402
 from rlad.stats import mean_ci  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
@@ -42,13 +43,10 @@ COLUMNS = ("changed", "mask_moved", "mask_better", "mask_worse", "F1_change", "l
 
 
 def patch_f1(record: ScoredRecord) -> float:
-    """Patch F1 of the record's ``<seg>`` against its sample's grid mask; an unparseable mask scores 0."""
-    truth = record.sample.mask
+    """Patch F1 of the record's ``<seg>`` against its sample's grid mask (``rlad.metrics``' F1; an unparseable
+    mask scores 0). Asked only about defective images here, so the truth is never empty."""
     pred = mask_text.decode_or_none(parse_completion(record.completion).seg, record.sample.grid)
-    if pred is None:
-        return 0.0
-    named = int(pred.sum()) + int(truth.sum())
-    return 2.0 * int((pred & truth).sum()) / named if named else 1.0
+    return 0.0 if pred is None else binary_counts(pred, record.sample.mask).f1()
 
 
 def flips(before: Sequence[ScoredRecord], after: Sequence[ScoredRecord]) -> dict[str, float]:
@@ -63,14 +61,15 @@ def flips(before: Sequence[ScoredRecord], after: Sequence[ScoredRecord]) -> dict
         if (b.sample.sample_id, b.sample.question) != (a.sample.sample_id, a.sample.question):
             raise ValueError(f"question {i + 1} differs: {b.sample.sample_id!r} against {a.sample.sample_id!r}")
         changed += b.completion != a.completion
-        right_before = parse_completion(b.completion).answer_letter == b.sample.answer
-        right_after = parse_completion(a.completion).answer_letter == a.sample.answer
+        parsed_b, parsed_a = parse_completion(b.completion), parse_completion(a.completion)
+        right_before = parsed_b.answer_letter == b.sample.answer
+        right_after = parsed_a.answer_letter == a.sample.answer
         fixed += right_after and not right_before
         broken += right_before and not right_after
         if not np.any(b.sample.mask):
             continue
         defect += 1
-        if parse_completion(b.completion).seg == parse_completion(a.completion).seg:
+        if parsed_b.seg == parsed_a.seg:
             continue
         moved += 1
         delta = patch_f1(a) - patch_f1(b)
