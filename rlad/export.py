@@ -111,12 +111,12 @@ def _deepspeed_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_model(source: Source) -> Any:
-    from rlad.policy import model_class
+    from rlad.policy import NO_HUB_KERNELS, model_class
 
     cls = model_class(source.base)
     if source.kind == "checkpoint":
-        return cls.from_pretrained(source.weights, dtype="auto", local_files_only=True)
-    model = cls.from_pretrained(source.base, dtype="auto", local_files_only=True)
+        return cls.from_pretrained(source.weights, dtype="auto", local_files_only=True, **NO_HUB_KERNELS)
+    model = cls.from_pretrained(source.base, dtype="auto", local_files_only=True, **NO_HUB_KERNELS)
     if source.kind == "lora":
         from peft import PeftModel
 

@@ -238,6 +238,13 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
+# transformers (5.2x) swaps a model's layers for kernels downloaded from the Hugging Face Hub whenever the `kernels`
+# package is installed (a dependency of transformers), at load time and again at each `model.train()`/`.eval()` on a
+# GPU. Those are code fetched from the network while training (it fails on an offline cluster, and asks for
+# trust_remote_code), and numerics the engine and learner need not share. rlad loads plain torch layers everywhere.
+NO_HUB_KERNELS = {"use_kernels": False}
+
+
 def load_policy(
     config: ModelConfig,
     *,
@@ -248,7 +255,9 @@ def load_policy(
 ) -> Policy:
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
     path = resolve_model_path(config)
-    model = model_class(path).from_pretrained(path, dtype=torch_dtype(config, device, path), local_files_only=True)
+    model = model_class(path).from_pretrained(
+        path, dtype=torch_dtype(config, device, path), local_files_only=True, **NO_HUB_KERNELS
+    )
     patch_embedding_as_matmul(model)
     if torch.device(device).type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(attention.register())  # plain matmuls where CPU SDPA is slow (rlad/attention.py)

@@ -46,7 +46,7 @@ from rlad.data.sources import SFTExample, sft_examples
 from rlad.evaluate import evaluate_policy
 from rlad.grounding import HEAD_NAME, TokenLabels, attach_head, grounding_loss, head_state, strip_head, token_cells
 from rlad.inputs import IGNORE_INDEX, InputBuilder
-from rlad.policy import Policy, load_policy, resolve_model_path, torch_dtype
+from rlad.policy import NO_HUB_KERNELS, Policy, load_policy, resolve_model_path, torch_dtype
 from rlad.run_dir import atomic_folder, partial_path, write_text_atomic
 from rlad.sample import VerifiableSample
 
@@ -158,7 +158,9 @@ def restore_weights(model: Any, checkpoint: Path) -> None:
     on from the *initial* weights after a warning. ``from_pretrained`` applies the mapping; the Trainer's
     own (no-op) load then still prints its list of missing keys, which can be ignored.
     """
-    loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype, local_files_only=True)
+    loaded = type(model).from_pretrained(
+        checkpoint, dtype=next(model.parameters()).dtype, local_files_only=True, **NO_HUB_KERNELS
+    )
     state = loaded.state_dict()
     if hasattr(model, HEAD_NAME):  # the grounding head is no part of the architecture: from_pretrained drops it
         state |= head_state(checkpoint)

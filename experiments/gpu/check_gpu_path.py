@@ -3,7 +3,8 @@ the learner (DeepSpeed ZeRO-2/3, bf16, gradient checkpointing) and the transform
 same GPU; one GRPO step, the weight update into the engine, and the freshness check.
 
 No Ray and no vLLM: the GPU image here lacks them and their wheels exceed what travels to it. What it prints:
-generation and learner tokens/s, model-FLOPs utilisation against ``--peak-tflops`` (H200 bf16: ~790), peak
+generation and learner tokens/s, model-FLOPs utilisation against a bf16 matmul peak it measures on the same GPU
+(8192^3 products; ``--peak-tflops`` to give one instead), peak
 memory, and the freshness gap (mean |engine - learner| log-prob per token, before and after the update: the
 update must close it).
 
@@ -53,6 +54,20 @@ def build(size: str, out: Path) -> Path:
     return out
 
 
+def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    """Dense n x n x n products of random ``dtype`` matrices on ``device``, after three warm-ups: TFLOP/s."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1.5b", choices=sorted(SIZES))
@@ -61,7 +76,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="the GPU's dense bf16 peak (H200: ~790)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak (default: measured)")
     parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
     args = parser.parse_args()
     if not args.cpu and not torch.cuda.is_available():
@@ -76,8 +91,16 @@ def main() -> None:
     from rlad.learner import Learner, Rollout, loss_units
     from rollout.worker import make_engine
 
+    if args.peak_tflops is None:
+        args.peak_tflops = (
+            matmul_tflops("cpu", torch.float32, 1024) if args.cpu else matmul_tflops("cuda", torch.bfloat16)
+        )
+        print(f"measured matmul peak: {args.peak_tflops:.1f} TFLOP/s ({'fp32, CPU' if args.cpu else 'bf16'})")
+
     work = Path(tempfile.mkdtemp(prefix="rlad-gpu-"))
+    start = time.perf_counter()
     checkpoint = str(build(args.size, work / f"model-{args.size}"))
+    build_s = time.perf_counter() - start
     synthesize(
         SynthSpec(classes=("pill", "wood"), images_per_class=8, references_per_class=1, size=448), work / "data", 1
     )
@@ -140,11 +163,12 @@ def main() -> None:
         "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
         "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
         "learner_sequence_tokens_per_s": round(seq_tokens / learn_s, 1), "learner_mfu": round(learn_mfu, 4),
-        "generate_mfu": round(gen_mfu, 4), "peak_tflops": args.peak_tflops, "grad_norm": metrics["grad_norm"],
+        "generate_mfu": round(gen_mfu, 4), "peak_tflops": round(args.peak_tflops, 1), "grad_norm": metrics["grad_norm"],
         "logprob_mismatch": metrics.get("logprob_mismatch"),
         "sync_seconds": round(sync_s, 2), "sync_gib": round(sum(t.nbytes for t in state.values()) / 2**30, 2),
         "freshness_gap_before_update": before, "freshness_gap_after_update": after,
-        "peak_memory_gib": round(cuda.max_memory_allocated() / 2**30, 1),
+        "peak_memory_gib": round(cuda.max_memory_allocated() / 2**30, 1), "build_seconds": round(build_s, 1),
+        "device": "cpu" if args.cpu else torch.cuda.get_device_name(),
     }  # fmt: skip
     print(json.dumps(figures, indent=2))
     print("freshness:", "OK (the update closed the gap)" if after < min(before, config.rollout.freshness_tolerance)

@@ -97,6 +97,25 @@ def test_qwen2_vl_checkpoints_load_and_run(tiny_dir, tmp_path, small_benchmark):
     assert torch.isfinite(policy.model(**batch).loss)
 
 
+def test_no_layer_is_swapped_for_a_kernel_from_the_hub(tiny_dir, monkeypatch):
+    """transformers swaps layers for Hub kernels whenever the `kernels` package is installed, again at each
+    train()/eval(); on the H100 that fetched code from the network and failed the GPU check. rlad asks for none."""
+    from transformers import PreTrainedModel
+
+    asked = []
+    original = PreTrainedModel.set_use_kernels
+
+    def spy(self, use_kernels, *args, **kwargs):
+        asked.append(use_kernels)
+        return original(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", spy)
+    policy = load_policy(ModelConfig(path=str(tiny_dir)), trainable=True)
+    policy.model.eval()
+    policy.model.train()
+    assert asked and not any(asked) and not policy.model.use_kernels
+
+
 def test_lora_trains_adapters_and_the_vision_tower_only(tiny_dir):
     config = ModelConfig(path=str(tiny_dir), image_size=224, lora=LoraConfig(r=4), gradient_checkpointing=True)
     policy = load_policy(config, trainable=True)
