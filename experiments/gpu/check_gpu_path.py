@@ -8,7 +8,7 @@ generation and learner tokens/s, model-FLOPs utilisation against a bf16 matmul p
 memory, and the freshness gap (mean |engine - learner| log-prob per token, before and after the update: the
 update must close it).
 
-    python experiments/gpu/check_gpu_path.py [--size 1.5b|3b|tiny] [--zero 2|3] [--group 8] [--tokens 128]
+    python experiments/gpu/check_gpu_path.py [--size 1.5b|3b|tiny] [--zero 2|3] [--group 8] [--tokens 128] [--steps 2]
 
 Needs torch with CUDA, transformers, deepspeed and omegaconf (on a machine without network, install their
 wheels from a folder: see README "Unverified on real hardware here").
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak (default: measured)")
+    parser.add_argument("--steps", type=int, default=2, help="steps run; the last is timed (the first warms up)")
+    parser.add_argument("--profile", default=None, help="profile the timed step; its top ops table goes here")
     parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
     args = parser.parse_args()
     if not args.cpu and not torch.cuda.is_available():
@@ -119,23 +121,42 @@ def main() -> None:
     print(f"model {args.size}: {params / 1e9:.2f} B parameters; ZeRO-{args.zero}, {dtype}, gradient checkpointing")
     cuda.reset_peak_memory_stats()
 
-    cuda.synchronize()
-    start = time.perf_counter()
-    completions = engine.generate(samples, n=args.group, seed=0)
-    cuda.synchronize()
-    gen_s = time.perf_counter() - start
-    gen_tokens = sum(len(c.token_ids) for c in completions)
+    def step(seed: int):
+        """Generate a group per prompt, then one learner step on them: (completions, rollouts, metrics, seconds)."""
+        cuda.synchronize()
+        start = time.perf_counter()
+        completions = engine.generate(samples, n=args.group, seed=seed)
+        cuda.synchronize()
+        gen_s = time.perf_counter() - start
+        # fake rewards (random): the step's cost does not depend on them
+        totals = torch.tensor(np.random.default_rng(seed).random(len(completions)))
+        adv = group_advantages(totals, args.group, "group").tolist()
+        rollouts = [
+            Rollout(samples[i // args.group], c.token_ids, c.logprobs, adv[i]) for i, c in enumerate(completions)
+        ]
+        micro = -(-len(rollouts) // config.learner.micro_batch_size)
+        cuda.synchronize()
+        start = time.perf_counter()
+        metrics = learner.learn(rollouts, loss_units(rollouts, "token_mean"), micro)
+        cuda.synchronize()
+        return completions, rollouts, metrics, gen_s, time.perf_counter() - start
 
-    # fake rewards (random): the step's cost does not depend on them
-    totals = torch.tensor(np.random.default_rng(0).random(len(completions)))
-    adv = group_advantages(totals, args.group, "group").tolist()
-    rollouts = [Rollout(samples[i // args.group], c.token_ids, c.logprobs, adv[i]) for i, c in enumerate(completions)]
-    micro = -(-len(rollouts) // config.learner.micro_batch_size)
-    cuda.synchronize()
-    start = time.perf_counter()
-    metrics = learner.learn(rollouts, loss_units(rollouts, "token_mean"), micro)
-    cuda.synchronize()
-    learn_s = time.perf_counter() - start
+    # the first steps pay for warm-up (allocator, kernels' autotuning, DeepSpeed's buffers): the last one is timed
+    for seed in range(args.steps - 1):
+        *_, warm_gen_s, warm_learn_s = step(seed)
+        print(f"warm-up step {seed}: generate {warm_gen_s:.1f} s, learn {warm_learn_s:.1f} s")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([] if args.cpu else [ProfilerActivity.CUDA])
+        with profile(activities=activities) as prof:
+            completions, rollouts, metrics, gen_s, learn_s = step(args.steps - 1)
+        sort = "self_cpu_time_total" if args.cpu else "self_cuda_time_total"
+        Path(args.profile).write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    else:
+        completions, rollouts, metrics, gen_s, learn_s = step(args.steps - 1)
+    gen_tokens = sum(len(c.token_ids) for c in completions)
 
     # model-FLOPs utilisation: 6 N per token trained (forward + backward, every token of each sequence, prompt
     # included; checkpointing's recomputation not counted), 2 N per token generated (attention not counted)
@@ -159,7 +180,8 @@ def main() -> None:
     sync_s = time.perf_counter() - start
     after = gap()
     figures = {
-        "size": args.size, "parameters_billion": round(params / 1e9, 3), "zero_stage": args.zero,
+        "size": args.size, "timed_step": args.steps, "parameters_billion": round(params / 1e9, 3),
+        "zero_stage": args.zero,
         "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
         "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
         "learner_sequence_tokens_per_s": round(seq_tokens / learn_s, 1), "learner_mfu": round(learn_mfu, 4),
