@@ -158,13 +158,20 @@ def main() -> None:
         completions, rollouts, metrics, gen_s, learn_s = step(args.steps - 1)
     gen_tokens = sum(len(c.token_ids) for c in completions)
 
-    # model-FLOPs utilisation: 6 N per token trained (forward + backward, every token of each sequence, prompt
-    # included; checkpointing's recomputation not counted), 2 N per token generated (attention not counted)
-    prompt_len = {s.sample_id: len(learner.builder.encode_prompt(s).input_ids) for s in samples}
-    seq_tokens = sum(prompt_len[r.sample.sample_id] + len(r.token_ids) for r in rollouts)
+    # model-FLOPs utilisation: 6 N per token trained (forward + backward; checkpointing's recomputation not
+    # counted), where the language model's N runs over every token of each sequence (prompt included) and the
+    # vision tower's over every image patch (4 per image token: the 2x2 merge); 2 N of the language model per token
+    # generated (the vision tower's one pass per prompt and attention not counted)
+    vision = (
+        sum(p.numel() for p in engine.model.model.visual.parameters()) if hasattr(engine.model.model, "visual") else 0
+    )
+    encoded = {s.sample_id: learner.builder.encode_prompt(s) for s in samples}
+    seq_tokens = sum(len(encoded[r.sample.sample_id].input_ids) + len(r.token_ids) for r in rollouts)
+    patches = sum(int(encoded[r.sample.sample_id].image_grid_thw.prod(dim=1).sum()) for r in rollouts)
     peak = args.peak_tflops * 1e12
-    learn_mfu = 6 * params * seq_tokens / learn_s / peak
-    gen_mfu = 2 * params * gen_tokens / gen_s / peak
+    learn_flops = 6 * ((params - vision) * seq_tokens + vision * patches)
+    learn_mfu = learn_flops / learn_s / peak
+    gen_mfu = 2 * (params - vision) * gen_tokens / gen_s / peak
     probe = (samples[0], completions[0].token_ids)
 
     def gap() -> float:
@@ -181,6 +188,7 @@ def main() -> None:
     after = gap()
     figures = {
         "size": args.size, "timed_step": args.steps, "parameters_billion": round(params / 1e9, 3),
+        "vision_parameters_billion": round(vision / 1e9, 3), "learner_patches": patches, "learner_tokens": seq_tokens,
         "zero_stage": args.zero,
         "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
         "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
