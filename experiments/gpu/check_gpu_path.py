@@ -11,7 +11,7 @@ update must close it).
     python experiments/gpu/check_gpu_path.py [--size 1.5b|3b|tiny] [--zero 2|3] [--group 8] [--tokens 128] [--steps 2]
 
 Needs torch with CUDA, transformers, deepspeed and omegaconf (on a machine without network, install their
-wheels from a folder: see README "Unverified on real hardware here").
+wheels from a folder: experiments/gpu/wheels.txt, README "Verified on one H100").
 """
 
 from __future__ import annotations
