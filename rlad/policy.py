@@ -259,6 +259,9 @@ def load_policy(
         path, dtype=torch_dtype(config, device, path), local_files_only=True, **NO_HUB_KERNELS
     )
     patch_embedding_as_matmul(model)
+    from rlad.vision_windows import batch_vision_windows
+
+    batch_vision_windows(model)  # one attention call a vision block, not one a window (rlad/vision_windows.py)
     if torch.device(device).type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(attention.register())  # plain matmuls where CPU SDPA is slow (rlad/attention.py)
     model.to(device)

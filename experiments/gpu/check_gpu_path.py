@@ -79,6 +79,11 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 peak (default: measured)")
     parser.add_argument("--steps", type=int, default=2, help="steps run; the last is timed (the first warms up)")
     parser.add_argument("--profile", default=None, help="profile the timed step; its top ops table goes here")
+    parser.add_argument(
+        "--loop-windows",
+        action="store_true",
+        help="transformers' one vision attention call a window, not rlad's one a block (to compare)",
+    )
     parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
     args = parser.parse_args()
     if not args.cpu and not torch.cuda.is_available():
@@ -118,6 +123,12 @@ def main() -> None:
     learner.setup()
     engine = make_engine(config, checkpoint)
     params = sum(p.numel() for p in engine.model.parameters())
+    if args.loop_windows:
+        from rlad.vision_windows import WindowBatchedVisionAttention
+
+        for module in [*learner.policy.model.modules(), *engine.model.modules()]:
+            if type(module) is WindowBatchedVisionAttention:
+                module.__class__ = WindowBatchedVisionAttention.__mro__[1]
     print(f"model {args.size}: {params / 1e9:.2f} B parameters; ZeRO-{args.zero}, {dtype}, gradient checkpointing")
     cuda.reset_peak_memory_stats()
 
@@ -189,7 +200,7 @@ def main() -> None:
     figures = {
         "size": args.size, "timed_step": args.steps, "parameters_billion": round(params / 1e9, 3),
         "vision_parameters_billion": round(vision / 1e9, 3), "learner_patches": patches, "learner_tokens": seq_tokens,
-        "zero_stage": args.zero,
+        "zero_stage": args.zero, "vision_windows": "loop" if args.loop_windows else "one call a block",
         "generate_tokens_per_s": round(gen_tokens / gen_s, 1), "generate_seconds": round(gen_s, 2),
         "learn_tokens_per_s": round(metrics["learn_tokens"] / learn_s, 1), "learn_seconds": round(learn_s, 2),
         "learner_sequence_tokens_per_s": round(seq_tokens / learn_s, 1), "learner_mfu": round(learn_mfu, 4),
