@@ -86,6 +86,8 @@ def main() -> None:
     )
     parser.add_argument("--cpu", action="store_true", help="a smoke run of this script on a CPU (fp32, gloo)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: at least 1 (the last step is the one timed)")
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("this check needs a CUDA GPU (--cpu runs it as a smoke test on a CPU)")
     gpus, dtype = (0, "float32") if args.cpu else (1, "bfloat16")
@@ -133,7 +135,8 @@ def main() -> None:
     cuda.reset_peak_memory_stats()
 
     def step(seed: int):
-        """Generate a group per prompt, then one learner step on them: (completions, rollouts, metrics, seconds)."""
+        """Generate a group per prompt, then one learner step on them: (completions, rollouts, metrics,
+        generate seconds, learn seconds)."""
         cuda.synchronize()
         start = time.perf_counter()
         completions = engine.generate(samples, n=args.group, seed=seed)
