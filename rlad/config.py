@@ -153,6 +153,11 @@ class ModelConfig:
     """Lower bound on an image's pixels after resizing (image processor's ``min_pixels``); null: checkpoint's."""
     max_pixels: int | None = None
     """Upper bound on an image's pixels (``max_pixels``); null: the checkpoint's value."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """The attention transformers runs (learner, transformers engine, SFT; vLLM has its own). ``auto``: sdpa, and
+    on a CPU ``rlad.attention``'s. ``flash_attention_2`` needs a CUDA GPU and the ``flash-attn`` package: one
+    variable-length call for padded batches and for the vision tower's windows (``rlad/vision_windows.py`` makes
+    one call a block without it); unverified on a GPU here."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     freeze_vision: bool = False

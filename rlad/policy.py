@@ -247,6 +247,28 @@ def set_threads(threads: int) -> None:
 NO_HUB_KERNELS = {"use_kernels": False}
 
 
+def attention_choice(config: ModelConfig, device: str | torch.device) -> dict[str, str]:
+    """``from_pretrained``'s ``attn_implementation`` for ``model.attn_implementation`` (none for ``auto``); flash
+    attention refused, naming the key, where it cannot run (no CUDA device, no ``flash-attn`` package)."""
+    choice = config.attn_implementation
+    if choice == "auto":
+        return {}
+    if choice == "flash_attention_2":
+        import importlib.util
+
+        if torch.device(device).type != "cuda":
+            raise ConfigError(
+                f"model.attn_implementation flash_attention_2 needs a CUDA GPU; this policy loads on {device} "
+                "(auto, sdpa or eager run anywhere)"
+            )
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(
+                "model.attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn), "
+                "which is not installed here"
+            )
+    return {"attn_implementation": choice}
+
+
 def load_policy(
     config: ModelConfig,
     *,
@@ -258,13 +280,18 @@ def load_policy(
     """Model, tokenizer, image processor and input builder for ``config``; see the module docstring."""
     path = resolve_model_path(config)
     model = model_class(path).from_pretrained(
-        path, dtype=torch_dtype(config, device, path), local_files_only=True, **NO_HUB_KERNELS
-    )
+        path, dtype=torch_dtype(config, device, path), local_files_only=True, **attention_choice(config, device),
+        **NO_HUB_KERNELS,
+    )  # fmt: skip
     patch_embedding_as_matmul(model)
     from rlad.vision_windows import batch_vision_windows
 
     batch_vision_windows(model)  # one attention call a vision block, not one a window (rlad/vision_windows.py)
-    if torch.device(device).type == "cpu" and model.config._attn_implementation == "sdpa":
+    if (
+        torch.device(device).type == "cpu"
+        and config.attn_implementation == "auto"
+        and model.config._attn_implementation == "sdpa"
+    ):
         model.set_attn_implementation(attention.register())  # plain matmuls where CPU SDPA is slow (rlad/attention.py)
     model.to(device)
     builder = load_builder(config, shots=shots, blocks=blocks)

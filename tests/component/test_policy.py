@@ -392,3 +392,16 @@ def test_the_policy_runs_it_on_a_cpu_and_logits_match_sdpa():
     assert ours.dtype == torch.bfloat16
     scale = theirs.float().abs().max()
     assert (ours.float() - theirs.float()).abs().max() <= 0.02 * scale
+
+
+def test_the_attention_is_the_configured_one_and_flash_is_refused_where_it_cannot_run(tiny_dir):
+    from rlad.attention import NAME as CPU_ATTENTION
+
+    auto = load_policy(ModelConfig(path=str(tiny_dir)))
+    assert auto.model.config._attn_implementation == CPU_ATTENTION  # auto on a CPU: rlad.attention's
+    for choice in ("eager", "sdpa"):
+        policy = load_policy(ModelConfig(path=str(tiny_dir), attn_implementation=choice))
+        assert policy.model.config._attn_implementation == choice
+        assert policy.model.config.vision_config._attn_implementation == choice
+    with pytest.raises(ConfigError, match=r"model\.attn_implementation flash_attention_2 needs a CUDA GPU; .* cpu"):
+        load_policy(ModelConfig(path=str(tiny_dir), attn_implementation="flash_attention_2"))

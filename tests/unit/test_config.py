@@ -94,6 +94,10 @@ def test_impossible_output_layouts_are_refused(overrides, says):
             "model:\n  dtype: fp16\n",
             r"c.yaml: key 'model.dtype': Invalid value 'fp16', expected one of \['auto', 'float32', 'bfloat16'\]",
         ),
+        (
+            "model:\n  attn_implementation: flash\n",
+            r"c.yaml: key 'model.attn_implementation': Invalid value 'flash', expected one of \['auto', 'sdpa'",
+        ),
         ("model:\n  tiny: {layers: 2}\n", r"c.yaml: model.tiny: unknown keys \['layers'\]"),
         ("data:\n  shots: 2\n", r"c.yaml: key 'data.shots': Invalid value '2', expected one of \[0, 1\]"),
         (
