@@ -4,7 +4,8 @@
 ``InputBuilder`` built from them. Nothing is ever fetched: the path must be a local directory (``tiny`` is
 built here, see ``rlad.tiny``), and transformers runs with ``local_files_only``. bf16 on a GPU; on a CPU fp32,
 or bf16 where it pays (AMX, a wide enough model: ``torch_dtype``), unless ``model.dtype`` says otherwise; on a
-CPU the attention is ``rlad.attention``'s. LoRA (peft) on the language model when ``model.lora.r > 0``. The
+CPU the attention is ``rlad.attention``'s (``model.attn_implementation: auto``; sdpa, eager or flash attention when
+named). LoRA (peft) on the language model when ``model.lora.r > 0``. The
 vision tower's patch embedding runs as a matmul (``PatchProjection``) and its windowed attention as one call a block
 (``rlad.vision_windows``); no layer is swapped for a kernel from the Hub (``NO_HUB_KERNELS``).
 """
