@@ -69,30 +69,26 @@ def windowed_attention(
     return out[valid]  # (n, L, H, D) -> (S, H, D): padded rows dropped
 
 
-def _vision_attention_class() -> type | None:
-    """transformers' Qwen2.5-VL vision attention, if its forward is the one ``WindowBatchedVisionAttention``
-    replaces (hidden_states, cu_seqlens, position_embeddings, ...); else None (and the original stays)."""
+def _make_class() -> type | None:
+    """``WindowBatchedVisionAttention``, built on transformers' Qwen2.5-VL vision attention if its forward is the one
+    it replaces (hidden_states, cu_seqlens, position_embeddings, ...); else None (and the original stays)."""
     try:
         from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
     except ImportError:  # pragma: no cover - transformers without Qwen2.5-VL
         return None
-    cls = getattr(qwen, "Qwen2_5_VLVisionAttention", None)
-    if cls is None or not hasattr(qwen, "apply_rotary_pos_emb_vision"):
+    base = getattr(qwen, "Qwen2_5_VLVisionAttention", None)
+    if base is None or not hasattr(qwen, "apply_rotary_pos_emb_vision"):
         return None
-    params = list(inspect.signature(cls.forward).parameters)
-    return cls if params[:4] == ["self", "hidden_states", "cu_seqlens", "position_embeddings"] else None
-
-
-def _make_class() -> type | None:
-    base = _vision_attention_class()
-    if base is None:
+    replaced = ["self", "hidden_states", "cu_seqlens", "position_embeddings"]
+    if list(inspect.signature(base.forward).parameters)[:4] != replaced:
         return None
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-        ALL_ATTENTION_FUNCTIONS,
-        apply_rotary_pos_emb_vision,
-        eager_attention_forward,
-    )
     from transformers.utils.generic import is_flash_attention_requested
+
+    rotary, functions, eager = (
+        qwen.apply_rotary_pos_emb_vision,
+        qwen.ALL_ATTENTION_FUNCTIONS,
+        qwen.eager_attention_forward,
+    )
 
     class WindowBatched(base):
         """Qwen2.5-VL's vision attention, its windows in one attention call (module docstring)."""
@@ -111,9 +107,9 @@ def _make_class() -> type | None:
             qkv = self.qkv(hidden_states).reshape(length, 3, self.num_heads, -1).permute(1, 0, 2, 3)
             query, key, value = qkv.unbind(0)  # (S, H, D) each
             cos, sin = position_embeddings
-            query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+            query, key = rotary(query, key, cos, sin)
             query, key, value = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, S, D)
-            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+            interface = functions.get_interface(self.config._attn_implementation, eager)
             dropout = self.attention_dropout if self.training else 0.0
             out = windowed_attention(self, interface, query, key, value, cu_seqlens, dropout, **kwargs)
             return self.proj(out.reshape(length, -1).contiguous())
@@ -126,15 +122,17 @@ WindowBatchedVisionAttention = _make_class()
 """The swapped-in class (None where this transformers' Qwen2.5-VL vision attention is not the one it replaces)."""
 
 
-def batch_vision_windows(model: torch.nn.Module) -> int:
+def batch_vision_windows(model: torch.nn.Module, batched: bool = True) -> int:
     """Swap every Qwen2.5-VL vision attention module of ``model`` for ``WindowBatchedVisionAttention`` in place
-    (its class only: parameters untouched); returns how many (0 where the class is unknown or absent)."""
+    (its class only: parameters untouched), or with ``batched=False`` back to transformers' own (one call a window,
+    for a side-by-side); returns how many (0 where the class is unknown or absent)."""
     if WindowBatchedVisionAttention is None:
         return 0
     base = WindowBatchedVisionAttention.__mro__[1]
+    old, new = (base, WindowBatchedVisionAttention) if batched else (WindowBatchedVisionAttention, base)
     count = 0
     for module in model.modules():
-        if type(module) is base:
-            module.__class__ = WindowBatchedVisionAttention
+        if type(module) is old:
+            module.__class__ = new
             count += 1
     return count

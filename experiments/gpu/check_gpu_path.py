@@ -126,11 +126,10 @@ def main() -> None:
     engine = make_engine(config, checkpoint)
     params = sum(p.numel() for p in engine.model.parameters())
     if args.loop_windows:
-        from rlad.vision_windows import WindowBatchedVisionAttention
+        from rlad.vision_windows import batch_vision_windows
 
-        for module in [*learner.policy.model.modules(), *engine.model.modules()]:
-            if type(module) is WindowBatchedVisionAttention:
-                module.__class__ = WindowBatchedVisionAttention.__mro__[1]
+        for model in (learner.policy.model, engine.model):
+            batch_vision_windows(model, batched=False)
     print(f"model {args.size}: {params / 1e9:.2f} B parameters; ZeRO-{args.zero}, {dtype}, gradient checkpointing")
     cuda.reset_peak_memory_stats()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlad.config import ModelConfig
-from rlad.policy import load_policy
+from rlad.policy import NO_HUB_KERNELS, load_policy
 from rlad.vision_windows import WindowBatchedVisionAttention, batch_vision_windows, windowed_attention
 
 pytestmark = pytest.mark.skipif(
@@ -18,11 +18,14 @@ pytestmark = pytest.mark.skipif(
 def _towers(tiny_dir):
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, local_files_only=True, use_kernels=False)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, local_files_only=True, **NO_HUB_KERNELS)
     looped = model.model.visual.float()
     batched = copy.deepcopy(looped)
     assert batch_vision_windows(batched) == len(looped.blocks)
     assert not any(type(block.attn) is WindowBatchedVisionAttention for block in looped.blocks)
+    twice = copy.deepcopy(batched)  # and back: the loop again, for a side-by-side (check_gpu_path.py)
+    assert batch_vision_windows(twice, batched=False) == len(looped.blocks)
+    assert [type(block.attn) for block in twice.blocks] == [type(block.attn) for block in looped.blocks]
     return looped, batched
 
 
