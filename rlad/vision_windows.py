@@ -77,18 +77,13 @@ def _make_class() -> type | None:
     except ImportError:  # pragma: no cover - transformers without Qwen2.5-VL
         return None
     base = getattr(qwen, "Qwen2_5_VLVisionAttention", None)
-    if base is None or not hasattr(qwen, "apply_rotary_pos_emb_vision"):
+    used = ("apply_rotary_pos_emb_vision", "ALL_ATTENTION_FUNCTIONS", "eager_attention_forward")
+    if base is None or not all(hasattr(qwen, name) for name in used):
         return None
     replaced = ["self", "hidden_states", "cu_seqlens", "position_embeddings"]
     if list(inspect.signature(base.forward).parameters)[:4] != replaced:
         return None
     from transformers.utils.generic import is_flash_attention_requested
-
-    rotary, functions, eager = (
-        qwen.apply_rotary_pos_emb_vision,
-        qwen.ALL_ATTENTION_FUNCTIONS,
-        qwen.eager_attention_forward,
-    )
 
     class WindowBatched(base):
         """Qwen2.5-VL's vision attention, its windows in one attention call (module docstring)."""
@@ -107,9 +102,11 @@ def _make_class() -> type | None:
             qkv = self.qkv(hidden_states).reshape(length, 3, self.num_heads, -1).permute(1, 0, 2, 3)
             query, key, value = qkv.unbind(0)  # (S, H, D) each
             cos, sin = position_embeddings
-            query, key = rotary(query, key, cos, sin)
+            query, key = qwen.apply_rotary_pos_emb_vision(query, key, cos, sin)
             query, key, value = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, S, D)
-            interface = functions.get_interface(self.config._attn_implementation, eager)
+            interface = qwen.ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, qwen.eager_attention_forward
+            )
             dropout = self.attention_dropout if self.training else 0.0
             out = windowed_attention(self, interface, query, key, value, cu_seqlens, dropout, **kwargs)
             return self.proj(out.reshape(length, -1).contiguous())
